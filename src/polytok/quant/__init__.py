@@ -1,0 +1,20 @@
+"""Quantizers sharing one interface: ``forward(z) -> QuantizerOutput``, ``indices_to_codes``,
+``codebook_usage``. See :mod:`polytok.quant.core` for the engine and the shape conventions."""
+
+from polytok.quant.codebook import Codebook
+from polytok.quant.core import LevelledQuantizer, QuantizerOutput
+from polytok.quant.mcq import MultiCodebookQuantizer
+from polytok.quant.residual import ResidualQuantizer
+from polytok.quant.search import nearest_codes, nearest_codes_reference
+from polytok.quant.vq import VectorQuantizer
+
+__all__ = [
+    "Codebook",
+    "LevelledQuantizer",
+    "MultiCodebookQuantizer",
+    "QuantizerOutput",
+    "ResidualQuantizer",
+    "VectorQuantizer",
+    "nearest_codes",
+    "nearest_codes_reference",
+]
