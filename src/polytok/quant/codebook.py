@@ -37,8 +37,8 @@ class Codebook(nn.Module):
         ema_warmup_steps: training steps before EMA updates start; until then the codes stay as
             initialised while the encoder adapts (commitment loss only).
         kmeans_init: initialise from the first training batch with k-means (``kmeans_iters`` Lloyd steps).
-        dead_code_threshold: a code whose EMA assignment count per step falls below this is restarted
-            from a random input vector of the current batch (0 disables restarts).
+        dead_code_threshold: a code whose (bias-corrected) EMA assignment count per step falls below this
+            is restarted from a random input vector of the current batch (0 disables restarts).
         init_std: standard deviation of the random initial codes (before normalisation if cosine).
         sync_distributed: sum statistics over ranks when torch.distributed is initialised.
         seed: seed of the generator that draws restart / k-means samples identically on every rank.
@@ -68,7 +68,9 @@ class Codebook(nn.Module):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         if groups < 1 or codebook_size < 1 or dim < 1:
-            raise ValueError(f"groups, codebook_size and dim must be positive, got {groups}, {codebook_size}, {dim}")
+            raise ValueError(
+                f"groups, codebook_size and dim must be positive, got {groups}, {codebook_size}, {dim}"
+            )
         self.groups, self.codebook_size, self.dim = groups, codebook_size, dim
         self.normalize, self.update_mode = normalize, update
         self.decay, self.eps = decay, eps
@@ -137,7 +139,9 @@ class Codebook(nn.Module):
             self.embed_sum.copy_(centroids)
         self.initialized.fill_(True)
 
-    def _counts_and_sums(self, x: Tensor, indices: Tensor, with_sums: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _counts_and_sums(
+        self, x: Tensor, indices: Tensor, with_sums: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """Global per-code counts (G, K) and vector sums (G, K, d) of ``x`` (M, G, d) assigned ``indices``."""
         g, k, d = self.groups, self.codebook_size, self.dim
         flat = (indices + torch.arange(g, device=indices.device) * k).reshape(-1)
@@ -198,7 +202,10 @@ class Codebook(nn.Module):
     def _restart_dead_codes(self, x: Tensor) -> Tensor:
         if self.dead_code_threshold <= 0:
             return torch.zeros((), device=x.device)
-        dead = self.usage_ema < self.dead_code_threshold  # identical on all ranks: built from synced counts
+        # Bias-corrected like Adam's moments: the counter starts at 0, and without the correction every
+        # code would look dead during the first ~1 / (1 - decay) steps. `steps` is not yet incremented.
+        correction = 1.0 - self.decay ** (int(self.steps) + 1)
+        dead = self.usage_ema < self.dead_code_threshold * correction  # same on all ranks: synced counts
         n_dead = int(dead.sum())
         if n_dead == 0:
             return torch.zeros((), device=x.device)
@@ -214,7 +221,7 @@ class Codebook(nn.Module):
             self.cluster_size.masked_fill_(dead, 1.0)
             self.embed_sum.copy_(torch.where(dead.unsqueeze(-1), picked, self.embed_sum))
         # A restarted code starts at the threshold: if no input picks it next step it is restarted again.
-        self.usage_ema.masked_fill_(dead, self.dead_code_threshold)
+        self.usage_ema.masked_fill_(dead, self.dead_code_threshold * correction)
         return torch.tensor(float(n_dead), device=x.device)
 
     # -- statistics -------------------------------------------------------------------------------

@@ -100,12 +100,16 @@ class LevelledQuantizer(nn.Module):
             raise ValueError(f"levels and num_codebooks must be >= 1, got {levels} and {num_codebooks}")
         if codebook_dim is None:
             if dim % num_codebooks:
-                raise ValueError(f"dim {dim} is not divisible by num_codebooks {num_codebooks}; "
-                                 "set codebook_dim to project the latent")
+                raise ValueError(
+                    f"dim {dim} is not divisible by num_codebooks {num_codebooks}; "
+                    "set codebook_dim to project the latent"
+                )
             codebook_dim = dim // num_codebooks
         if normalize and levels > 1:
-            raise ValueError("normalize=True (cosine codes) is defined for single-level quantizers only: "
-                             "residuals of unit vectors are not unit vectors")
+            raise ValueError(
+                "normalize=True (cosine codes) is defined for single-level quantizers only: "
+                "residuals of unit vectors are not unit vectors"
+            )
         if not 0.0 <= quantize_dropout <= 1.0:
             raise ValueError(f"quantize_dropout must be in [0, 1], got {quantize_dropout}")
         self.dim, self.codebook_size = dim, codebook_size
@@ -120,9 +124,19 @@ class LevelledQuantizer(nn.Module):
 
         def make(level: int) -> Codebook:
             return Codebook(
-                num_codebooks, codebook_size, codebook_dim, normalize=normalize, update=update, decay=decay,
-                eps=eps, ema_warmup_steps=ema_warmup_steps, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
-                dead_code_threshold=dead_code_threshold, init_std=init_std, sync_distributed=sync_distributed,
+                num_codebooks,
+                codebook_size,
+                codebook_dim,
+                normalize=normalize,
+                update=update,
+                decay=decay,
+                eps=eps,
+                ema_warmup_steps=ema_warmup_steps,
+                kmeans_init=kmeans_init,
+                kmeans_iters=kmeans_iters,
+                dead_code_threshold=dead_code_threshold,
+                init_std=init_std,
+                sync_distributed=sync_distributed,
                 seed=seed * 131 + level,
             )
 
@@ -172,8 +186,10 @@ class LevelledQuantizer(nn.Module):
 
     def _check_input(self, z: Tensor) -> None:
         if not isinstance(z, Tensor) or not z.is_floating_point():
-            raise TypeError(f"expected a float tensor (B, N, {self.dim}), got "
-                            f"{type(z).__name__ if not isinstance(z, Tensor) else z.dtype}")
+            raise TypeError(
+                f"expected a float tensor (B, N, {self.dim}), got "
+                f"{type(z).__name__ if not isinstance(z, Tensor) else z.dtype}"
+            )
         if z.dim() != 3:
             raise ValueError(f"expected input of shape (B, N, {self.dim}), got {tuple(z.shape)}")
         if z.shape[-1] != self.dim:
@@ -181,19 +197,29 @@ class LevelledQuantizer(nn.Module):
         _check_finite("quantizer input", z)
 
     def _check_indices(self, indices: Tensor) -> Tensor:
-        if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32, torch.int16,
-                                                                     torch.uint8, torch.int8):
-            raise TypeError(f"indices must be an integer tensor, got "
-                            f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}")
+        if not isinstance(indices, Tensor) or indices.dtype not in (
+            torch.int64,
+            torch.int32,
+            torch.int16,
+            torch.uint8,
+            torch.int8,
+        ):
+            raise TypeError(
+                f"indices must be an integer tensor, got "
+                f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}"
+            )
         full = self._from_public(indices.long())
         levels, books = full.shape[-2], full.shape[-1]
         if books != self.num_codebooks or not 1 <= levels <= self.num_levels:
             raise ValueError(
                 f"indices of shape {tuple(indices.shape)} do not fit code shape {self.code_shape} "
-                f"(a prefix of 1..{self.num_levels} levels is allowed)")
+                f"(a prefix of 1..{self.num_levels} levels is allowed)"
+            )
         if full.numel() and (int(full.min()) < 0 or int(full.max()) >= self.codebook_size):
-            raise ValueError(f"indices out of range [0, {self.codebook_size}): min {int(full.min())}, "
-                             f"max {int(full.max())}")
+            raise ValueError(
+                f"indices out of range [0, {self.codebook_size}): min {int(full.min())}, "
+                f"max {int(full.max())}"
+            )
         return full
 
     # -- forward ----------------------------------------------------------------------------------
@@ -277,7 +303,9 @@ class LevelledQuantizer(nn.Module):
 
         quantized = pass_gradient(cumulative[-1])
         indices = self._to_public(indices.view(b, n, self.num_levels, self.num_codebooks))
-        return QuantizerOutput(quantized=quantized, indices=indices, loss=loss, stats=stats, _prefix_fn=prefix)
+        return QuantizerOutput(
+            quantized=quantized, indices=indices, loss=loss, stats=stats, _prefix_fn=prefix
+        )
 
     def _similarity(self, x: Tensor, book: Codebook) -> Tensor:
         """(M, C, K) negative squared distances (or cosines) for the entropy loss."""

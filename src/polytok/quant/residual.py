@@ -16,7 +16,9 @@ class ResidualQuantizer(LevelledQuantizer):
     Input (B, N, dim) -> indices (B, N, L), or (B, N, L, C) when ``num_codebooks > 1``.
     """
 
-    def __init__(self, dim: int, levels: int, codebook_size: int, num_codebooks: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, dim: int, levels: int, codebook_size: int, num_codebooks: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(dim, codebook_size, levels=levels, num_codebooks=num_codebooks, **kwargs)
 
     def _kept_axes(self) -> tuple[bool, bool]:

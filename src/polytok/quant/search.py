@@ -42,11 +42,14 @@ def nearest_codes(
         (G, N) int64 indices in [0, K). Ties go to the lowest index.
     """
     if x.dim() != 3 or codebooks.dim() != 3:
-        raise ValueError(f"expected x (G, N, d) and codebooks (G, K, d), got {tuple(x.shape)} and "
-                         f"{tuple(codebooks.shape)}")
+        raise ValueError(
+            f"expected x (G, N, d) and codebooks (G, K, d), got {tuple(x.shape)} and {tuple(codebooks.shape)}"
+        )
     groups, n, d = x.shape
     if codebooks.shape[0] != groups or codebooks.shape[2] != d:
-        raise ValueError(f"x {tuple(x.shape)} and codebooks {tuple(codebooks.shape)} disagree on groups or dim")
+        raise ValueError(
+            f"x {tuple(x.shape)} and codebooks {tuple(codebooks.shape)} disagree on groups or dim"
+        )
     k = codebooks.shape[1]
     x = x.float()
     codes_t = codebooks.float().transpose(1, 2)  # (G, d, K)

@@ -23,8 +23,9 @@ class VectorQuantizer(LevelledQuantizer):
     def __init__(self, dim: int, codebook_size: int, **kwargs: Any) -> None:
         for key in ("levels", "num_codebooks", "shared_codebook", "quantize_dropout"):
             if key in kwargs:
-                raise TypeError(f"VectorQuantizer does not take {key!r}; use ResidualQuantizer or "
-                                "MultiCodebookQuantizer")
+                raise TypeError(
+                    f"VectorQuantizer does not take {key!r}; use ResidualQuantizer or MultiCodebookQuantizer"
+                )
         super().__init__(dim, codebook_size, levels=1, num_codebooks=1, **kwargs)
 
     def _kept_axes(self) -> tuple[bool, bool]:
