@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Score buffer budget per call. A few MiB keeps the buffer near the cache and was the fastest setting
-# measured on a 2-core CPU (see benchmarks/quantizers.py); it also bounds the extra memory.
-DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
+# Score buffer budgets, measured fastest on a 2-core CPU (benchmarks/quantizers.py): a single large
+# codebook likes 64-row chunks (8 MiB at K = 32768); the thin batched GEMMs of multi-codebook search
+# like small chunks. Either way the budget also bounds the memory beyond inputs and outputs.
+DEFAULT_BUFFER_BYTES = 8 * 1024 * 1024
+GROUPED_BUFFER_BYTES = 1024 * 1024
 
 
 def _chunk_rows(groups: int, codebook_size: int, buffer_bytes: int) -> int:
@@ -27,7 +29,7 @@ def nearest_codes(
     codebooks: Tensor,
     *,
     cosine: bool = False,
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    buffer_bytes: int | None = None,
 ) -> Tensor:
     """Index of the nearest code for every vector, per group.
 
@@ -36,7 +38,8 @@ def nearest_codes(
         codebooks: (G, K, d) codes of each group.
         cosine: if True, inputs and codes are taken as unit-norm and the largest dot product wins
             (callers normalise); else the smallest squared Euclidean distance wins.
-        buffer_bytes: size of the reusable score buffer, which bounds the memory beyond inputs/outputs.
+        buffer_bytes: size of the reusable score buffer, which bounds the memory beyond inputs/outputs
+            (default: 8 MiB for one codebook, 1 MiB for several).
 
     Returns:
         (G, N) int64 indices in [0, K). Ties go to the lowest index.
@@ -51,6 +54,8 @@ def nearest_codes(
             f"x {tuple(x.shape)} and codebooks {tuple(codebooks.shape)} disagree on groups or dim"
         )
     k = codebooks.shape[1]
+    if buffer_bytes is None:
+        buffer_bytes = DEFAULT_BUFFER_BYTES if groups == 1 else GROUPED_BUFFER_BYTES
     x = x.float()
     codes_t = codebooks.float().transpose(1, 2)  # (G, d, K)
     out = torch.empty(groups, n, dtype=torch.long, device=x.device)

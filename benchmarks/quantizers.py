@@ -1,0 +1,212 @@
+"""Quantizer speed and memory, side by side with vector-quantize-pytorch, in one run.
+
+    python benchmarks/quantizers.py            # full shapes (about a minute on 2 cores)
+    python benchmarks/quantizers.py --quick    # small shapes, a smoke run
+
+Every row runs both libraries on the same inputs with the same codebooks (copied into
+vector-quantize-pytorch), fp32, with the thread count fixed, and checks that the chosen indices equal a
+float64 brute-force reference. Reported as ratios measured in this run, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from polytok.quant import MultiCodebookQuantizer, ResidualQuantizer, nearest_codes_reference
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_gflops(size: int = 2048) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / timed(lambda: a @ b, 5) / 1e9
+
+
+def residual_reference(z: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tensor:
+    """Residual quantization by float64 brute force: (N, D) -> (N, L)."""
+    residual = z.double()
+    out = []
+    for codes in codebooks:
+        idx = nearest_codes_reference(residual[None], codes[None])[0]
+        out.append(idx)
+        residual = residual - codes.double()[idx]
+    return torch.stack(out, -1)
+
+
+def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float) -> list[dict]:
+    from vector_quantize_pytorch import ResidualVQ
+
+    torch.manual_seed(0)
+    ours = ResidualQuantizer(dim=dim, levels=levels, codebook_size=size, update="ema")
+    theirs = ResidualVQ(dim=dim, num_quantizers=levels, codebook_size=size, decay=0.99)
+    books = [ours.codebooks[i].embed[0].clone() for i in range(levels)]
+    with torch.no_grad():
+        for layer, codes in zip(theirs.layers, books):
+            layer._codebook.embed.copy_(codes[None])
+            layer._codebook.embed_avg.copy_(codes[None])
+            layer._codebook.initted.fill_(True)
+    z = torch.randn(1, tokens, dim)
+    ref = residual_reference(z[0], books)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        ours_idx = ours(z).indices[0]
+        theirs_idx = theirs(z)[1][0]
+        t_ours = timed(lambda: ours(z), 3)
+        t_theirs = timed(lambda: theirs(z), 1)
+    flops = 2 * tokens * size * dim * levels
+    rows = [
+        {
+            "case": f"EvoTok eval: {levels} x {size} x {dim}-d, {tokens} tokens",
+            "polytok tok/s": tokens / t_ours,
+            "vqp tok/s": tokens / t_theirs,
+            "speed-up": t_theirs / t_ours,
+            "search GFLOP/s": flops / t_ours / 1e9,
+            "of fp32 matmul": flops / t_ours / 1e9 / fp32_rate,
+            "indices == brute force": bool(torch.equal(ours_idx, ref)),
+            "vqp == brute force": bool(torch.equal(theirs_idx, ref)),
+        }
+    ]
+
+    def ours_step() -> None:
+        x = z.clone().requires_grad_(True)
+        out = ours(x)
+        (out.quantized.square().mean() + out.loss).backward()
+
+    def theirs_step() -> None:
+        x = z.clone().requires_grad_(True)
+        q, _, loss = theirs(x)
+        (q.square().mean() + loss.sum()).backward()
+
+    ours.train(), theirs.train()
+    t_ours, t_theirs = timed(ours_step, 2), timed(theirs_step, 1)
+    rows.append(
+        {
+            "case": f"EvoTok train step (fwd+bwd+EMA), {tokens} tokens",
+            "polytok tok/s": tokens / t_ours,
+            "vqp tok/s": tokens / t_theirs,
+            "speed-up": t_theirs / t_ours,
+        }
+    )
+    return rows
+
+
+def unitok_row(tokens: int, books: int, size: int, sub_dim: int) -> dict:
+    from vector_quantize_pytorch import VectorQuantize
+
+    torch.manual_seed(0)
+    dim = books * sub_dim
+    ours = MultiCodebookQuantizer(dim=dim, num_codebooks=books, codebook_size=size, normalize=True).eval()
+    theirs = VectorQuantize(
+        dim=dim,
+        codebook_size=size,
+        codebook_dim=sub_dim,
+        heads=books,
+        separate_codebook_per_head=True,
+        use_cosine_sim=True,
+    ).eval()
+    codes = ours.codebooks[0].codes().detach().clone()  # (C, K, d) unit norm
+    with torch.no_grad():
+        theirs._codebook.embed.copy_(codes)
+        theirs._codebook.initted.fill_(True)
+    z = torch.randn(1, tokens, dim)
+    chunks = F.normalize(z[0].view(tokens, books, sub_dim), dim=-1).transpose(0, 1)
+    ref = nearest_codes_reference(chunks, codes, cosine=True).T
+    with torch.no_grad():
+        ours_idx, theirs_idx = ours(z).indices[0], theirs(z)[1][0]
+        t_ours, t_theirs = timed(lambda: ours(z), 5), timed(lambda: theirs(z), 2)
+    return {
+        "case": f"UniTok eval: {books} x {size} x {sub_dim}-d cosine, {tokens} tokens",
+        "polytok tok/s": tokens / t_ours,
+        "vqp tok/s": tokens / t_theirs,
+        "speed-up": t_theirs / t_ours,
+        "indices == brute force": bool(torch.equal(ours_idx, ref)),
+        "vqp == brute force": bool(torch.equal(theirs_idx, ref)),
+    }
+
+
+MEMORY_CHILD = """
+import json, torch
+torch.set_num_threads({threads})
+from polytok.quant import nearest_codes
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+n, k, d = {tokens}, {size}, {dim}
+x, codes = torch.randn(1, n, d), torch.randn(1, k, d)
+out = torch.empty(1, n, dtype=torch.long)
+nearest_codes(x[:, :8], codes)  # load the kernels before the baseline
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+out.copy_(nearest_codes(x, codes))
+print(json.dumps({{"extra_mb": (status("VmHWM:") - before) / 1024, "full_matrix_mb": n * k * 4 / 2**20}}))
+"""
+
+
+def memory_row(tokens: int, size: int, dim: int, threads: int) -> dict:
+    code = MEMORY_CHILD.format(threads=threads, tokens=tokens, size=size, dim=dim)
+    result = json.loads(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    )
+    return {
+        "case": f"Memory: {tokens} tokens x {size} codes x {dim}-d (fresh process)",
+        "peak extra MB": result["extra_mb"],
+        "full distance matrix MB": result["full_matrix_mb"],
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    for row in rows:
+        cells = []
+        for key, value in row.items():
+            if key == "case":
+                continue
+            cells.append(f"{key} {value:,.2f}" if isinstance(value, float) else f"{key} {value}")
+        print(f"| {row['case']} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    fp32 = matmul_gflops(512 if args.quick else 2048)
+    size = 512 if args.quick else 2048
+    print(f"threads {args.threads}, fp32 matmul {fp32:.0f} GFLOP/s ({size}^2, measured in this run)")
+    if args.quick:
+        rows = [
+            *evotok_rows(64, 3, 1024, 32, fp32),
+            unitok_row(256, 8, 256, 8),
+            memory_row(4096, 4096, 32, 2),
+        ]
+    else:
+        rows = evotok_rows(1024, 16, 32768, 32, fp32)
+        rows += [unitok_row(4096, 8, 4096, 8), memory_row(65536, 32768, 32, args.threads)]
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
