@@ -1,0 +1,115 @@
+"""CLIP contrastive loss between image and text embeddings (UniTok's semantic objective).
+
+Under ``torch.distributed`` the embeddings of every rank are gathered *with* gradient, and each rank
+scores its own rows against the whole global batch ("local loss"). Averaged over ranks (as DDP does for
+gradients) this equals, in value and gradient, the loss of one process holding the full batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polytok.losses.output import LossOutput, detached
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
+    """Concatenate ``x`` (B, D) from every rank in rank order, keeping the autograd graph.
+
+    Returns the (world * B, D) tensor and the offset of this rank's rows. Every rank must pass the same B
+    (checked with one small collective, so a mismatch raises instead of hanging or mis-labelling).
+    """
+    if not _distributed():
+        return x, 0
+    import torch.distributed.nn.functional as dist_fn
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    counts = [int(s) for s in sizes]
+    if len(set(counts)) != 1:
+        raise ValueError(f"the contrastive loss needs the same local batch size on every rank, got {counts}")
+    gathered = dist_fn.all_gather(x)
+    return torch.cat(gathered, dim=0), rank * x.shape[0]
+
+
+class ClipContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE with a learnable temperature, as in CLIP.
+
+    Args:
+        init_logit_scale: initial value of the log of the inverse temperature (log(1/0.07)).
+        max_logit_scale: the log-scale is clamped to at most this (log(100)) when used.
+        learnable: make the log-scale a trainable parameter (else a buffer).
+        normalize: L2-normalise the embeddings first (set False if they already are).
+        weight: factor applied to the returned ``loss``.
+        gather: gather embeddings across ranks when torch.distributed is initialised.
+
+    Call: ``loss(image_emb, text_emb)`` with (B, D) each; row i of both is a matching pair. Returns a
+    :class:`LossOutput` with terms ``image_to_text``, ``text_to_image``, ``contrastive`` (their mean),
+    ``logit_scale`` (the exp'd scale), ``accuracy`` (image->text top-1 on this rank's rows).
+    """
+
+    def __init__(
+        self,
+        init_logit_scale: float = math.log(1 / 0.07),
+        max_logit_scale: float = math.log(100),
+        learnable: bool = True,
+        normalize: bool = True,
+        weight: float = 1.0,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        if init_logit_scale > max_logit_scale:
+            raise ValueError(f"init_logit_scale {init_logit_scale} exceeds max_logit_scale {max_logit_scale}")
+        scale = torch.tensor(float(init_logit_scale))
+        if learnable:
+            self.logit_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("logit_scale", scale)
+        self.max_logit_scale = float(max_logit_scale)
+        self.normalize = normalize
+        self.weight = float(weight)
+        self.gather = gather
+
+    def scale(self) -> Tensor:
+        """exp(clamped log-scale), the factor multiplying cosine similarities."""
+        return self.logit_scale.clamp(max=self.max_logit_scale).exp()
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> LossOutput:
+        if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape != text_emb.shape:
+            raise ValueError(
+                f"expected image and text embeddings of the same shape (B, D), got {tuple(image_emb.shape)} "
+                f"and {tuple(text_emb.shape)}"
+            )
+        image_emb, text_emb = image_emb.float(), text_emb.float()
+        if self.normalize:
+            image_emb, text_emb = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+        if self.gather:
+            all_images, offset = gather_with_grad(image_emb)
+            all_texts, _ = gather_with_grad(text_emb)
+        else:
+            all_images, all_texts, offset = image_emb, text_emb, 0
+        scale = self.scale()
+        logits_image_to_text = scale * image_emb @ all_texts.t()  # (B, world * B)
+        logits_text_to_image = scale * text_emb @ all_images.t()
+        labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
+        loss_i2t = F.cross_entropy(logits_image_to_text, labels)
+        loss_t2i = F.cross_entropy(logits_text_to_image, labels)
+        value = 0.5 * (loss_i2t + loss_t2i)
+        accuracy = (logits_image_to_text.argmax(dim=1) == labels).float().mean()
+        terms = {
+            "image_to_text": detached(loss_i2t),
+            "text_to_image": detached(loss_t2i),
+            "contrastive": detached(value),
+            "logit_scale": detached(scale),
+            "accuracy": detached(accuracy),
+        }
+        return LossOutput(self.weight * value, terms)
