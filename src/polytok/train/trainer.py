@@ -1,0 +1,545 @@
+"""The training engine: one code path for a single process and for ``torchrun`` (DDP or FSDP).
+
+    trainer = Trainer(model, objective, dataset, TrainConfig(max_steps=1000, batch_size=8))
+    trainer.fit()
+
+Per optimiser step: ``grad_accum_steps`` micro-batches (gradient sync only on the last one), bf16 autocast,
+backward, global-norm clipping, AdamW step(s), lr schedule, optional weight EMA. A step whose loss or
+gradient norm is not finite on any rank is skipped on every rank (no update), counted and logged.
+Checkpoints hold everything needed to continue bit-exactly (see ``checkpoint.py``) with the same world
+size. Random augmentations inside the dataset continue exactly with ``num_workers=0`` (they draw from the
+restored process RNG); with worker processes, derive their randomness from the sample index instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.utils.data import DataLoader, Dataset
+
+from polytok.train import checkpoint as ckpt
+from polytok.train.config import to_dict
+from polytok.train.distributed import (
+    DistInfo,
+    all_true,
+    barrier,
+    cleanup_distributed,
+    resolve_strategy,
+    setup_distributed,
+    wrap_model,
+)
+from polytok.train.ema import ModelEMA
+from polytok.train.logger import RunLogger, Throughput
+from polytok.train.objective import StepContext, has_discriminator
+from polytok.train.optim import build_adamw
+from polytok.train.sampler import ResumableDistributedSampler
+from polytok.train.schedule import build_scheduler
+from polytok.train.train_config import TrainConfig
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_FULL_LOAD = StateDictOptions(full_state_dict=True)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested dicts / lists / tuples to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Switch on activation checkpointing through the model's own hook."""
+    if hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(True)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    else:
+        raise ValueError(
+            f"gradient_checkpointing=True but {type(model).__name__} has no "
+            "set_gradient_checkpointing(enabled) or gradient_checkpointing_enable() method"
+        )
+
+
+@contextlib.contextmanager
+def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Temporarily set requires_grad=False (the discriminator during the generator's pass)."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class Trainer:
+    """Generic engine; the losses come from ``objective`` (see ``polytok.train.objective``).
+
+    Args:
+        model: the network; its ``named_parameters()`` make the generator optimiser's groups. Build it with
+            the same seed on every rank (DDP broadcasts rank 0's weights; FSDP is given rank 0's too).
+        objective: ``generator_loss`` (+ optional ``discriminator`` / ``discriminator_loss``).
+        dataset: map-style dataset; batches go through ``collate_fn`` (default collation).
+        config: TrainConfig.
+        callbacks: called on every rank after each step with the step record.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Any,
+        dataset: Dataset,
+        config: TrainConfig,
+        *,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        callbacks: Iterable[Callback] = (),
+    ) -> None:
+        if not callable(getattr(objective, "generator_loss", None)):
+            raise TypeError(f"objective {type(objective).__name__} has no generator_loss(model, batch, ctx)")
+        self.config = config
+        self.objective = objective
+        self.callbacks = list(callbacks)
+        self.dist: DistInfo = setup_distributed(config)
+        self.device = self.dist.device
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self._seed_everything()
+
+        self.autocast_dtype = self._autocast_dtype()
+        self.strategy = resolve_strategy(config, self.dist)
+
+        # generator model: place, sync initial weights, wrap, compile
+        self.raw_model = model.to(self.device)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.raw_model)
+        if self.strategy == "fsdp":
+            self._broadcast_module(self.raw_model)
+        self.wrapped_model = wrap_model(self.raw_model, config, self.dist, self.strategy, config.fsdp_layers)
+        self.last_layer = self._find_last_layer()  # after wrapping: FSDP replaces the parameters
+        self.model = torch.compile(self.wrapped_model) if config.compile else self.wrapped_model
+        self.optimizer = build_adamw(self.raw_model.named_parameters(), config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.max_steps)
+
+        # optional discriminator with its own optimiser and schedule
+        self.raw_disc = self.disc = self.disc_optimizer = self.disc_scheduler = None
+        self._disc_trainable: list[nn.Parameter] = []
+        if has_discriminator(objective):
+            self.raw_disc = objective.discriminator().to(self.device)
+            if self.strategy == "fsdp":
+                self._broadcast_module(self.raw_disc)
+            self._disc_trainable = [p for p in self.raw_disc.parameters() if p.requires_grad]
+            self.disc = wrap_model(self.raw_disc, config, self.dist, self.strategy, [])
+            self.disc_optimizer = build_adamw(self.raw_disc.named_parameters(), config.disc_optim)
+            self.disc_scheduler = build_scheduler(self.disc_optimizer, config.disc_optim, config.max_steps)
+
+        self.ema = ModelEMA(self.raw_model, config.ema_decay) if config.ema_decay is not None else None
+
+        # data
+        self.sampler = ResumableDistributedSampler(
+            len(dataset), self.dist.world_size, self.dist.rank, shuffle=config.shuffle, seed=config.seed
+        )
+        if len(self.sampler) < config.batch_size:
+            raise ValueError(
+                f"each of the {self.dist.world_size} process(es) sees {len(self.sampler)} samples per epoch, "
+                f"fewer than batch_size={config.batch_size}"
+            )
+        self._loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.num_workers,
+            collate_fn=collate_fn,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            generator=self._loader_generator,
+        )
+        self._iter: Iterator[Any] | None = None
+
+        # progress counters (all saved in checkpoints)
+        self.step = 0  # completed optimiser steps
+        self.epoch = 0
+        self.samples_in_epoch = 0  # samples of the current epoch consumed by this rank
+        self.skipped_steps = 0
+        self.resumed_from: Path | None = None
+
+    # ----------------------------------------------------------------------------------------------------
+    # set-up helpers
+
+    def _seed_everything(self) -> None:
+        seed = self.config.seed + self.dist.rank  # different dropout/augmentation noise per rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.config.precision != "bf16":
+            return None
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            warnings.warn("bf16 is not supported on this GPU; training in fp32", RuntimeWarning, stacklevel=3)
+            return None
+        return torch.bfloat16
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _find_last_layer(self) -> nn.Parameter | None:
+        name = self.config.last_layer
+        if name is None:
+            if hasattr(self.raw_model, "last_layer") and callable(self.raw_model.last_layer):
+                return self.raw_model.last_layer()
+            return None
+        params = dict(self.raw_model.named_parameters())
+        if name not in params:
+            raise ValueError(f"last_layer={name!r} is not a parameter of the model")
+        return params[name]
+
+    def _broadcast_module(self, module: nn.Module) -> None:
+        """Give every rank rank 0's initial weights (DDP does this itself; FSDP shards what it is given)."""
+        if self.dist.distributed:
+            with torch.no_grad():
+                for t in [*module.parameters(), *module.buffers()]:
+                    dist.broadcast(t.data, src=0)
+
+    @property
+    def images_per_step(self) -> int:
+        return self.config.batch_size * self.config.grad_accum_steps * self.dist.world_size
+
+    # ----------------------------------------------------------------------------------------------------
+    # data
+
+    def _next_batch(self) -> Any:
+        while True:
+            if self._iter is None:
+                self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
+                # seeds DataLoader workers from the data position, never from the global RNG
+                self._loader_generator.manual_seed(
+                    self.config.seed * 1_000_003
+                    + self.epoch * 7_919
+                    + self.dist.rank * 104_729
+                    + self.samples_in_epoch
+                )
+                self._iter = iter(self.loader)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self.epoch += 1
+                self.samples_in_epoch = 0
+                self._iter = None
+                continue
+            self.samples_in_epoch += self.config.batch_size
+            return batch
+
+    # ----------------------------------------------------------------------------------------------------
+    # one optimiser step
+
+    @contextlib.contextmanager
+    def _grad_sync(self, module: nn.Module | None, enabled: bool) -> Iterator[None]:
+        """Skip the gradient all-reduce on non-final micro-batches (DDP no_sync, FSDP gradient sync off)."""
+        if module is None or enabled or self.strategy == "none":
+            yield
+            return
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            with module.no_sync():
+                yield
+        elif hasattr(module, "set_requires_gradient_sync"):
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        else:
+            yield
+
+    @staticmethod
+    def _clip(params: Sequence[nn.Parameter], max_norm: float | None) -> Tensor:
+        limit = max_norm if max_norm else math.inf  # inf: measure the norm, scale by exactly 1
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            return torch.zeros(())
+        norm = torch.nn.utils.clip_grad_norm_(with_grad, limit)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def train_step(self) -> dict[str, Any]:
+        """Run one optimiser step (all micro-batches) and return its record (losses averaged over ranks)."""
+        cfg = self.config
+        accum = cfg.grad_accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        disc_updated = False
+
+        def add(logs: Any, prefix: str = "") -> None:
+            for key, value in dict(logs).items():
+                v = (
+                    value.detach().float().reshape(())
+                    if isinstance(value, Tensor)
+                    else torch.tensor(float(value))
+                )
+                sums[prefix + key] = sums.get(prefix + key, 0.0) + v.to(self.device) / accum
+
+        for micro in range(accum):
+            batch = move_to_device(self._next_batch(), self.device)
+            ctx = StepContext(
+                self.step,
+                cfg.max_steps,
+                micro,
+                accum,
+                self.dist.world_size,
+                discriminator=self.raw_disc,
+                last_layer=self.last_layer,
+            )
+            sync = micro == accum - 1
+            with self._grad_sync(self.wrapped_model, sync), frozen(self._disc_trainable):
+                with self._autocast():
+                    loss, logs = self.objective.generator_loss(self.model, batch, ctx)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError("generator_loss must return a scalar tensor as its first element")
+                finite &= torch.isfinite(loss.detach()).reshape(())
+                (loss / accum).backward()
+            add(logs)
+            sums["loss"] = sums.get("loss", 0.0) + loss.detach().float().reshape(()) / accum
+            if self.disc is not None:
+                ctx.discriminator = self.disc
+                with self._grad_sync(self.disc, sync):
+                    with self._autocast():
+                        out = self.objective.discriminator_loss(self.disc, batch, ctx)
+                    if out is not None:
+                        d_loss, d_logs = out
+                        finite &= torch.isfinite(d_loss.detach()).reshape(())
+                        (d_loss / accum).backward()
+                        disc_updated = True
+                        add(d_logs, "disc/")
+                        sums["disc/loss"] = (
+                            sums.get("disc/loss", 0.0) + d_loss.detach().float().reshape(()) / accum
+                        )
+
+        grad_norm = self._clip(list(self.raw_model.parameters()), cfg.grad_clip)
+        finite &= torch.isfinite(grad_norm.to(self.device))
+        disc_norm = None
+        if disc_updated:
+            disc_norm = self._clip(self._disc_trainable, cfg.disc_grad_clip)
+            finite &= torch.isfinite(disc_norm.to(self.device))
+        ok = all_true(bool(finite.item()), self.dist)  # same decision on every rank
+        if ok:
+            self.optimizer.step()
+            if disc_updated:
+                self.disc_optimizer.step()
+            if self.ema is not None and self.step >= cfg.ema_start_step:
+                self.ema.update(self.raw_model, decay=0.0 if self.step == cfg.ema_start_step else None)
+        else:
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.disc_optimizer is not None:
+                self.disc_optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": self.step + 1,
+            "epoch": self.epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if self.disc_optimizer is not None:
+            record["disc_lr"] = self.disc_optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():
+            # lr is a function of the step, also for skipped steps and a discriminator that starts later
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+            if self.disc_scheduler is not None:
+                self.disc_scheduler.step()
+        self.step += 1
+        record["grad_norm"] = float(grad_norm)
+        if disc_norm is not None:
+            record["disc_grad_norm"] = float(disc_norm)
+        record.update({k: float(v) for k, v in self._mean_over_ranks(sums).items()})
+        record["skipped"] = self.skipped_steps
+        record["step_skipped"] = not ok
+        return record
+
+    def _mean_over_ranks(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not self.dist.distributed or not values:
+            return values
+        keys = sorted(values)
+        stacked = torch.stack([values[k].reshape(()).float() for k in keys])
+        dist.all_reduce(stacked)
+        stacked /= self.dist.world_size
+        return dict(zip(keys, stacked))
+
+    # ----------------------------------------------------------------------------------------------------
+    # the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``max_steps`` (resuming first when ``config.resume``); returns the last record."""
+        cfg = self.config
+        if cfg.resume:
+            self.resume()
+        logger = RunLogger(
+            self.out_dir,
+            self.dist.is_main,
+            cfg.max_steps,
+            self.step,
+            images_per_step=self.images_per_step,
+            stdout=cfg.log_stdout,
+            progress=cfg.progress,
+            tensorboard=cfg.tensorboard,
+        )
+        record: dict[str, Any] = {"step": self.step, "skipped": self.skipped_steps}
+        meter = Throughput()
+        try:
+            while self.step < cfg.max_steps:
+                record = self.train_step()
+                meter.add(self.images_per_step)
+                logger.progress(1, {"loss": record["loss"], "skipped": self.skipped_steps})
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or record["step_skipped"]:
+                    record["images_per_s"] = meter.rate()
+                    logger.log(record)
+                for callback in self.callbacks:
+                    callback(self, record)
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+        finally:
+            logger.close()
+        return record
+
+    def close(self) -> None:
+        """Leave the process group (when this trainer created it)."""
+        cleanup_distributed(self.dist)
+
+    # ----------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write a complete checkpoint for the current step (collective: call on every rank)."""
+        model_sd = get_model_state_dict(self.raw_model, options=_FULL)
+        optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=_FULL)
+        disc_sd = disc_optim_sd = None
+        if self.raw_disc is not None:
+            disc_sd = get_model_state_dict(self.raw_disc, options=_FULL)
+            disc_optim_sd = get_optimizer_state_dict(self.raw_disc, self.disc_optimizer, options=_FULL)
+        ema_sd = self.ema.state_dict() if self.ema is not None else None
+        if self.dist.is_main:
+            ckpt.begin_checkpoint(self.ckpt_root, self.step)
+        barrier(self.dist)
+        staging = ckpt.partial_dir(self.ckpt_root, self.step)
+        ckpt.atomic_torch_save(ckpt.capture_rng_state(), staging / f"rng_rank{self.dist.rank}.pt")
+        barrier(self.dist)
+        final = self.ckpt_root / ckpt.step_dir_name(self.step)
+        if self.dist.is_main:
+            ckpt.atomic_save_safetensors(model_sd, staging / "model.safetensors")
+            if ema_sd is not None:
+                ckpt.atomic_save_safetensors(ema_sd, staging / "ema.safetensors")
+            if disc_sd is not None:
+                ckpt.atomic_save_safetensors(disc_sd, staging / "discriminator.safetensors")
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "samples_in_epoch": self.samples_in_epoch,
+                "world_size": self.dist.world_size,
+                "skipped_steps": self.skipped_steps,
+                "optimizer": optim_sd,
+                "scheduler": self.scheduler.state_dict(),
+                "disc_optimizer": disc_optim_sd,
+                "disc_scheduler": self.disc_scheduler.state_dict()
+                if self.disc_scheduler is not None
+                else None,
+                "config": to_dict(self.config),
+            }
+            ckpt.atomic_torch_save(state, staging / ckpt.STATE_FILE)
+            ckpt.finalize_checkpoint(self.ckpt_root, self.step, {"world_size": self.dist.world_size})
+            ckpt.prune_checkpoints(self.ckpt_root, self.config.keep_last)
+        barrier(self.dist)
+        return final
+
+    def resume(self) -> Path | None:
+        """Load the newest complete checkpoint in ``out_dir/checkpoints`` (rank 0 picks; all ranks agree)."""
+        choice = [None]
+        if self.dist.is_main:
+            found = ckpt.find_latest_checkpoint(self.ckpt_root)
+            choice = [str(found) if found is not None else None]
+        if self.dist.distributed:
+            dist.broadcast_object_list(choice, src=0)
+        if choice[0] is None:
+            return None
+        self.load_checkpoint(choice[0])
+        return self.resumed_from
+
+    def load_checkpoint(self, path: str | Path, verify: bool = True) -> None:
+        """Restore model, optimisers, schedulers, EMA, counters, data position and this rank's RNG."""
+        path = Path(path)
+        if verify:
+            ckpt.verify_checkpoint(path)
+        state = ckpt.load_pickled(path / ckpt.STATE_FILE)
+        set_model_state_dict(
+            self.raw_model, ckpt.load_safetensors(path / "model.safetensors"), options=_FULL_LOAD
+        )
+        set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=_FULL_LOAD)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.raw_disc is not None:
+            if state.get("disc_optimizer") is None:
+                raise ckpt.CheckpointError(f"{path} holds no discriminator, but the objective has one")
+            disc_sd = ckpt.load_safetensors(path / "discriminator.safetensors")
+            set_model_state_dict(self.raw_disc, disc_sd, options=_FULL_LOAD)
+            set_optimizer_state_dict(
+                self.raw_disc, self.disc_optimizer, state["disc_optimizer"], options=_FULL_LOAD
+            )
+            self.disc_scheduler.load_state_dict(state["disc_scheduler"])
+        if self.ema is not None:
+            ema_file = path / "ema.safetensors"
+            if ema_file.is_file():
+                self.ema.load_state_dict(ckpt.load_safetensors(ema_file))
+            else:
+                warnings.warn(
+                    f"{path} has no EMA weights; the EMA restarts from the loaded weights",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.ema.update(self.raw_model, decay=0.0)
+        self.step = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.epoch = int(state["epoch"])
+        saved_world = int(state["world_size"])
+        if saved_world == self.dist.world_size:
+            self.samples_in_epoch = int(state["samples_in_epoch"])
+        else:  # keep the global position; exact continuation needs the same world size
+            consumed = int(state["samples_in_epoch"]) * saved_world
+            self.samples_in_epoch = min(consumed // self.dist.world_size, self.sampler.per_rank)
+            warnings.warn(
+                f"resuming with world size {self.dist.world_size} from a run with {saved_world}: "
+                "the data order continues approximately",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._iter = None
+        rng_file = path / f"rng_rank{self.dist.rank}.pt"
+        if rng_file.is_file():
+            ckpt.restore_rng_state(ckpt.load_pickled(rng_file))
+        else:
+            warnings.warn(
+                f"{rng_file} not found; random streams are not restored", RuntimeWarning, stacklevel=2
+            )
+        self.resumed_from = path

@@ -1,0 +1,165 @@
+"""Toy training run for the engine's tests; launched as ``python`` or under ``torchrun``.
+
+    python tests/train_worker_toy.py train.out_dir=/tmp/run train.max_steps=8 toy.dropout=0.1
+
+Keys under ``train.`` go to TrainConfig, keys under ``toy.`` to ToyConfig below. The model is a small MLP
+with a LayerNorm and a CLIP-like ``logit_scale``; the data are fixed synthetic regression pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from polytok.train import TrainConfig, Trainer, from_dict, load_yaml_with_overrides
+
+
+@dataclass
+class ToyConfig:
+    dim: int = 16
+    width: int = 32
+    dataset_size: int = 64
+    dropout: float = 0.0
+    noise: float = 0.0  # input noise drawn from the global torch RNG (exercises RNG restore)
+    nan_steps: list[int] = field(default_factory=list)  # 0-based steps whose loss is made NaN
+    nan_rank: int = -1  # rank that produces the NaN (-1: every rank)
+    sleep_after_step: int = -1  # after this many completed steps, sleep sleep_s per step
+    sleep_s: float = 0.0
+    gan: bool = False
+
+
+class ToyBlock(nn.Module):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.drop(torch.nn.functional.gelu(self.norm(self.fc(h))))
+
+
+class ToyModel(nn.Module):
+    def __init__(self, dim: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList([ToyBlock(width, dropout), ToyBlock(width, dropout)])
+        self.out = nn.Linear(width, dim)
+        # shape (1,), not (): FSDP shards no 0-dim parameters
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+
+class ToyDisc(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ToyObjective:
+    """MSE regression + a small pull on logit_scale; optional hinge GAN."""
+
+    def __init__(self, toy: ToyConfig, rank: int) -> None:
+        self.toy, self.rank = toy, rank
+
+    def generator_loss(self, model, batch, ctx):
+        x, y = batch
+        if self.toy.noise:
+            x = x + self.toy.noise * torch.randn_like(x)
+        pred = model(x)
+        rec = torch.nn.functional.mse_loss(pred.float(), y)
+        raw = model.module if hasattr(model, "module") else model
+        reg = 1e-3 * ((raw.logit_scale - 2.0) ** 2).sum()
+        loss = rec + reg
+        logs = {"mse": rec.detach()}
+        if self.toy.gan and ctx.discriminator is not None:
+            g = -ctx.discriminator(pred.float()).mean()
+            loss = loss + 0.1 * g
+            logs["gan"] = g.detach()
+            ctx.cache["fake"] = pred.detach().float()
+        if ctx.step in self.toy.nan_steps and self.toy.nan_rank in (-1, self.rank):
+            loss = loss * float("nan")
+        return loss, logs
+
+
+class ToyGanObjective(ToyObjective):
+    """Adds a small discriminator with a hinge loss, trained from step 2 on."""
+
+    def __init__(self, toy: ToyConfig, rank: int) -> None:
+        super().__init__(toy, rank)
+        torch.manual_seed(99)
+        self._disc = ToyDisc(toy.dim)
+
+    def discriminator(self) -> nn.Module:
+        return self._disc
+
+    def discriminator_loss(self, disc, batch, ctx):
+        if ctx.step < 2:  # discriminator starts later, as in the published recipes
+            return None
+        _, y = batch
+        real = disc(y).float()
+        fake = disc(ctx.cache["fake"]).float()
+        loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+        return loss, {"real": real.mean().detach()}
+
+
+def build_dataset(toy: ToyConfig) -> TensorDataset:
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(toy.dataset_size, toy.dim, generator=g)
+    w = torch.randn(toy.dim, toy.dim, generator=g) / math.sqrt(toy.dim)
+    return TensorDataset(x, torch.sin(x @ w))
+
+
+def build_model(toy: ToyConfig) -> ToyModel:
+    torch.manual_seed(7)  # identical initial weights on every rank and in every run
+    return ToyModel(toy.dim, toy.width, toy.dropout)
+
+
+def main(argv: list[str]) -> None:
+    raw = load_yaml_with_overrides(None, argv)
+    unknown = set(raw) - {"train", "toy"}
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}")
+    config = from_dict(TrainConfig, raw.get("train", {}))
+    toy = from_dict(ToyConfig, raw.get("toy", {}))
+    rank = int(os.environ.get("RANK", "0"))
+    objective = ToyGanObjective(toy, rank) if toy.gan else ToyObjective(toy, rank)
+
+    def slow_down(trainer: Trainer, record: dict) -> None:
+        if 0 <= toy.sleep_after_step < record["step"]:
+            print(f"sleeping after step {record['step']}", flush=True)
+            time.sleep(toy.sleep_s)
+
+    trainer = Trainer(build_model(toy), objective, build_dataset(toy), config, callbacks=[slow_down])
+    last = trainer.fit()
+    if trainer.dist.is_main:
+        result = {
+            "step": trainer.step,
+            "skipped": trainer.skipped_steps,
+            "last": last,
+            "resumed_from": str(trainer.resumed_from) if trainer.resumed_from else None,
+            "world_size": trainer.dist.world_size,
+        }
+        Path(config.out_dir, "result.json").write_text(json.dumps(result))
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
