@@ -234,7 +234,8 @@ def test_clear_errors() -> None:
     with pytest.raises(ValueError, match="last dim 8"):
         q(torch.randn(1, 4, 7))
     with pytest.raises(ValueError, match="NaN or Inf"):
-        q(torch.full((1, 2, 8), float("nan")))
+        q.eval()(torch.full((1, 2, 8), float("nan")))
+    q.train()
     with pytest.raises(TypeError, match="float tensor"):
         q(torch.ones(1, 2, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="out of range"):
@@ -258,3 +259,18 @@ def test_clear_errors() -> None:
 def test_every_public_quantizer_is_one_engine() -> None:
     for make, _, _ in CASES.values():
         assert isinstance(make(), LevelledQuantizer)
+
+
+def test_non_finite_training_input_skips_codebook_update() -> None:
+    """In training a NaN latent gives a NaN loss (the trainer skips the step) and leaves codebooks alone."""
+    torch.manual_seed(0)
+    q = ResidualQuantizer(dim=4, levels=2, codebook_size=8, update="ema", dead_code_threshold=1.0)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    z = torch.randn(2, 5, 4)
+    z[1, 2, 0] = float("inf")
+    out = q(z)
+    assert not torch.isfinite(out.loss)
+    assert out.stats["skipped_update"].item() == 1.0
+    for key, value in q.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert q(torch.randn(2, 5, 4)).stats["skipped_update"].item() == 0.0

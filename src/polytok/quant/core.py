@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.quant.codebook import Codebook, UpdateMode
+from polytok.quant.distributed import all_reduce_sum_
 from polytok.quant.gradients import entropy_loss, rotation_trick, straight_through
 
 
@@ -194,7 +195,17 @@ class LevelledQuantizer(nn.Module):
             raise ValueError(f"expected input of shape (B, N, {self.dim}), got {tuple(z.shape)}")
         if z.shape[-1] != self.dim:
             raise ValueError(f"expected last dim {self.dim}, got input of shape {tuple(z.shape)}")
-        _check_finite("quantizer input", z)
+        if not self.training:
+            _check_finite("quantizer input", z)
+
+    def _update_allowed(self, z: Tensor) -> bool:
+        """Training only: whether every rank's input is finite (one scalar all-reduce when distributed).
+
+        A non-finite latent in training is not an error: its loss is non-finite and the trainer skips the
+        step, so the codebooks must skip it too, on every rank alike or the collectives would not match.
+        """
+        bad = (~torch.isfinite(z).all()).float().reshape(1)
+        return float(all_reduce_sum_(bad, self.sync_distributed)) == 0.0
 
     def _check_indices(self, indices: Tensor) -> Tensor:
         if not isinstance(indices, Tensor) or indices.dtype not in (
@@ -248,6 +259,7 @@ class LevelledQuantizer(nn.Module):
             if self.normalize:
                 x = F.normalize(x, dim=-1)
             depth = self._dropout_depth()
+            update = self.training and self._update_allowed(x)
             residual = x
             cumulative: list[Tensor] = []
             all_idx: list[Tensor] = []
@@ -258,7 +270,7 @@ class LevelledQuantizer(nn.Module):
             total = torch.zeros_like(x)
             for level in range(depth):
                 book = self.codebook_for_level(level)
-                if self.training:
+                if update:
                     book.maybe_kmeans_init(residual)
                 idx = book.search(residual)  # (M, C)
                 q = book.lookup(idx)  # (M, C, d)
@@ -267,7 +279,7 @@ class LevelledQuantizer(nn.Module):
                     codebook_loss = codebook_loss + F.mse_loss(q, residual.detach())
                 if self.training and self.entropy_weight > 0:
                     ent = ent + entropy_loss(self._similarity(residual, book) / self.entropy_temperature)
-                if self.training:
+                if update:
                     inputs, chosen = matched.setdefault(id(book), ([], []))
                     inputs.append(residual.detach())
                     chosen.append(idx)
@@ -278,7 +290,9 @@ class LevelledQuantizer(nn.Module):
             # EvoTok averages the commitment over all cumulative prefixes: |z - sum_{l<=k} q_l|^2 equals
             # the level-k residual error, so the per-level mean is exactly that average.
             loss = (self.beta * commit + codebook_loss) / depth + self.entropy_weight * ent / depth
-            stats = self._update_codebooks(matched) if self.training else {}
+            stats = self._update_codebooks(matched) if update else {}
+            if self.training:
+                stats["skipped_update"] = torch.tensor(0.0 if update else 1.0)
             indices = torch.stack(all_idx, dim=1)  # (M, depth, C)
             if depth < self.num_levels:
                 pad = indices.new_full((b * n, self.num_levels - depth, self.num_codebooks), -1)
