@@ -225,3 +225,15 @@ def test_distillation_rejects_bad_input_and_evotok_preset():
     s, t = torch.randn(1, 4, 1024, generator=gen), torch.randn(1, 4, 1024, generator=gen)
     token, fold = _hand_distill(s, t, folds=4)
     assert preset(s, t).loss.item() == pytest.approx(token + fold, rel=1e-4)
+
+
+def test_contrastive_external_logit_scale_matches_own_scale() -> None:
+    torch.manual_seed(0)
+    img, txt = torch.randn(6, 16), torch.randn(6, 16)
+    own = ClipContrastiveLoss(init_logit_scale=math.log(20.0), gather=False)
+    external = ClipContrastiveLoss(gather=False)
+    scale = torch.tensor(20.0, requires_grad=True)
+    out = external(img, txt, logit_scale=scale)
+    assert torch.allclose(out.loss, own(img, txt).loss, atol=1e-6)
+    out.loss.backward()
+    assert scale.grad is not None and scale.grad != 0

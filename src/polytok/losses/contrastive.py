@@ -83,7 +83,9 @@ class ClipContrastiveLoss(nn.Module):
         """exp(clamped log-scale), the factor multiplying cosine similarities."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> LossOutput:
+    def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | None = None) -> LossOutput:
+        """``logit_scale``: an exp'd scale computed by the model's forward (open_clip style), used instead
+        of this module's own; under DDP a scale that lives in the model must come through its forward."""
         if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape != text_emb.shape:
             raise ValueError(
                 f"expected image and text embeddings of the same shape (B, D), got {tuple(image_emb.shape)} "
@@ -97,7 +99,7 @@ class ClipContrastiveLoss(nn.Module):
             all_texts, _ = gather_with_grad(text_emb)
         else:
             all_images, all_texts, offset = image_emb, text_emb, 0
-        scale = self.scale()
+        scale = self.scale() if logit_scale is None else logit_scale.float()
         logits_image_to_text = scale * image_emb @ all_texts.t()  # (B, world * B)
         logits_text_to_image = scale * text_emb @ all_images.t()
         labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
