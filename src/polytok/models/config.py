@@ -1,0 +1,339 @@
+"""Typed tokenizer configuration: nested dataclasses, built strictly from dicts, JSON or YAML.
+
+Unknown keys and wrong value types are rejected with the dotted name of the offending key, so a typo
+in a config file fails at load time instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+T = TypeVar("T")
+
+
+@dataclass
+class EncoderConfig:
+    """Image encoder.
+
+    kind: "hybrid_vit" (ViTamin-style conv stem + transformer), "vit" (patch embedding + transformer,
+    sin-cos positions), "siglip2" / "siglip" (a ``transformers`` SigLIP(2) vision tower).
+    For the ``transformers`` kinds, ``hf_config`` holds the vision config, ``weights`` a local directory
+    or a Hugging Face id already in the local cache (None: random init), and ``feature_layer`` which
+    hidden state to use (-2: second-to-last layer). ``freeze_last_blocks`` freezes the final blocks,
+    whose output is unused when reading an earlier layer.
+    """
+
+    kind: Literal["hybrid_vit", "vit", "siglip2", "siglip"] = "hybrid_vit"
+    width: int = 1024
+    depth: int = 31
+    heads: int = 16
+    mlp: Literal["geglu", "mlp"] = "geglu"
+    mlp_ratio: float = 2.0
+    stem_width: int = 160
+    stage_widths: list[int] = field(default_factory=lambda: [160, 320])
+    stage_depths: list[int] = field(default_factory=lambda: [2, 4])
+    patch_size: int = 16
+    hf_config: dict[str, Any] | None = None
+    weights: str | None = None
+    feature_layer: int = -1
+    freeze_last_blocks: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class ProjectionConfig:
+    """Map between the backbone width and the code width: "attention" (UniTok), "linear", "tanh_mlp"
+    (EvoTok's Linear-Tanh-Linear) or "identity" (widths must match)."""
+
+    kind: Literal["attention", "linear", "tanh_mlp", "identity"] = "attention"
+    heads: int | None = None
+    mlp_ratio: float = 2.0
+    hidden: int | None = None
+
+
+@dataclass
+class QuantizerConfig:
+    """Quantizer (see :mod:`polytok.quant`). kind "vq": one codebook; "mcq": ``num_codebooks`` codebooks
+    splitting the channels; "rvq": ``levels`` residual levels, each with ``num_codebooks`` codebooks."""
+
+    kind: Literal["vq", "mcq", "rvq"] = "mcq"
+    dim: int = 64
+    codebook_size: int = 4096
+    num_codebooks: int = 1
+    levels: int = 1
+    codebook_dim: int | None = None
+    normalize: bool = False
+    update: Literal["grad", "ema"] = "grad"
+    beta: float = 0.25
+    decay: float = 0.99
+    ema_warmup_steps: int = 0
+    kmeans_init: bool = False
+    dead_code_threshold: float = 0.0
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
+    rotation_trick: bool = False
+    shared_codebook: bool = False
+    quantize_dropout: float = 0.0
+
+
+@dataclass
+class PixelDecoderConfig:
+    """Pixel decoder. "vit": transformer blocks on the post-projected tokens then the conv upsampler
+    (UniTok); "cnn": VQGAN-style CNN straight on the code vectors (EvoTok). ``pos_embed`` adds sin-cos
+    positions before the "vit" blocks (UniTok has none; small models learn faster with them)."""
+
+    kind: Literal["vit", "cnn"] = "vit"
+    width: int = 1024
+    depth: int = 31
+    heads: int = 16
+    mlp: Literal["geglu", "mlp"] = "geglu"
+    mlp_ratio: float = 2.0
+    up_widths: list[int] = field(default_factory=lambda: [320, 160])
+    up_depths: list[int] = field(default_factory=lambda: [4, 2])
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    num_res_blocks: int = 2
+    norm_groups: int = 32
+    pos_embed: bool = False
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TextTowerConfig:
+    """Text side of the contrastive branch.
+
+    kind "transformer": a CLIP-style causal transformer trained here (``vocab`` "clip_bpe" uses the BPE
+    vocabulary bundled with ``open_clip_torch``; "bytes" a 259-token byte vocabulary). Any other kind is
+    a pretrained sentence encoder from :func:`polytok.pretrained.load_pretrained` (e.g. "minilm-l6"),
+    frozen when ``freeze`` (then it is not stored in checkpoints; it is rebuilt from its package).
+    """
+
+    kind: str = "transformer"
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    context_length: int = 77
+    vocab: Literal["clip_bpe", "bytes"] = "clip_bpe"
+    mlp_ratio: float = 4.0
+    freeze: bool = True
+
+
+@dataclass
+class SemanticConfig:
+    """Semantic branch, fed by the full code.
+
+    kind "contrastive" (UniTok): mean pool -> LN -> Linear -> L2 norm, against ``text_tower`` with a
+    learnable logit scale. kind "distill" (EvoTok): a ViT semantic decoder maps the code tokens to
+    ``feature_dim``-d features distilled onto a frozen ``teacher`` ("efficientnet-lite0" and the like
+    from :mod:`polytok.pretrained`, "encoder" for the pretrained image encoder's own weights, or None:
+    supply a module with ``Tokenizer.set_teacher``). "none": no semantic branch.
+    """
+
+    kind: Literal["contrastive", "distill", "none"] = "contrastive"
+    embed_dim: int = 768
+    decoder_width: int = 1024
+    decoder_depth: int = 3
+    decoder_heads: int = 16
+    feature_dim: int = 1024
+    teacher: str | None = None
+    teacher_feature_index: int = 3
+    text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
+    logit_scale_init: float = 14.285714285714286  # 1 / 0.07 (stored as its log)
+    logit_scale_max: float = 100.0
+
+
+@dataclass
+class TokenizerConfig:
+    """Everything that defines a tokenizer. ``pixel_depth``: residual levels the pixel decoder reads
+    (None: all). ``image_size``: the training resolution (any multiple of the stride works)."""
+
+    name: str = "custom"
+    image_size: int = 256
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    post_projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    pixel_depth: int | None = None
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """Strict parse; raises ValueError/TypeError naming the offending key."""
+        cfg = parse_dataclass(cls, data, "")
+        validate(cfg)
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenizerConfig:
+        """Load a ``.json``, ``.yaml`` or ``.yml`` file."""
+        return cls.from_dict(load_config_file(path))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file {path} must end in .json, .yaml or .yml")
+    if not isinstance(data, dict):
+        raise TypeError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise TypeError(f"config key {key!r} must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise TypeError(
+            errors[0]
+            if len(errors) == 1
+            else f"config key {key!r}: {value!r} matches none of {_type_name(tp)}"
+        )
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError(f"config key {key!r} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"config key {key!r} must be a list, got {type(value).__name__}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"config key {key!r} must be a mapping, got {type(value).__name__}")
+        return copy.deepcopy(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"config key {key!r} must be a mapping, got {type(value).__name__}")
+        return parse_dataclass(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"config key {key!r} must be a bool, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"config key {key!r} must be an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp} for config key {key!r}")
+
+
+def parse_dataclass(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ValueError with their dotted name."""
+    if not isinstance(data, dict):
+        raise TypeError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {prefix!r}" if prefix else ""
+        dotted = ", ".join(repr(f"{prefix}.{k}" if prefix else k) for k in unknown)
+        raise ValueError(f"unknown config key(s){where}: {dotted}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``base``. ``a__b=1`` is the same as ``a={"b": 1}``."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        parts = key.split("__")
+        target = out
+        for part in parts[:-1]:
+            if part not in target or not isinstance(target[part], dict):
+                raise ValueError(f"unknown config key {'.'.join(parts)!r}: {part!r} is not a section")
+            target = target[part]
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(target.get(last), dict) and last != "hf_config":
+            target[last] = merge_overrides(target[last], value)
+        else:
+            target[last] = copy.deepcopy(value)
+    return out
+
+
+def _positive(cfg: Any, key: str, names: list[str]) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if v is not None and v <= 0:
+            raise ValueError(f"config key {key + '.' + n!r} must be positive, got {v}")
+
+
+def validate(cfg: TokenizerConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    e, q, p, s = cfg.encoder, cfg.quantizer, cfg.pixel_decoder, cfg.semantic
+    _positive(e, "encoder", ["width", "depth", "heads", "stem_width", "patch_size", "mlp_ratio"])
+    _positive(q, "quantizer", ["dim", "codebook_size", "num_codebooks", "levels", "codebook_dim"])
+    _positive(p, "pixel_decoder", ["width", "depth", "heads", "ch", "num_res_blocks", "norm_groups"])
+    _positive(cfg, "", ["image_size"])
+    if e.kind == "hybrid_vit" and len(e.stage_widths) != len(e.stage_depths):
+        raise ValueError(
+            "config keys 'encoder.stage_widths' and 'encoder.stage_depths' must have equal length"
+        )
+    if len(e.mean) != 3 or len(e.std) != 3 or any(v <= 0 for v in e.std):
+        raise ValueError("config keys 'encoder.mean'/'encoder.std' must hold 3 values (std > 0)")
+    if q.kind != "rvq" and q.levels != 1:
+        raise ValueError(f"config key 'quantizer.levels' is {q.levels} but only kind 'rvq' has levels")
+    if q.kind == "vq" and q.num_codebooks != 1:
+        raise ValueError("config key 'quantizer.num_codebooks' must be 1 for kind 'vq' (use 'mcq')")
+    if cfg.pixel_depth is not None and not 1 <= cfg.pixel_depth <= q.levels:
+        raise ValueError(
+            f"config key 'pixel_depth' must be in [1, {q.levels}] (quantizer levels), got {cfg.pixel_depth}"
+        )
+    if p.kind == "vit" and len(p.up_widths) != len(p.up_depths):
+        raise ValueError(
+            "config keys 'pixel_decoder.up_widths' and 'pixel_decoder.up_depths' must have equal length"
+        )
+    if s.logit_scale_init <= 0 or s.logit_scale_max < s.logit_scale_init:
+        raise ValueError(
+            "config keys 'semantic.logit_scale_init' and 'semantic.logit_scale_max' must satisfy "
+            "0 < init <= max"
+        )

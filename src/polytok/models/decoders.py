@@ -1,0 +1,72 @@
+"""Decoders from code vectors: pixel decoders (image) and the ViT semantic decoder (features)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from polytok.models.config import PixelDecoderConfig
+from polytok.nn import ConvUpsampler, Transformer, VQGANDecoder, sincos_2d
+
+
+def tokens_to_map(x: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, h * w, C) -> (B, C, h, w)."""
+    b, n, c = x.shape
+    h, w = grid
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not fill a {h}x{w} grid")
+    return x.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ViTPixelDecoder(nn.Module):
+    """UniTok's pixel decoder: transformer blocks on the tokens, LN, then the conv upsampler.
+    (B, h*w, width) -> (B, 3, h * up, w * up) in [-1, 1] scale (not clamped)."""
+
+    def __init__(self, cfg: PixelDecoderConfig, pos_embed: bool) -> None:
+        super().__init__()
+        self.width, self.pos_embed = cfg.width, pos_embed
+        self.transformer = Transformer(cfg.width, cfg.depth, cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio)
+        self.transformer.grad_checkpointing = cfg.grad_checkpointing
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.upsampler = ConvUpsampler(cfg.width, cfg.up_widths, cfg.up_depths)
+        self.factor = self.upsampler.factor
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.pos_embed:
+            x = x + sincos_2d(*grid, self.width, device=x.device, dtype=x.dtype)
+        x = self.norm(self.transformer(x))
+        return self.upsampler(tokens_to_map(x, grid))
+
+    def last_layer(self) -> Tensor:
+        return self.upsampler.conv_out.weight
+
+
+class CNNPixelDecoder(nn.Module):
+    """EvoTok's pixel decoder: VQGAN-style CNN on the code map. (B, h*w, D) -> (B, 3, h*up, w*up)."""
+
+    def __init__(self, cfg: PixelDecoderConfig, in_dim: int) -> None:
+        super().__init__()
+        self.cnn = VQGANDecoder(in_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, norm_groups=cfg.norm_groups)
+        self.factor = self.cnn.factor
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        return self.cnn(tokens_to_map(x, grid))
+
+    def last_layer(self) -> Tensor:
+        return self.cnn.conv_out.weight
+
+
+class SemanticDecoder(nn.Module):
+    """EvoTok's semantic decoder: Linear to ``width``, sin-cos positions, ``depth`` transformer blocks,
+    LN, Linear to the teacher's ``out_dim``. (B, N, in_dim) -> (B, N, out_dim)."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.width = width
+        self.proj_in = nn.Linear(in_dim, width)
+        self.transformer = Transformer(width, depth, heads, mlp="mlp", mlp_ratio=4.0)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.proj_out = nn.Linear(width, out_dim)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = self.proj_in(x) + sincos_2d(*grid, self.width, device=x.device, dtype=x.dtype)
+        return self.proj_out(self.norm(self.transformer(x)))

@@ -1,0 +1,216 @@
+"""Built-in presets: the published systems (large) and small versions that train on one CPU (tiny).
+
+Each preset is a plain config dict (the same schema as a user's YAML/JSON file); the registry parses it
+into a :class:`~polytok.models.config.TokenizerConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polytok.models.encoders import SIGLIP2_LARGE_256
+
+_VITAMIN_L = {
+    "kind": "hybrid_vit",
+    "width": 1024,
+    "depth": 31,
+    "heads": 16,
+    "mlp": "geglu",
+    "mlp_ratio": 2.0,
+    "stem_width": 160,
+    "stage_widths": [160, 320],
+    "stage_depths": [2, 4],
+}
+
+UNITOK_L: dict[str, Any] = {
+    "name": "unitok-l",
+    "image_size": 256,
+    "encoder": _VITAMIN_L,
+    "projection": {"kind": "attention", "heads": 16, "mlp_ratio": 2.0},
+    "post_projection": {"kind": "attention", "heads": 16, "mlp_ratio": 2.0},
+    "quantizer": {
+        "kind": "mcq",
+        "dim": 64,
+        "num_codebooks": 8,
+        "codebook_size": 4096,
+        "normalize": True,
+        "update": "grad",
+        "beta": 0.25,
+    },
+    "pixel_decoder": {
+        "kind": "vit",
+        "width": 1024,
+        "depth": 31,
+        "heads": 16,
+        "mlp": "geglu",
+        "mlp_ratio": 2.0,
+        "up_widths": [320, 160],
+        "up_depths": [4, 2],
+    },
+    "semantic": {
+        "kind": "contrastive",
+        "embed_dim": 768,
+        "text_tower": {
+            "kind": "transformer",
+            "width": 768,
+            "depth": 12,
+            "heads": 12,
+            "context_length": 77,
+            "vocab": "clip_bpe",
+            "mlp_ratio": 4.0,
+        },
+    },
+}
+
+EVOTOK_L: dict[str, Any] = {
+    "name": "evotok-l",
+    "image_size": 256,
+    "encoder": {
+        "kind": "siglip2",
+        "hf_config": dict(SIGLIP2_LARGE_256),
+        "weights": "google/siglip2-large-patch16-256",
+        "feature_layer": -2,
+        "freeze_last_blocks": 1,
+    },
+    "projection": {"kind": "tanh_mlp", "hidden": 1024},
+    "post_projection": {"kind": "identity"},
+    "quantizer": {
+        "kind": "rvq",
+        "dim": 32,
+        "levels": 16,
+        "codebook_size": 32768,
+        "update": "ema",
+        "decay": 0.99,
+        "ema_warmup_steps": 2000,
+        "dead_code_threshold": 0.01,
+        "beta": 0.25,
+    },
+    "pixel_depth": 4,
+    "pixel_decoder": {"kind": "cnn", "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2},
+    "semantic": {
+        "kind": "distill",
+        "decoder_width": 1024,
+        "decoder_depth": 3,
+        "decoder_heads": 16,
+        "feature_dim": 1024,
+        "teacher": "encoder",
+    },
+}
+
+_TINY_HYBRID = {
+    "kind": "hybrid_vit",
+    "width": 192,
+    "depth": 4,
+    "heads": 4,
+    "mlp": "geglu",
+    "mlp_ratio": 2.0,
+    "stem_width": 32,
+    "stage_widths": [64],
+    "stage_depths": [2],
+}
+_TINY_VIT_DECODER = {
+    "kind": "vit",
+    "width": 192,
+    "depth": 3,
+    "heads": 4,
+    "mlp": "geglu",
+    "mlp_ratio": 2.0,
+    "up_widths": [48],
+    "up_depths": [2],
+    "pos_embed": True,
+}
+_MINILM = {"kind": "minilm-l6", "freeze": True}
+
+UNITOK_TINY: dict[str, Any] = {
+    "name": "unitok-tiny",
+    "image_size": 64,
+    "encoder": _TINY_HYBRID,
+    "projection": {"kind": "attention", "heads": 6},
+    "post_projection": {"kind": "attention", "heads": 4},
+    "quantizer": {
+        "kind": "mcq",
+        "dim": 32,
+        "num_codebooks": 4,
+        "codebook_size": 512,
+        "normalize": True,
+        "update": "grad",
+    },
+    "pixel_decoder": _TINY_VIT_DECODER,
+    "semantic": {"kind": "contrastive", "embed_dim": 128, "text_tower": _MINILM},
+}
+
+EVOTOK_TINY: dict[str, Any] = {
+    "name": "evotok-tiny",
+    "image_size": 64,
+    "encoder": {
+        "kind": "vit",
+        "patch_size": 8,
+        "width": 192,
+        "depth": 4,
+        "heads": 4,
+        "mlp": "mlp",
+        "mlp_ratio": 4.0,
+    },
+    "projection": {"kind": "tanh_mlp", "hidden": 192},
+    "post_projection": {"kind": "identity"},
+    "quantizer": {
+        "kind": "rvq",
+        "dim": 32,
+        "levels": 4,
+        "codebook_size": 256,
+        "update": "ema",
+        "decay": 0.99,
+        "kmeans_init": True,
+        "dead_code_threshold": 0.01,
+    },
+    "pixel_depth": 2,
+    "pixel_decoder": {
+        "kind": "cnn",
+        "ch": 32,
+        "ch_mult": [1, 2, 2, 4],
+        "num_res_blocks": 1,
+        "norm_groups": 8,
+    },
+    "semantic": {
+        "kind": "distill",
+        "decoder_width": 128,
+        "decoder_depth": 2,
+        "decoder_heads": 4,
+        "feature_dim": 112,
+        "teacher": "efficientnet-lite0",
+        "teacher_feature_index": 3,
+    },
+}
+
+POLYTOK_TINY: dict[str, Any] = {
+    "name": "polytok-tiny",
+    "image_size": 64,
+    "encoder": _TINY_HYBRID,
+    "projection": {"kind": "attention", "heads": 6},
+    "post_projection": {"kind": "attention", "heads": 4},
+    "quantizer": {
+        "kind": "rvq",
+        "dim": 32,
+        "levels": 4,
+        "num_codebooks": 4,
+        "codebook_size": 256,
+        "update": "grad",
+        "kmeans_init": True,
+    },
+    "pixel_depth": 2,
+    "pixel_decoder": _TINY_VIT_DECODER,
+    "semantic": {"kind": "contrastive", "embed_dim": 128, "text_tower": _MINILM},
+}
+
+BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
+    "unitok-l": UNITOK_L,
+    "evotok-l": EVOTOK_L,
+    "unitok-tiny": UNITOK_TINY,
+    "evotok-tiny": EVOTOK_TINY,
+    "polytok-tiny": POLYTOK_TINY,
+}
+
+# Published parameter counts (millions) per part, for the presets that reproduce a paper.
+PUBLISHED_PARAMETERS: dict[str, dict[str, float]] = {
+    "unitok-l": {"encoder": 332.0, "pixel_decoder": 352.0, "text_tower": 124.0},
+}

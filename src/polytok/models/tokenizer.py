@@ -1,0 +1,606 @@
+"""The Tokenizer: encoder -> projection -> quantizer -> pixel decoder (prefix) / semantic branch (full).
+
+    image [0, 1] -> normalise -> encoder -> projection -> z (B, N, D) -> quantizer -> codes
+    codes[:pixel_depth] -> post-projection -> pixel decoder -> image
+    codes[all]          -> semantic branch (CLIP head against a text tower, or a distilled ViT decoder)
+
+Checkpoints (``save_pretrained``) hold ``config.json`` and ``model.safetensors``. Frozen third-party
+networks (a distillation teacher, a frozen pretrained text encoder) are not stored: they are rebuilt from
+their package or weights path when first needed, which keeps checkpoints small and licences separate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polytok.models.config import (
+    ProjectionConfig,
+    QuantizerConfig,
+    TokenizerConfig,
+    load_config_file,
+    merge_overrides,
+)
+from polytok.models.decoders import CNNPixelDecoder, SemanticDecoder, ViTPixelDecoder
+from polytok.models.encoders import HFSiglipEncoder, build_encoder
+from polytok.models.heads import ClipHead, pooled_embedding
+from polytok.models.inputs import images_to_tensor
+from polytok.models.teacher import FrozenTeacher
+from polytok.models.text import PretrainedTextTower, build_text_tower
+from polytok.nn import AttentionProjection, LinearProjection, TanhMlpProjection
+from polytok.quant import MultiCodebookQuantizer, QuantizerOutput, ResidualQuantizer, VectorQuantizer
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class TokenizerOutput:
+    """Training-facing output of ``Tokenizer.forward``.
+
+    Attributes:
+        reconstruction: (B, 3, H, W) image from the first ``pixel_depth`` levels, [0, 1] scale, not clamped.
+        quant: the quantizer's output (``loss``, ``stats``, ``indices``, ``quantized``, ``prefix(k)``).
+        codes: (B, h, w, *code_shape) int64 codes.
+        grid: (h, w) token grid.
+        pixel_depth: residual levels the reconstruction used.
+        semantic_embedding: (B, E) L2-normalised image embedding from the full code (None without a branch).
+        semantic_tokens: (B, N, C) per-token semantic features (distillation: the semantic decoder output).
+        teacher_features: (B, N, C) frozen teacher features on the token grid (distillation), else None.
+        text_embedding: (B_text, E) L2-normalised text embedding when texts were given.
+        logit_scale: scalar exp(log scale), clamped at the configured maximum (contrastive).
+    """
+
+    reconstruction: Tensor
+    quant: QuantizerOutput
+    codes: Tensor
+    grid: tuple[int, int]
+    pixel_depth: int
+    semantic_embedding: Tensor | None = None
+    semantic_tokens: Tensor | None = None
+    teacher_features: Tensor | None = None
+    text_embedding: Tensor | None = None
+    logit_scale: Tensor | None = None
+
+
+def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Module:
+    if cfg.kind == "attention":
+        return AttentionProjection(in_dim, out_dim, cfg.heads, cfg.mlp_ratio)
+    if cfg.kind == "linear":
+        return LinearProjection(in_dim, out_dim)
+    if cfg.kind == "tanh_mlp":
+        return TanhMlpProjection(in_dim, out_dim, cfg.hidden)
+    if in_dim != out_dim:
+        raise ValueError(f"projection kind 'identity' needs equal widths, got {in_dim} -> {out_dim}")
+    return nn.Identity()
+
+
+def build_quantizer(cfg: QuantizerConfig) -> VectorQuantizer | MultiCodebookQuantizer | ResidualQuantizer:
+    common: dict[str, Any] = dict(
+        codebook_dim=cfg.codebook_dim,
+        normalize=cfg.normalize,
+        update=cfg.update,
+        beta=cfg.beta,
+        decay=cfg.decay,
+        ema_warmup_steps=cfg.ema_warmup_steps,
+        kmeans_init=cfg.kmeans_init,
+        dead_code_threshold=cfg.dead_code_threshold,
+        entropy_weight=cfg.entropy_weight,
+        entropy_temperature=cfg.entropy_temperature,
+        rotation_trick=cfg.rotation_trick,
+    )
+    if cfg.kind == "vq":
+        return VectorQuantizer(cfg.dim, cfg.codebook_size, **common)
+    if cfg.kind == "mcq":
+        return MultiCodebookQuantizer(cfg.dim, cfg.num_codebooks, cfg.codebook_size, **common)
+    return ResidualQuantizer(
+        cfg.dim,
+        cfg.levels,
+        cfg.codebook_size,
+        num_codebooks=cfg.num_codebooks,
+        shared_codebook=cfg.shared_codebook,
+        quantize_dropout=cfg.quantize_dropout,
+        **common,
+    )
+
+
+class _EncoderAsTeacher(nn.Module):
+    """A pretrained image encoder used as a frozen teacher: images [0, 1] -> (B, N, C) tokens."""
+
+    def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encoder((images - self.mean) / self.std)[0]
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    """Temporarily put ``module`` in eval mode (no codebook updates while encoding)."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+class Tokenizer(nn.Module):
+    """A unified discrete image tokenizer built from a :class:`TokenizerConfig`.
+
+    Args:
+        config: a TokenizerConfig or a dict in the config-file schema.
+        load_backbone_weights: load pretrained encoder weights named in the config (``encoder.weights``);
+            False builds the same architecture randomly initialised (checkpoint loading, counting).
+        teacher: a frozen module to distil onto instead of ``semantic.teacher`` (see ``set_teacher``).
+
+    Example:
+        >>> tok = Tokenizer.from_preset("evotok-tiny")
+        >>> codes = tok.encode(torch.rand(2, 3, 64, 64))   # (2, 8, 8, 4)
+        >>> images = tok.decode(codes)                     # (2, 3, 64, 64) in [0, 1]
+    """
+
+    def __init__(
+        self,
+        config: TokenizerConfig | dict[str, Any],
+        *,
+        load_backbone_weights: bool = True,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, TokenizerConfig) else TokenizerConfig.from_dict(config)
+        self.config = cfg
+        q = cfg.quantizer
+        mean, std = cfg.encoder.mean, cfg.encoder.std
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.encoder = build_encoder(cfg.encoder, load_backbone_weights)
+        self.stride = self.encoder.stride
+        self.projection = build_projection(cfg.projection, self.encoder.width, q.dim)
+        self.quantizer = build_quantizer(q)
+        self.num_levels = self.quantizer.num_levels
+        self.pixel_depth = cfg.pixel_depth or self.num_levels
+        code_width = cfg.pixel_decoder.width if cfg.pixel_decoder.kind == "vit" else q.dim
+        self.post_projection = build_projection(cfg.post_projection, q.dim, code_width)
+        if cfg.pixel_decoder.kind == "vit":
+            self.pixel_decoder: ViTPixelDecoder | CNNPixelDecoder = ViTPixelDecoder(
+                cfg.pixel_decoder, cfg.pixel_decoder.pos_embed
+            )
+        else:
+            self.pixel_decoder = CNNPixelDecoder(cfg.pixel_decoder, code_width)
+        if self.pixel_decoder.factor != self.stride:
+            raise ValueError(
+                f"pixel decoder upsamples x{self.pixel_decoder.factor} but the encoder stride is "
+                f"{self.stride}; adjust pixel_decoder.up_widths / ch_mult"
+            )
+        s = cfg.semantic
+        self.semantic_kind = s.kind
+        self.clip_head: ClipHead | None = None
+        self.text_tower: nn.Module | None = None
+        self.semantic_decoder: SemanticDecoder | None = None
+        self.teacher: FrozenTeacher | None = None
+        if s.kind == "contrastive":
+            self.clip_head = ClipHead(code_width, s.embed_dim)
+            self.text_tower = build_text_tower(s.text_tower, s.embed_dim)
+            # Shape (1,), not a 0-d scalar: FSDP cannot shard 0-d parameters.
+            self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(s.logit_scale_init)))
+        elif s.kind == "distill":
+            self.semantic_decoder = SemanticDecoder(
+                q.dim, s.decoder_width, s.decoder_depth, s.decoder_heads, s.feature_dim
+            )
+        if teacher is not None:
+            self.set_teacher(teacher)
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        config: TokenizerConfig | dict[str, Any] | str | os.PathLike,
+        *,
+        load_backbone_weights: bool = True,
+        teacher: nn.Module | None = None,
+        **overrides: Any,
+    ) -> Tokenizer:
+        """Build from a TokenizerConfig, a dict, or a ``.json`` / ``.yaml`` file; ``overrides`` are config
+        keys (``pixel_depth=2``, ``quantizer={"levels": 8}`` or ``quantizer__levels=8``)."""
+        if isinstance(config, (str, os.PathLike)):
+            data = load_config_file(config)
+        elif isinstance(config, TokenizerConfig):
+            data = config.to_dict()
+        elif isinstance(config, dict):
+            data = config
+        else:
+            raise TypeError(
+                f"config must be a TokenizerConfig, dict or file path, got {type(config).__name__}"
+            )
+        if overrides:
+            data = merge_overrides(data, overrides)
+        return cls(
+            TokenizerConfig.from_dict(data), load_backbone_weights=load_backbone_weights, teacher=teacher
+        )
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        *,
+        load_backbone_weights: bool = True,
+        teacher: nn.Module | None = None,
+        **overrides: Any,
+    ) -> Tokenizer:
+        """Build the registered preset ``name`` (see ``polytok.list_presets()``), with config overrides."""
+        from polytok.models.registry import get_preset_dict
+
+        return cls.from_config(
+            get_preset_dict(name), load_backbone_weights=load_backbone_weights, teacher=teacher, **overrides
+        )
+
+    # -- shapes and parts -------------------------------------------------------------------------
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """Trailing shape of one position's codes: (C,) MCQ, (L,) RVQ, (L, C) residual MCQ, () VQ."""
+        return tuple(self.quantizer.code_shape)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.quantizer.codebook_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of the learnable log scale, clamped at ``semantic.logit_scale_max`` (CLIP)."""
+        if self.semantic_kind != "contrastive":
+            raise ValueError("logit_scale exists only for the contrastive semantic branch")
+        return self.log_logit_scale.clamp(max=math.log(self.config.semantic.logit_scale_max)).exp().squeeze(0)
+
+    def last_decoder_layer(self) -> Tensor:
+        """Weight of the pixel decoder's output conv (for the adaptive GAN weight)."""
+        return self.pixel_decoder.last_layer()
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part (works on the meta device). Frozen third-party teachers are excluded."""
+        parts = {
+            "encoder": self.encoder,
+            "projection": self.projection,
+            "quantizer": self.quantizer,
+            "post_projection": self.post_projection,
+            "pixel_decoder": self.pixel_decoder,
+        }
+        if self.clip_head is not None:
+            parts["semantic_head"] = self.clip_head
+        if self.semantic_decoder is not None:
+            parts["semantic_decoder"] = self.semantic_decoder
+        if self.text_tower is not None:
+            parts["text_tower"] = self.text_tower
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        counts["total"] = sum(counts.values()) + (1 if self.semantic_kind == "contrastive" else 0)
+        return counts
+
+    # -- teacher ----------------------------------------------------------------------------------
+
+    def set_teacher(
+        self,
+        net: nn.Module,
+        *,
+        feature_index: int | None = None,
+        feature_stride: int | None = 16,
+        input_transform: Any = None,
+    ) -> None:
+        """Distil onto ``net`` (frozen here). ``net(images in [0, 1])`` may return a (B, C, h, w) map,
+        (B, N, C) tokens or an object with ``feature_maps`` (then ``feature_index`` picks one)."""
+        if self.semantic_kind != "distill":
+            raise ValueError("a teacher is used only by the 'distill' semantic branch")
+        index = self.config.semantic.teacher_feature_index if feature_index is None else feature_index
+        self.teacher = FrozenTeacher(
+            net, feature_index=index, feature_stride=feature_stride, input_transform=input_transform
+        ).to(self.device)
+
+    def load_teacher(self) -> FrozenTeacher | None:
+        """Build the configured frozen teacher now (otherwise on first use); call before wrapping in DDP."""
+        name = self.config.semantic.teacher
+        if self.teacher is not None or name is None:
+            return self.teacher
+        if name == "encoder":
+            enc_cfg = self.config.encoder
+            if enc_cfg.weights is None or enc_cfg.kind not in ("siglip", "siglip2"):
+                raise ValueError(
+                    "semantic.teacher 'encoder' needs a pretrained transformers encoder "
+                    "(encoder.kind siglip/siglip2 with encoder.weights set)"
+                )
+            net: nn.Module = _EncoderAsTeacher(
+                HFSiglipEncoder(enc_cfg, load_weights=True), enc_cfg.mean, enc_cfg.std
+            )
+            self.teacher = FrozenTeacher(net, feature_stride=None).to(self.device)
+        else:
+            try:
+                from polytok.pretrained import load_pretrained
+            except ImportError as exc:
+                raise ImportError(
+                    f"teacher {name!r} needs polytok.pretrained; or pass a module with Tokenizer.set_teacher"
+                ) from exc
+            self.set_teacher(load_pretrained(name))
+        return self.teacher
+
+    def teacher_features(self, images: Tensor, grid: tuple[int, int]) -> Tensor | None:
+        """(B, h*w, C) frozen teacher features of images in [0, 1], or None without a teacher."""
+        teacher = self.load_teacher()
+        if teacher is None:
+            return None
+        feats = teacher(images, grid)
+        if feats.shape[-1] != self.config.semantic.feature_dim:
+            raise ValueError(
+                f"teacher features have {feats.shape[-1]} channels but semantic.feature_dim is "
+                f"{self.config.semantic.feature_dim}"
+            )
+        return feats
+
+    # -- core pieces ------------------------------------------------------------------------------
+
+    def _prepare(self, images: Any) -> Tensor:
+        x = images_to_tensor(images, self.stride)
+        dtype = self.pixel_mean.dtype
+        return x.to(self.device, dtype)
+
+    def _latent(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        tokens, grid = self.encoder((x - self.pixel_mean) / self.pixel_std)
+        return self.projection(tokens), grid
+
+    def _pixels(self, code_vectors: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Code vectors (B, N, D) -> image (B, 3, H, W) on the [0, 1] scale (unclamped)."""
+        return (self.pixel_decoder(self.post_projection(code_vectors), grid) + 1) / 2
+
+    def _semantic(
+        self, code_vectors: Tensor, grid: tuple[int, int], post_projected: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Full code vectors (B, N, D) -> (embedding (B, E), per-token features or None)."""
+        if self.clip_head is not None:
+            tokens = post_projected if post_projected is not None else self.post_projection(code_vectors)
+            return self.clip_head(tokens), None
+        if self.semantic_decoder is not None:
+            feats = self.semantic_decoder(code_vectors, grid)
+            return pooled_embedding(feats), feats
+        return None, None
+
+    def _depth_of(self, quant: QuantizerOutput) -> int:
+        """Levels actually quantized this step (quantize-dropout marks skipped levels with -1)."""
+        if self.num_levels == 1:
+            return 1
+        idx = quant.indices if len(self.code_shape) == 1 else quant.indices[..., 0]
+        return int((idx[0, 0] >= 0).sum())
+
+    # -- training forward -------------------------------------------------------------------------
+
+    def forward(self, images: Any, texts: Sequence[str] | None = None) -> TokenizerOutput:
+        """Full pass for training: reconstruction from the pixel prefix, semantics from the full code."""
+        x = self._prepare(images)
+        z, grid = self._latent(x)
+        quant = self.quantizer(z)
+        depth = min(self.pixel_depth, self._depth_of(quant))
+        pixel_code = quant.quantized if depth == self._depth_of(quant) else quant.prefix(depth)
+        pixel_tokens = self.post_projection(pixel_code)
+        recon = (self.pixel_decoder(pixel_tokens, grid) + 1) / 2
+        shared = pixel_tokens if pixel_code is quant.quantized else None
+        embedding, sem_tokens = self._semantic(quant.quantized, grid, shared)
+        out = TokenizerOutput(
+            reconstruction=recon,
+            quant=quant,
+            codes=self._codes_to_grid(quant.indices, grid),
+            grid=grid,
+            pixel_depth=depth,
+            semantic_embedding=embedding,
+            semantic_tokens=sem_tokens,
+        )
+        if self.semantic_kind == "distill":
+            out.teacher_features = self.teacher_features(x, grid)
+        if self.semantic_kind == "contrastive":
+            out.logit_scale = self.logit_scale
+            if texts is not None:
+                out.text_embedding = self.encode_text(texts)
+        return out
+
+    # -- public encode / decode -------------------------------------------------------------------
+
+    def _codes_to_grid(self, indices: Tensor, grid: tuple[int, int]) -> Tensor:
+        return indices.reshape(indices.shape[0], grid[0], grid[1], *indices.shape[2:])
+
+    @torch.no_grad()
+    def encode(self, images: Any) -> Tensor:
+        """Images -> codes, int64 (B, h, w, *code_shape) with h = H / stride, w = W / stride.
+
+        ``images``: float (B, 3, H, W) in [0, 1], a PIL image, a uint8 array (H, W, 3) or a list of these.
+        Never changes the codebooks (runs the quantizer in eval mode).
+        """
+        x = self._prepare(images)
+        z, grid = self._latent(x)
+        with _eval(self.quantizer):
+            indices = self.quantizer(z).indices
+        return self._codes_to_grid(indices, grid)
+
+    def _flatten_codes(self, codes: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """(B, h, w, *code_shape) -> ((B, h*w, *code_shape), (h, w)), checked."""
+        if not isinstance(codes, Tensor):
+            raise TypeError(f"codes must be an integer tensor, got {type(codes).__name__}")
+        if codes.is_floating_point() or codes.dtype == torch.bool or codes.is_complex():
+            raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
+        want = 3 + len(self.code_shape)
+        if codes.dim() != want:
+            raise ValueError(
+                f"codes must have shape (B, h, w{''.join(', ' + str(c) for c in self.code_shape)}) "
+                f"({want} dims), got {tuple(codes.shape)}"
+            )
+        if codes.shape[0] == 0 or codes.shape[1] == 0 or codes.shape[2] == 0:
+            raise ValueError(f"codes are empty: {tuple(codes.shape)}")
+        b, h, w = codes.shape[:3]
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"codes out of range [0, {self.codebook_size}): min {int(codes.min())}, "
+                f"max {int(codes.max())}"
+            )
+        return codes.reshape(b, h * w, *codes.shape[3:]).long().to(self.device), (h, w)
+
+    def _levels_given(self, codes: Tensor) -> int:
+        return 1 if self.num_levels == 1 else int(codes.shape[3])  # the level axis follows (B, h, w)
+
+    def _take_levels(self, flat: Tensor, k: int) -> Tensor:
+        if self.num_levels == 1:
+            return flat
+        return flat[:, :, :k] if len(self.code_shape) == 1 else flat[:, :, :k, :]
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w, *code_shape) -> images (B, 3, h*stride, w*stride) in [0, 1].
+
+        Residual presets decode from the first ``pixel_depth`` levels; a shorter prefix
+        (``codes[..., :k]`` or ``codes[..., :k, :]``) decodes a coarser image from k levels.
+        """
+        flat, grid = self._flatten_codes(codes)
+        k = min(self._levels_given(codes), self.pixel_depth)
+        vectors = self.quantizer.indices_to_codes(self._take_levels(flat, k))
+        return self._pixels(vectors, grid).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def semantic_features(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w, *code_shape) -> (B, E) L2-normalised semantic embedding (all given levels)."""
+        if self.semantic_kind == "none":
+            raise ValueError("this tokenizer has no semantic branch (semantic.kind is 'none')")
+        flat, grid = self._flatten_codes(codes)
+        vectors = self.quantizer.indices_to_codes(flat)
+        embedding, _ = self._semantic(vectors, grid)
+        assert embedding is not None
+        return embedding
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """list of B strings -> (B, E) L2-normalised text embedding (contrastive presets)."""
+        if self.text_tower is None:
+            raise ValueError(
+                f"preset {self.config.name!r} has no text tower (semantic.kind is {self.semantic_kind!r})"
+            )
+        return self.text_tower.encode(texts)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _external_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen third-party modules that are rebuilt instead of stored."""
+        prefixes = ["teacher."]
+        if isinstance(self.text_tower, PretrainedTextTower) and self.text_tower.frozen:
+            prefixes.append("text_tower.encoder.")
+        return tuple(prefixes)
+
+    def checkpoint_state_dict(self) -> dict[str, Tensor]:
+        """The tensors ``save_pretrained`` stores (everything except rebuilt frozen modules)."""
+        skip = self._external_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+        Files are written to temporary names and renamed, so an interrupted save never leaves a
+        half-written ``model.safetensors`` behind.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
+        tmp_w = out / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp_w), metadata={"format": "pt", "polytok_preset": self.config.name})
+        os.replace(tmp_w, out / WEIGHTS_NAME)
+        tmp_c = out / (CONFIG_NAME + ".tmp")
+        tmp_c.write_text(json.dumps(self.config.to_dict(), indent=2))
+        os.replace(tmp_c, out / CONFIG_NAME)
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        teacher: nn.Module | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> Tokenizer:
+        """Load a directory written by ``save_pretrained``.
+
+        Weights come from ``model.safetensors``; a pickled ``pytorch_model.bin`` is read only with
+        ``torch.load(weights_only=True)``. Missing or unexpected tensors raise ValueError naming them.
+        """
+        root = Path(directory)
+        if not root.is_dir():
+            raise FileNotFoundError(f"checkpoint directory not found: {root}")
+        config_path = root / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"checkpoint config missing: expected {config_path}")
+        try:
+            data = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_path} is not valid JSON (half-written file?): {exc}") from exc
+        tok = cls(TokenizerConfig.from_dict(data), load_backbone_weights=False, teacher=teacher)
+        state = _read_weights(root, map_location)
+        tok.load_checkpoint_state(state, source=str(root))
+        return tok
+
+    def load_checkpoint_state(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Load tensors stored by ``save_pretrained``; every stored tensor must match by name and shape."""
+        expected = self.checkpoint_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(
+                    f"missing keys: {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
+                )
+            if unexpected:
+                parts.append(
+                    f"unexpected keys: {', '.join(unexpected[:20])}"
+                    + (" ..." if len(unexpected) > 20 else "")
+                )
+            raise ValueError(f"checkpoint {source} does not match the config: " + "; ".join(parts))
+        for k, v in expected.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ValueError(
+                    f"checkpoint {source}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                    f"expected {tuple(v.shape)}"
+                )
+        self.load_state_dict(state, strict=False)
+
+
+def _read_weights(root: Path, map_location: str | torch.device) -> dict[str, Tensor]:
+    weights = root / WEIGHTS_NAME
+    if weights.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ValueError(f"cannot read {weights}: truncated or corrupt (half-written?) ({exc})") from exc
+    pickled = root / "pytorch_model.bin"
+    if pickled.is_file():
+        try:
+            state = torch.load(pickled, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"refusing to unpickle {pickled}: it is not a plain tensor file loadable with "
+                f"weights_only=True ({exc})"
+            ) from exc
+        if not isinstance(state, dict):
+            raise ValueError(f"{pickled} does not hold a state dict")
+        return state
+    raise FileNotFoundError(f"checkpoint weights missing: expected {weights}")

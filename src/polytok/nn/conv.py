@@ -1,0 +1,155 @@
+"""Convolutional blocks: the ViTamin-style hybrid stem (down) and its mirrored upsampler (up)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class MBConvBlock(nn.Module):
+    """Pre-norm inverted bottleneck: LN -> 1x1 expand (x4) -> GELU -> depthwise 3x3 (stride) -> GELU
+    -> 1x1 project, plus a shortcut (3x3 average pool + 1x1 conv when strided or widened).
+    (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1, expand_ratio: float = 4.0) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"MBConv stride must be 1 or 2, got {stride}")
+        mid = int(out_ch * expand_ratio)
+        if stride == 2:
+            expand: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), expand
+            )
+        else:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.pre_norm = LayerNorm2d(in_ch, eps=1e-6)
+        self.expand = nn.Conv2d(in_ch, mid, 1)
+        self.depthwise = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid)
+        self.project = nn.Conv2d(mid, out_ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.gelu(self.expand(self.pre_norm(x)))
+        y = F.gelu(self.depthwise(y))
+        return self.project(y) + self.shortcut(x)
+
+
+class HybridConvStem(nn.Module):
+    """ViTamin's convolutional front end, total stride ``2 ** (len(stage_widths) + 2)``.
+
+    conv 3x3 stride 2 (3 -> stem) -> LN + GELU -> conv 3x3; MBConv stages (first block of each stage
+    has stride 2); then LN + conv 3x3 stride 2 to the transformer width. ViTamin-L: stem 160,
+    stages (160, 320) x (2, 4), width 1024 -> stride 16.
+    (B, 3, H, W) -> (B, width, H / stride, W / stride).
+    """
+
+    def __init__(
+        self,
+        stem_width: int,
+        stage_widths: Sequence[int],
+        stage_depths: Sequence[int],
+        width: int,
+        in_ch: int = 3,
+    ) -> None:
+        super().__init__()
+        if len(stage_widths) != len(stage_depths):
+            raise ValueError(
+                f"stage_widths {list(stage_widths)} and stage_depths {list(stage_depths)} differ in length"
+            )
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_ch, stem_width, 3, stride=2, padding=1),
+            LayerNorm2d(stem_width, eps=1e-6),
+            nn.GELU(),
+            nn.Conv2d(stem_width, stem_width, 3, padding=1),
+        )
+        stages = []
+        prev = stem_width
+        for w, depth in zip(stage_widths, stage_depths):
+            blocks = [MBConvBlock(prev if d == 0 else w, w, stride=2 if d == 0 else 1) for d in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+            prev = w
+        self.stages = nn.Sequential(*stages)
+        self.down_norm = LayerNorm2d(prev, eps=1e-6)
+        self.down = nn.Conv2d(prev, width, 3, stride=2, padding=1)
+        self.stride = 2 ** (len(stage_widths) + 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.down(self.down_norm(x))
+
+
+class Upsample2d(nn.Module):
+    """Nearest-neighbour x2 then conv 3x3. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class InvertedMBConvBlock(nn.Module):
+    """MBConv mirrored for decoding: LN -> 1x1 expand (x4) -> GELU -> [x2 upsample] -> depthwise 3x3
+    -> GELU -> 1x1 project, plus a shortcut (upsample + conv 3x3 when upsampling).
+    (B, C_in, H, W) -> (B, C_out, H * up, W * up)."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, upsample: bool = False, expand_ratio: float = 4.0) -> None:
+        super().__init__()
+        mid = int(out_ch * expand_ratio)
+        if upsample:
+            self.shortcut: nn.Module = Upsample2d(in_ch, out_ch)
+        else:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.pre_norm = LayerNorm2d(in_ch, eps=1e-6)
+        self.expand = nn.Conv2d(in_ch, mid, 1)
+        self.up: nn.Module = Upsample2d(mid, mid) if upsample else nn.Identity()
+        self.depthwise = nn.Conv2d(mid, mid, 3, padding=1, groups=mid)
+        self.project = nn.Conv2d(mid, out_ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.up(F.gelu(self.expand(self.pre_norm(x))))
+        y = F.gelu(self.depthwise(y))
+        return self.project(y) + self.shortcut(x)
+
+
+class ConvUpsampler(nn.Module):
+    """The hybrid stem run backwards (UniTok's pixel head), total upsampling ``2 ** (len(widths) + 2)``.
+
+    Upsample2d (width -> widths[0]); inverted-MBConv stages (first block of each upsamples); then
+    upsample + LN + GELU + conv 3x3 to ``out_ch``. UniTok-L: widths (320, 160), depths (4, 2) -> x16.
+    (B, width, h, w) -> (B, out_ch, h * up, w * up).
+    """
+
+    def __init__(self, width: int, widths: Sequence[int], depths: Sequence[int], out_ch: int = 3) -> None:
+        super().__init__()
+        if len(widths) != len(depths) or not widths:
+            raise ValueError(
+                f"upsampler widths {list(widths)} and depths {list(depths)} must be non-empty and "
+                "of equal length"
+            )
+        self.up_in = Upsample2d(width, widths[0])
+        stages = []
+        prev = widths[0]
+        for w, depth in zip(widths, depths):
+            blocks = [InvertedMBConvBlock(prev if d == 0 else w, w, upsample=d == 0) for d in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+            prev = w
+        self.stages = nn.Sequential(*stages)
+        self.up_out = Upsample2d(prev, prev)
+        self.norm_out = LayerNorm2d(prev, eps=1e-6)
+        self.conv_out = nn.Conv2d(prev, out_ch, 3, padding=1)
+        self.factor = 2 ** (len(widths) + 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.up_in(x))
+        return self.conv_out(F.gelu(self.norm_out(self.up_out(x))))

@@ -1,0 +1,105 @@
+"""VQGAN-style convolutional decoder (residual blocks, GroupNorm, one attention stage at low resolution)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _group_norm(ch: int, groups: int) -> nn.GroupNorm:
+    g = groups
+    while ch % g:  # largest divisor of ch not above the requested group count
+        g -= 1
+    return nn.GroupNorm(g, ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv 3x3 -> GN -> SiLU -> conv 3x3, plus a (1x1) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 32) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = _group_norm(out_ch, groups)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.shortcut: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.shortcut(x)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions of a map, with a residual."""
+
+    def __init__(self, ch: int, groups: int = 32) -> None:
+        super().__init__()
+        self.norm = _group_norm(ch, groups)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class VQGANDecoder(nn.Module):
+    """Latent map (B, z_ch, h, w) -> image (B, out_ch, h * 2^(len(ch_mult)-1), ...).
+
+    conv_in -> mid (res, attention, res) -> for each level from the deepest: ``num_res_blocks + 1``
+    residual blocks (attention after each at the lowest resolution) and a nearest x2 + conv upsample
+    (except the last) -> GN -> SiLU -> conv_out. EvoTok: ch 128, ch_mult (1, 1, 2, 2, 4) -> x16.
+    """
+
+    def __init__(
+        self,
+        z_ch: int,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        out_ch: int = 3,
+        norm_groups: int = 32,
+        attn_lowest: bool = True,
+    ) -> None:
+        super().__init__()
+        widths = [ch * m for m in ch_mult]
+        self.conv_in = nn.Conv2d(z_ch, widths[-1], 3, padding=1)
+        self.mid = nn.Sequential(
+            ResBlock(widths[-1], widths[-1], norm_groups),
+            SpatialSelfAttention(widths[-1], norm_groups),
+            ResBlock(widths[-1], widths[-1], norm_groups),
+        )
+        levels = []
+        prev = widths[-1]
+        for i in reversed(range(len(widths))):
+            blocks: list[nn.Module] = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResBlock(prev, widths[i], norm_groups))
+                prev = widths[i]
+                if attn_lowest and i == len(widths) - 1:
+                    blocks.append(SpatialSelfAttention(prev, norm_groups))
+            if i > 0:
+                blocks.append(_NearestConvUp(prev))
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.Sequential(*levels)
+        self.norm_out = _group_norm(prev, norm_groups)
+        self.conv_out = nn.Conv2d(prev, out_ch, 3, padding=1)
+        self.factor = 2 ** (len(ch_mult) - 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.levels(self.mid(self.conv_in(z)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class _NearestConvUp(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,347 @@
+"""Every registered preset: small ones run for real, large ones are checked on the meta device only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polytok import Tokenizer, list_presets
+from polytok.models.presets import PUBLISHED_PARAMETERS
+from polytok.models.registry import get_preset_dict
+
+SMALL_LIMIT = 20_000_000  # presets below this many parameters are built and run for real
+HAVE_PRETRAINED = importlib.util.find_spec("polytok.pretrained") is not None
+SELF_CONTAINED = {  # used only when polytok.pretrained is absent
+    "text_tower": {
+        "kind": "transformer",
+        "vocab": "bytes",
+        "width": 64,
+        "depth": 2,
+        "heads": 2,
+        "context_length": 32,
+    },
+    "teacher": None,
+}
+
+
+def meta_tokenizer(name: str) -> Tokenizer:
+    """Architecture on the meta device; pretrained third-party parts (which need real weights) replaced."""
+    with torch.device("meta"):
+        return Tokenizer.from_preset(
+            name, load_backbone_weights=False, **_offline_overrides(name, force=True)
+        )
+
+
+def _offline_overrides(name: str, force: bool = False) -> dict:
+    if HAVE_PRETRAINED and not force:
+        return {}
+    sem = get_preset_dict(name)["semantic"]
+    if sem["kind"] == "contrastive" and sem["text_tower"]["kind"] != "transformer":
+        return {"semantic": {"text_tower": SELF_CONTAINED["text_tower"]}}
+    if sem["kind"] == "distill" and sem.get("teacher") not in (None, "encoder"):
+        return {"semantic": {"teacher": None}}
+    return {}
+
+
+def _is_small(name: str) -> bool:
+    return meta_tokenizer(name).parameter_counts()["total"] < SMALL_LIMIT
+
+
+SMALL = [n for n in list_presets() if _is_small(n)]
+LARGE = [n for n in list_presets() if n not in SMALL]
+_CACHE: dict[str, Tokenizer] = {}
+
+
+def small(name: str) -> Tokenizer:
+    if name not in _CACHE:
+        torch.manual_seed(0)
+        _CACHE[name] = Tokenizer.from_preset(name, **_offline_overrides(name))
+    return _CACHE[name]
+
+
+def images(b: int = 2, h: int = 64, w: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(b, 3, h // 8, w // 8, generator=g)  # smooth-ish images, like downscaled photos
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False).clamp(
+        0, 1
+    )
+
+
+def level_prefix(tok: Tokenizer, codes: torch.Tensor, k: int) -> torch.Tensor:
+    return codes[..., :k] if len(tok.code_shape) == 1 else codes[..., :k, :]
+
+
+def test_registry_holds_the_published_and_tiny_presets():
+    assert {"unitok-l", "evotok-l", "unitok-tiny", "evotok-tiny", "polytok-tiny"} <= set(list_presets())
+    assert set(SMALL) >= {"unitok-tiny", "evotok-tiny", "polytok-tiny"}
+    assert set(LARGE) >= {"unitok-l", "evotok-l"}
+
+
+# -- large presets: architecture only --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_large_preset_parameter_counts_match_publication(name):
+    tok = meta_tokenizer(name)
+    counts = tok.parameter_counts()
+    assert all(p.device.type == "meta" for p in tok.parameters())
+    for part, published_m in PUBLISHED_PARAMETERS.get(name, {}).items():
+        assert abs(counts[part] / 1e6 - published_m) / published_m < 0.03, (part, counts[part])
+    assert tok.stride == 16
+
+
+def test_unitok_l_matches_published_architecture():
+    tok = meta_tokenizer("unitok-l")
+    assert tok.code_shape == (8,) and tok.codebook_size == 4096
+    assert len(tok.encoder.transformer.blocks) == 31 and len(tok.pixel_decoder.transformer.blocks) == 31
+    assert tok.text_tower.context_length == 77 and len(tok.text_tower.transformer.blocks) == 12
+    assert tok.text_tower.token_embedding.weight.shape == (49408, 768)
+    total = tok.parameter_counts()["total"] / 1e6
+    assert abs(total - 820) / 820 < 0.03  # "820M parameters in all"
+
+
+def test_evotok_l_matches_published_architecture():
+    tok = meta_tokenizer("evotok-l")
+    assert tok.code_shape == (16,) and tok.codebook_size == 32768 and tok.pixel_depth == 4
+    assert tok.quantizer.update == "ema"
+    vc = tok.encoder.model.config
+    assert (vc.hidden_size, vc.num_hidden_layers, vc.patch_size) == (1024, 24, 16)
+    assert tok.encoder.feature_layer == -2
+    assert (
+        len(tok.semantic_decoder.transformer.blocks) == 3
+        and tok.semantic_decoder.proj_out.out_features == 1024
+    )
+    assert tok.pixel_decoder.factor == 16
+
+
+def test_evotok_l_missing_siglip_weights_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-siglip2"
+    with pytest.raises(FileNotFoundError, match="no-such-siglip2"):
+        Tokenizer.from_preset("evotok-l", encoder={"weights": str(missing)})
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
+        Tokenizer.from_preset("evotok-l", encoder={"weights": "google/no-such-siglip2-model"})
+
+
+# -- small presets: the real thing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_forward_backward_finite(name):
+    tok = small(name)
+    tok.train()
+    x = images(2)
+    texts = ["a red square", "a blue circle"] if tok.semantic_kind == "contrastive" else None
+    out = tok(x, texts=texts)
+    assert out.reconstruction.shape == x.shape
+    assert out.codes.shape == (2, 8, 8, *tok.code_shape) and out.codes.dtype == torch.int64
+    loss = (out.reconstruction - x).pow(2).mean() + out.quant.loss
+    if tok.semantic_kind == "contrastive":
+        assert out.text_embedding.shape == out.semantic_embedding.shape
+        logits = out.logit_scale * out.semantic_embedding @ out.text_embedding.T
+        loss = loss + torch.nn.functional.cross_entropy(logits, torch.arange(2))
+    elif out.teacher_features is not None:
+        assert out.teacher_features.shape == out.semantic_tokens.shape
+        loss = (
+            loss
+            + (
+                1 - torch.nn.functional.cosine_similarity(out.semantic_tokens, out.teacher_features, -1)
+            ).mean()
+        )
+    else:
+        loss = loss + out.semantic_tokens.pow(2).mean()
+    assert torch.isfinite(loss)
+    tok.zero_grad()
+    loss.backward()
+    for part in (tok.encoder, tok.projection, tok.pixel_decoder):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert tok.last_decoder_layer().grad is not None
+    tok.zero_grad()
+    tok.eval()
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_encode_decode_shapes_and_ranges(name):
+    tok = small(name).eval()
+    x = images(2, 64, 96)  # non-square, any multiple of the stride
+    codes = tok.encode(x)
+    assert codes.shape == (2, 8, 12, *tok.code_shape) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size
+    recon = tok.decode(codes)
+    assert recon.shape == x.shape and float(recon.min()) >= 0 and float(recon.max()) <= 1
+    emb = tok.semantic_features(codes)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_eval_forward_equals_encode_then_decode(name):
+    tok = small(name).eval()
+    x = images(2, seed=1)
+    with torch.no_grad():
+        out = tok(x)
+    codes = tok.encode(x)
+    assert torch.equal(out.codes, codes)
+    torch.testing.assert_close(out.reconstruction.clamp(0, 1), tok.decode(codes), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.semantic_embedding, tok.semantic_features(codes), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_encode_never_changes_codebooks_even_in_train_mode(name):
+    tok = Tokenizer.from_preset(name, **_offline_overrides(name))
+    tok.train()
+    before = {k: v.clone() for k, v in tok.quantizer.state_dict().items()}
+    codes = tok.encode(images(2))
+    after = tok.quantizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(codes, tok.encode(images(2)))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_save_load_roundtrip_identical(name, tmp_path):
+    tok = small(name).eval()
+    x = images(2, seed=2)
+    codes = tok.encode(x)
+    tok.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    tok2 = Tokenizer.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(tok2.encode(x), codes)
+    assert torch.equal(tok2.decode(codes), tok.decode(codes))
+    assert torch.equal(tok2.semantic_features(codes), tok.semantic_features(codes))
+    if tok.semantic_kind == "contrastive":
+        torch.testing.assert_close(tok2.encode_text(["a cat"]), tok.encode_text(["a cat"]))
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any(k.startswith("teacher.") for k in stored)  # frozen teachers are rebuilt, not stored
+
+
+@pytest.mark.parametrize("name", [n for n in SMALL if get_preset_dict(n)["quantizer"].get("levels", 1) > 1])
+def test_prefix_decoding(name):
+    tok = small(name).eval()
+    x = images(2, seed=3)
+    codes = tok.encode(x)
+    full = tok.decode(codes)
+    # the pixel decoder reads the first pixel_depth levels: deeper levels do not change the image
+    assert torch.equal(full, tok.decode(level_prefix(tok, codes, tok.pixel_depth)))
+    coarse = tok.decode(level_prefix(tok, codes, 1))
+    assert coarse.shape == full.shape and not torch.allclose(coarse, full)
+    # and the coarse image is exactly the decoder applied to the level-1 code vectors
+    flat = level_prefix(tok, codes, 1).reshape(2, 64, *level_prefix(tok, codes, 1).shape[3:])
+    with torch.no_grad():
+        ref = tok._pixels(tok.quantizer.indices_to_codes(flat), (8, 8)).clamp(0, 1)
+    torch.testing.assert_close(coarse, ref)
+    with pytest.raises(ValueError):
+        tok.decode(level_prefix(tok, codes, 1)[..., :0] if len(tok.code_shape) == 1 else codes[..., :0, :])
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_pil_and_uint8_inputs_match_tensor(name):
+    from PIL import Image
+
+    tok = small(name).eval()
+    arr = (images(1, seed=4)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    as_tensor = torch.from_numpy(arr).permute(2, 0, 1).float().unsqueeze(0) / 255
+    ref = tok.encode(as_tensor)
+    assert torch.equal(tok.encode(arr), ref)
+    assert torch.equal(tok.encode(Image.fromarray(arr)), ref)
+    assert torch.equal(tok.encode([Image.fromarray(arr), arr]), ref.repeat(2, *[1] * (ref.dim() - 1)))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_bad_inputs_raise_clear_errors(name):
+    tok = small(name).eval()
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        tok.encode(torch.rand(2, 4, 64, 64))
+    with pytest.raises(TypeError, match="uint8"):
+        tok.encode((torch.rand(1, 3, 64, 64) * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tok.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
+    with pytest.raises(ValueError, match="multiple of the tokenizer stride"):
+        tok.encode(torch.rand(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="NaN"):
+        tok.encode(torch.full((1, 3, 64, 64), float("nan")))
+    with pytest.raises(TypeError, match="numpy images must be uint8"):
+        tok.encode(np.zeros((64, 64, 3), dtype=np.float32))
+    codes = tok.encode(images(1))
+    bad = codes.clone()
+    bad.view(-1)[0] = tok.codebook_size
+    with pytest.raises(ValueError, match="out of range"):
+        tok.decode(bad)
+    with pytest.raises(ValueError, match="out of range"):
+        tok.decode(codes - codes.max() - 1)
+    with pytest.raises(ValueError, match="dims"):
+        tok.decode(codes[..., 0] if tok.code_shape else codes[0])
+    with pytest.raises(TypeError, match="integer"):
+        tok.decode(codes.float())
+    if tok.semantic_kind != "contrastive":
+        with pytest.raises(ValueError, match="no text tower"):
+            tok.encode_text(["a cat"])
+
+
+def test_mcq_codes_with_wrong_codebook_count_rejected():
+    name = next(n for n in SMALL if get_preset_dict(n)["quantizer"]["kind"] == "mcq")
+    tok = small(name)
+    codes = tok.encode(images(1))
+    with pytest.raises(ValueError, match="code shape"):
+        tok.decode(codes[..., :2])
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in SMALL if get_preset_dict(n)["semantic"]["kind"] == "contrastive"]
+)
+def test_text_side(name):
+    tok = small(name).eval()
+    emb = tok.encode_text(["a photo of a cat", "a red square", "x"])
+    assert emb.shape == (3, tok.config.semantic.embed_dim)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    assert not torch.allclose(emb[0], emb[1])
+    assert abs(float(tok.log_logit_scale.detach()) - np.log(1 / 0.07)) < 1e-5
+    with torch.no_grad():
+        tok.log_logit_scale.fill_(10.0)
+        assert abs(float(tok.logit_scale) - 100.0) < 1e-3  # clamped at log(100)
+        tok.log_logit_scale.fill_(float(np.log(1 / 0.07)))
+
+
+def test_user_teacher_module_is_distilled_and_not_saved(tmp_path):
+    name = next(n for n in SMALL if get_preset_dict(n)["semantic"]["kind"] == "distill")
+    feature_dim = get_preset_dict(name)["semantic"]["feature_dim"]
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(3, feature_dim, 16, stride=16)  # stride-16 map: pooled to the 8x8 grid
+    tok = Tokenizer.from_preset(name, semantic={"teacher": None}, teacher=teacher)
+    out = tok(images(2))
+    assert out.teacher_features.shape == (2, 64, feature_dim)
+    with torch.no_grad():
+        ref = torch.nn.functional.interpolate(
+            teacher(images(2)), size=(8, 8), mode="bilinear", align_corners=False
+        )
+    torch.testing.assert_close(out.teacher_features, ref.flatten(2).transpose(1, 2))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    tok.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["semantic"]["teacher"] is None
+    assert not any(k.startswith("teacher.") for k in load_file(str(tmp_path / "model.safetensors")))
+    assert Tokenizer.from_pretrained(tmp_path).teacher is None  # a user module is passed again, not stored
+    wrong = torch.nn.Conv2d(3, feature_dim + 1, 8, stride=8)
+    tok.set_teacher(wrong)
+    with pytest.raises(ValueError, match="feature_dim"):
+        tok(images(1))
+
+
+@pytest.mark.skipif(not HAVE_PRETRAINED, reason="polytok.pretrained not importable")
+def test_pretrained_defaults():
+    evo = small("evotok-tiny")
+    out = evo(images(2))
+    # EfficientNet-Lite0's stride-16 map (112 channels) on the 8x8 token grid (input resized to 128 px)
+    assert out.teacher_features.shape == (2, 64, 112)
+    uni = small("unitok-tiny")
+    assert uni.text_tower.kind == "minilm-l6" and uni.text_tower.frozen
+    assert not any(p.requires_grad for p in uni.text_tower.encoder.parameters())
+    assert all(p.requires_grad for p in uni.text_tower.projection.parameters())
+    tuned = Tokenizer.from_preset("unitok-tiny", semantic__text_tower__freeze=False)
+    emb = tuned.encode_text(["a cat", "a dog"])
+    emb.sum().backward()
+    assert any(p.grad is not None for p in tuned.text_tower.encoder.parameters())
+    assert any(k.startswith("text_tower.encoder.") for k in tuned.checkpoint_state_dict())
+    assert not any(k.startswith("text_tower.encoder.") for k in uni.checkpoint_state_dict())
