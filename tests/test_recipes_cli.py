@@ -1,0 +1,131 @@
+"""End to end through the CLI: train a tiny preset, export, reconstruct, encode a dataset, decode it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polytok.cli import main
+from polytok.models.tokenizer import Tokenizer
+from polytok.recipes.run import load_run_config
+from polytok.tokens import check_tokens_fit, load_tokens
+from polytok.train import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _train(tmp: Path, preset: str, *extra: str) -> Path:
+    out = tmp / preset
+    main(
+        [
+            "train",
+            str(CONFIGS / f"{preset}.yaml"),
+            "train.max_steps=2",
+            "train.batch_size=4",
+            f"train.out_dir={out}",
+            "train.progress=false",
+            "train.log_every=1",
+            "train.save_every=0",
+            "data.name=shapes",
+            *extra,
+        ]
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("run"), "evotok-tiny") / "tokenizer"
+
+
+def test_train_logs_every_term_and_exports(trained: Path) -> None:
+    lines = [json.loads(x) for x in (trained.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for key in ("rec/l2", "rec/perceptual", "quant/loss", "distill/cosine", "distill/fold"):
+        assert all(np.isfinite(r[key]) for r in lines), key
+    assert (trained / "config.json").is_file() and (trained / "model.safetensors").is_file()
+    tok = Tokenizer.from_pretrained(trained)
+    assert tok.config.name == "evotok-tiny"
+
+
+def test_contrastive_preset_with_gan_trains(tmp_path) -> None:
+    out = _train(
+        tmp_path,
+        "unitok-tiny",
+        "loss.gan=patchgan",
+        "loss.gan_start=0",
+        "loss.disc_channels=8",
+        "loss.disc_layers=2",
+    )
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["clip/contrastive"]) and np.isfinite(r["disc/total"]) for r in rows)
+    assert "gan/adaptive_weight" in rows[-1]
+
+
+def test_reconstruct_writes_images_and_psnr(trained: Path, tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(photo)
+    main(["reconstruct", str(trained), str(photo), "--out-dir", str(tmp_path / "out")])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    image = np.asarray(Image.open(record["reconstruction"]))
+    assert image.shape == (64, 64, 3) and np.isfinite(record["psnr_db"])
+
+
+def test_encode_then_decode_matches_the_library(trained: Path, tmp_path) -> None:
+    tokens = tmp_path / "tokens.npz"
+    main(
+        [
+            "encode",
+            str(trained),
+            "shapes",
+            "--split",
+            "heldout",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tokens),
+            "--shard-size",
+            "1000000",
+        ]
+    )
+    data = load_tokens(tokens)
+    tok = Tokenizer.from_pretrained(trained).eval()
+    check_tokens_fit(data["meta"], tok)
+    assert data["codes"].shape[1:] == (8, 8, *tok.code_shape) and len(data["captions"]) == len(data["codes"])
+    main(["decode", str(trained), str(tokens), "--out-dir", str(tmp_path / "dec"), "--limit", "3"])
+    decoded = sorted((tmp_path / "dec").glob("*.png"))
+    assert len(decoded) == 3
+    expected = (tok.decode(data["codes"][:3]).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(np.asarray(Image.open(decoded[0])), expected[0])
+
+
+def test_token_file_from_another_layout_is_refused(trained: Path) -> None:
+    other = Tokenizer.from_preset("polytok-tiny")
+    tok = Tokenizer.from_pretrained(trained)
+    with pytest.raises(ValueError, match="code shape"):
+        check_tokens_fit({"code_shape": list(other.code_shape), "codebook_size": other.codebook_size}, tok)
+
+
+def test_config_typo_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"loss\.l3"):
+        load_run_config(CONFIGS / "unitok-tiny.yaml", ["loss.l3=1.0"])
+    with pytest.raises(ConfigError, match=r"train\.max_steps"):
+        load_run_config(CONFIGS / "unitok-tiny.yaml", ["train.max_steps=many"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_parses(path: Path) -> None:
+    cfg = load_run_config(path)
+    assert cfg.model.preset == path.stem
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="untrained"):
+        main(["reconstruct", "unitok-tiny", str(tmp_path / "x.png")])
+    torch.manual_seed(0)
