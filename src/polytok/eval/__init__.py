@@ -1,0 +1,73 @@
+"""Evaluation: reconstruction metrics (rFID, PSNR, SSIM, LPIPS, Frechet distance in any feature space,
+Inception Score), codebook health, zero-shot and linear-probe accuracy, depth curves for residual
+tokenizers, and a self-contained HTML report. Every figure is a ``MetricResult`` carrying its protocol."""
+
+from polytok.eval.codebook import CodebookStats, CodebookUsage
+from polytok.eval.evaluate import ZeroShotSpec, code_prefix, evaluate_tokenizer
+from polytok.eval.features import FeatureSpace, InceptionFeatures, ModuleFeatures
+from polytok.eval.frechet import FrechetDistance, frechet_distance
+from polytok.eval.html_report import render_report, write_report
+from polytok.eval.inception_score import InceptionScore
+from polytok.eval.linear_probe import FeatureBank, linear_probe
+from polytok.eval.perceptual import LPIPS, build_lpips_vgg
+from polytok.eval.pixel import PSNR, SSIM, psnr_per_image, ssim_per_image
+from polytok.eval.report_data import EvalReport
+from polytok.eval.result import MetricResult
+from polytok.eval.weights import inception_weights_path, vgg16_weights_path
+from polytok.eval.zero_shot import (
+    TopKAccuracy,
+    ZeroShotClassifier,
+    build_class_embeddings,
+    zero_shot_logits,
+)
+
+# Loaded on first use: they bring in the pretrained EfficientNet-Lite machinery.
+_LAZY = {
+    "SemanticFidelity": "polytok.eval.semantic_fidelity",
+    "SemanticAgreement": "polytok.eval.semantic_fidelity",
+    "EfficientNetFrechetDistance": "polytok.eval.semantic_fidelity",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'polytok.eval' has no attribute {name!r}")
+
+
+__all__ = [
+    "LPIPS",
+    "PSNR",
+    "SSIM",
+    "CodebookStats",
+    "CodebookUsage",
+    "EfficientNetFrechetDistance",
+    "EvalReport",
+    "FeatureBank",
+    "FeatureSpace",
+    "FrechetDistance",
+    "InceptionFeatures",
+    "InceptionScore",
+    "MetricResult",
+    "ModuleFeatures",
+    "SemanticAgreement",
+    "SemanticFidelity",
+    "TopKAccuracy",
+    "ZeroShotClassifier",
+    "ZeroShotSpec",
+    "build_class_embeddings",
+    "build_lpips_vgg",
+    "code_prefix",
+    "evaluate_tokenizer",
+    "frechet_distance",
+    "inception_weights_path",
+    "linear_probe",
+    "psnr_per_image",
+    "render_report",
+    "ssim_per_image",
+    "vgg16_weights_path",
+    "write_report",
+    "zero_shot_logits",
+]
