@@ -129,3 +129,39 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="untrained"):
         main(["reconstruct", "unitok-tiny", str(tmp_path / "x.png")])
     torch.manual_seed(0)
+
+
+def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_path, capsys) -> None:
+    report = tmp_path / "report.html"
+    main(
+        [
+            "eval",
+            str(trained),
+            "--data",
+            "shapes",
+            "--split",
+            "heldout",
+            "--max-images",
+            "8",
+            "--batch-size",
+            "4",
+            "--zero-shot-task",
+            "shape",
+            "--report",
+            str(report),
+            "--fidelity-size",
+            "64",
+        ]
+    )
+    summary = json.loads((tmp_path / "report.json").read_text())[0]
+    metrics = summary["metrics"]
+    assert 0.0 <= metrics["semantic top-1 agreement"]["value"] <= 1.0
+    assert metrics["semantic KL"]["value"] >= 0.0
+    assert "rFD (EfficientNet-Lite0)" in metrics and "PSNR" in metrics
+    assert metrics["PSNR"]["protocol"]["num_images"] == 8
+    # evotok-tiny has no text tower: zero-shot is reported as skipped, not silently missing.
+    assert "zero-shot" in " ".join(summary["skipped"]) or any(
+        "zero" in v for v in summary["skipped"].values()
+    )
+    html = report.read_text()
+    assert "rFD (EfficientNet-Lite0)" in html and "<img" in html

@@ -19,10 +19,9 @@ from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from polytok.quant_demo import run_quant_demo
+    from polytok.demo import run_demo
 
-    for row in run_quant_demo(seed=args.seed):
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+    run_demo(out_dir=args.out_dir, minutes=args.minutes, seed=args.seed)
     return 0
 
 
@@ -149,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=512)
     p.add_argument("--zero-shot-task", default=None, help="e.g. colour or shape for the shapes dataset")
     p.add_argument("--report", default="out/report.html")
+    p.add_argument(
+        "--no-semantic-fidelity",
+        action="store_true",
+        help="skip the EfficientNet-Lite0 agreement / KL / rFD figures",
+    )
+    p.add_argument("--fidelity-size", type=int, default=128, help="classifier input size for them")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("encode", help="encode a dataset to a token file (.npz)")

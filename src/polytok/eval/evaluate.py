@@ -113,6 +113,8 @@ def evaluate_tokenizer(
     name: str | None = None,
     protocol: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
+    semantic_fidelity: bool = False,
+    semantic_fidelity_size: int | None = None,
 ) -> EvalReport:
     """Evaluate a tokenizer on batches ``{"image": (B, 3, H, W) in [0, 1], "label": (B,), ...}``.
 
@@ -127,6 +129,9 @@ def evaluate_tokenizer(
             (computed when the weights are on disk, otherwise reported as skipped with the reason).
         feature_spaces: extra feature spaces for Frechet distances (reported as ``rFD[name]``).
         protocol: dataset description reported with every figure (dataset, split, resize/crop, ...).
+        semantic_fidelity: per depth, top-1 agreement and KL divergence of a frozen ImageNet
+            EfficientNet-Lite0 between originals and reconstructions, and "rFD (EfficientNet-Lite0)"
+            (needs the ``pretrained`` extra); ``semantic_fidelity_size`` is its input size (default 224).
 
     Example::
 
@@ -164,6 +169,16 @@ def evaluate_tokenizer(
     if lpips_model is not None and device is not None:
         lpips_model = lpips_model.to(device)
     lpips_metrics = {d: LPIPS(model=lpips_model) for d in depths} if lpips_model is not None else {}
+
+    fidelity: dict[int, Any] = {}
+    if semantic_fidelity:
+        from polytok.eval.semantic_fidelity import SemanticFidelity
+        from polytok.pretrained import load_pretrained
+
+        classifier = load_pretrained("efficientnet-lite0")  # one network shared by every depth
+        if device is not None:
+            classifier = classifier.to(device)
+        fidelity = {d: SemanticFidelity(classifier, size=semantic_fidelity_size) for d in depths}
 
     psnr = {d: PSNR() for d in depths}
     ssim = {d: SSIM() for d in depths}
@@ -217,6 +232,8 @@ def evaluate_tokenizer(
                     ssim[depth].update(recon_cpu, images_cpu)
                     if depth in lpips_metrics:
                         lpips_metrics[depth].update(recon, images)
+                    if depth in fidelity:
+                        fidelity[depth].update(images, recon)
                     for key, space in spaces.items():
                         frechet[depth][key].update_features(real_features[key], real=True)
                         frechet[depth][key].update_features(space(recon), real=False)
@@ -262,6 +279,12 @@ def evaluate_tokenizer(
         add("SSIM", depth, ssim[depth].compute())
         if depth in lpips_metrics:
             add("LPIPS", depth, lpips_metrics[depth].compute())
+        if depth in fidelity:
+            results = fidelity[depth].compute()
+            add("semantic top-1 agreement", depth, results["top1_agreement"])
+            add("semantic KL", depth, results["kl_divergence"])
+            if "rfd" in results and seen >= 2:
+                add("rFD (EfficientNet-Lite0)", depth, results["rfd"])
         for key in spaces:
             if seen >= 2:
                 add(key, depth, frechet[depth][key].compute())

@@ -1,0 +1,90 @@
+"""Evaluate one or more tokenizers on a dataset and write the HTML report (``polytok eval``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from polytok.eval import EvalReport, ZeroShotSpec, evaluate_tokenizer, write_report
+
+
+def zero_shot_spec(dataset: Any, task: str | None) -> ZeroShotSpec | None:
+    """Class names and prompt templates of a built-in dataset task (shapes: ``shape``, ``colour``, ...)."""
+    if task is None or not hasattr(dataset, "class_names"):
+        return None
+    templates = getattr(dataset, "prompt_templates", None)
+    if isinstance(templates, dict):
+        templates = templates.get(task)
+    spec = ZeroShotSpec(class_names=list(dataset.class_names(task)))
+    if templates:
+        spec.templates = list(templates)
+    return spec
+
+
+def evaluate_many(
+    tokenizers: Sequence[Any],
+    names: Sequence[str],
+    *,
+    data: str = "photos",
+    split: str = "val",
+    image_size: int = 64,
+    max_images: int = 512,
+    zero_shot_task: str | None = None,
+    batch_size: int = 32,
+    semantic_fidelity: bool = True,
+    semantic_fidelity_size: int | None = 128,
+    linear_probe: bool = True,
+    dataset_options: dict[str, Any] | None = None,
+) -> list[EvalReport]:
+    """One :class:`EvalReport` per tokenizer on the same images, with the protocol written in each."""
+    from polytok.data import build_dataloader, build_dataset
+
+    options = dict(dataset_options or {})
+    if zero_shot_task is not None:
+        options.setdefault("label_task", zero_shot_task)
+    dataset = build_dataset(data, split=split, image_size=image_size, **options)
+    spec = zero_shot_spec(dataset, zero_shot_task)
+    protocol = {
+        "dataset": data,
+        "split": split,
+        "resize": f"{image_size} px (built-in crops or short-side resize + centre crop)",
+        "max_images": max_images,
+    }
+    reports = []
+    for tok, name in zip(tokenizers, names):
+        loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False)
+        reports.append(
+            evaluate_tokenizer(
+                tok,
+                loader,
+                zero_shot=spec,
+                linear_probe_features=linear_probe,
+                max_images=max_images,
+                name=name,
+                protocol=protocol,
+                semantic_fidelity=semantic_fidelity,
+                semantic_fidelity_size=semantic_fidelity_size,
+            )
+        )
+    return reports
+
+
+def evaluate_to_report(
+    tokenizers: Sequence[Any],
+    names: Sequence[str],
+    *,
+    report: str | Path,
+    title: str = "polytok evaluation",
+    **kwargs: Any,
+) -> list[EvalReport]:
+    """:func:`evaluate_many`, then the HTML report at ``report`` and a JSON summary beside it."""
+    reports = evaluate_many(tokenizers, names, **kwargs)
+    path = write_report(reports, report, title=title)
+    summary = path.with_suffix(".json")
+    summary.write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
+    for r in reports:
+        print(json.dumps({"tokenizer": r.name, **{k: round(v.value, 4) for k, v in r.metrics.items()}}))
+    print(json.dumps({"report": str(path), "summary": str(summary)}))
+    return reports
