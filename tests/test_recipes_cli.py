@@ -165,3 +165,15 @@ def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_pa
     )
     html = report.read_text()
     assert "rFD (EfficientNet-Lite0)" in html and "<img" in html
+
+
+def test_concatenated_builtin_data_forwards_set_epoch() -> None:
+    from polytok.recipes.run import DataSection, build_training_dataset
+
+    data = build_training_dataset(DataSection(name="photos+shapes", image_size=32))
+    photos = data.datasets[0]
+    first = photos[0]["image"].clone()
+    data.set_epoch(1)
+    assert not torch.equal(photos[0]["image"], first)  # new random crops in the new epoch
+    data.set_epoch(0)
+    assert torch.equal(photos[0]["image"], first)  # and deterministic per epoch

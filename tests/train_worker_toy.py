@@ -3,7 +3,9 @@
     python tests/train_worker_toy.py train.out_dir=/tmp/run train.max_steps=8 toy.dropout=0.1
 
 Keys under ``train.`` go to TrainConfig, keys under ``toy.`` to ToyConfig below. The model is a small MLP
-with a LayerNorm and a CLIP-like ``logit_scale``; the data are fixed synthetic regression pairs.
+with a LayerNorm and a CLIP-like ``logit_scale``; the data are fixed synthetic regression pairs, or, with
+``toy.shards=/d/shard-{000000..000002}.tar``, images streamed from webdataset shards that the MLP learns
+to reconstruct (flattened, ``3 * image_size**2`` values).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class ToyConfig:
     sleep_after_step: int = -1  # after this many completed steps, sleep sleep_s per step
     sleep_s: float = 0.0
     gan: bool = False
+    shards: str = ""  # webdataset shard pattern: stream images instead of the regression pairs
+    image_size: int = 4
+    resampled: bool = False
+    epoch_length: int = 0  # 0: one pass over the shards per epoch
+    shuffle_buffer: int = 8
+    record_keys: bool = False  # write keys_rank{r}.json: per step, the epoch and the sample keys
+    save_rank_weights: bool = False  # write weights_rank{r}.safetensors at the end
 
 
 class ToyBlock(nn.Module):
@@ -78,9 +87,14 @@ class ToyObjective:
 
     def __init__(self, toy: ToyConfig, rank: int) -> None:
         self.toy, self.rank = toy, rank
+        self.keys: list[str] = []  # sample keys of the current step (streamed images)
 
     def generator_loss(self, model, batch, ctx):
-        x, y = batch
+        if isinstance(batch, dict):  # streamed images: reconstruct them
+            self.keys.extend(batch["key"])
+            x = y = batch["image"].flatten(1)
+        else:
+            x, y = batch
         if self.toy.noise:
             x = x + self.toy.noise * torch.randn_like(x)
         pred = model(x)
@@ -113,7 +127,7 @@ class ToyGanObjective(ToyObjective):
     def discriminator_loss(self, disc, batch, ctx):
         if ctx.step < 2:  # discriminator starts later, as in the published recipes
             return None
-        _, y = batch
+        y = batch["image"].flatten(1) if isinstance(batch, dict) else batch[1]
         real = disc(y).float()
         fake = disc(ctx.cache["fake"]).float()
         loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
@@ -125,6 +139,20 @@ def build_dataset(toy: ToyConfig) -> TensorDataset:
     x = torch.randn(toy.dataset_size, toy.dim, generator=g)
     w = torch.randn(toy.dim, toy.dim, generator=g) / math.sqrt(toy.dim)
     return TensorDataset(x, torch.sin(x @ w))
+
+
+def build_shard_dataset(toy: ToyConfig, seed: int):
+    from polytok.data import build_dataset as build_data
+
+    return build_data(
+        toy.shards,
+        split="train",
+        image_size=toy.image_size,
+        resampled=toy.resampled,
+        epoch_length=toy.epoch_length or None,
+        shuffle_buffer=toy.shuffle_buffer,
+        seed=seed,
+    )
 
 
 def build_model(toy: ToyConfig) -> ToyModel:
@@ -140,6 +168,8 @@ def main(argv: list[str]) -> None:
     config = from_dict(TrainConfig, raw.get("train", {}))
     toy = from_dict(ToyConfig, raw.get("toy", {}))
     rank = int(os.environ.get("RANK", "0"))
+    if toy.shards:
+        toy.dim = 3 * toy.image_size**2
     objective = ToyGanObjective(toy, rank) if toy.gan else ToyObjective(toy, rank)
 
     def slow_down(trainer: Trainer, record: dict) -> None:
@@ -147,8 +177,29 @@ def main(argv: list[str]) -> None:
             print(f"sleeping after step {record['step']}", flush=True)
             time.sleep(toy.sleep_s)
 
-    trainer = Trainer(build_model(toy), objective, build_dataset(toy), config, callbacks=[slow_down])
+    steps: list[dict] = []
+
+    def keep_keys(trainer: Trainer, record: dict) -> None:
+        steps.append({"step": record["step"], "epoch": record["epoch"], "keys": objective.keys})
+        objective.keys = []
+        if toy.record_keys:  # rewritten each step: a killed run keeps what it did
+            Path(config.out_dir, f"keys_rank{rank}.json").write_text(json.dumps(steps))
+
+    if toy.shards:
+        from polytok.data import collate
+
+        dataset, collate_fn = build_shard_dataset(toy, config.seed), collate
+    else:
+        dataset, collate_fn = build_dataset(toy), None
+    trainer = Trainer(
+        build_model(toy), objective, dataset, config, collate_fn=collate_fn, callbacks=[keep_keys, slow_down]
+    )
     last = trainer.fit()
+    if toy.save_rank_weights:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in trainer.raw_model.state_dict().items()}
+        save_file(state, str(Path(config.out_dir, f"weights_rank{rank}.safetensors")))
     if trainer.dist.is_main:
         result = {
             "step": trainer.step,

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import ConcatDataset
+
 from polytok.recipes.objective import LossConfig, build_objective
 from polytok.train import TrainConfig, Trainer, from_dict, load_yaml_with_overrides
 
@@ -66,17 +68,24 @@ def build_tokenizer(section: ModelSection):
     return Tokenizer.from_config(section.config, **section.overrides)
 
 
+class ConcatWithEpoch(ConcatDataset):
+    """ConcatDataset that passes ``set_epoch`` on to its parts (built-in photo crops change per epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
 def build_training_dataset(section: DataSection):
     """The dataset ``section.name``; ``a+b`` concatenates datasets (e.g. ``photos+shapes``)."""
-    from torch.utils.data import ConcatDataset
-
     from polytok.data import build_dataset
 
     parts = [
         build_dataset(name, split=section.split, image_size=section.image_size, **section.options)
         for name in section.name.split("+")
     ]
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return parts[0] if len(parts) == 1 else ConcatWithEpoch(parts)
 
 
 def train_tokenizer(config: RunConfig):

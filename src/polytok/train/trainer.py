@@ -9,6 +9,13 @@ gradient norm is not finite on any rank is skipped on every rank (no update), co
 Checkpoints hold everything needed to continue bit-exactly (see ``checkpoint.py``) with the same world
 size. Random augmentations inside the dataset continue exactly with ``num_workers=0`` (they draw from the
 restored process RNG); with worker processes, derive their randomness from the sample index instead.
+
+Data come from a map-style dataset (a resumable sampler splits it over ranks) or from a streaming
+``IterableDataset`` such as webdataset shards (it splits itself over ranks and workers); at the end of an
+epoch the next one starts, and ``dataset.set_epoch(epoch)`` is called when the dataset has it. For
+streams all ranks agree each batch on whether the epoch goes on, so they stay in the same epoch; for web
+scale, ``resampled=True`` with ``epoch_length`` avoids dropping the uneven tail. See ``batches.py`` for
+when a resumed stream continues exactly.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from polytok.train import checkpoint as ckpt
+from polytok.train.batches import TrainBatches
 from polytok.train.config import to_dict
 from polytok.train.distributed import (
     DistInfo,
@@ -49,7 +57,6 @@ from polytok.train.ema import ModelEMA
 from polytok.train.logger import RunLogger, Throughput
 from polytok.train.objective import StepContext, has_discriminator
 from polytok.train.optim import build_adamw
-from polytok.train.sampler import ResumableDistributedSampler
 from polytok.train.schedule import build_scheduler
 from polytok.train.train_config import TrainConfig
 
@@ -102,7 +109,9 @@ class Trainer:
         model: the network; its ``named_parameters()`` make the generator optimiser's groups. Build it with
             the same seed on every rank (DDP broadcasts rank 0's weights; FSDP is given rank 0's too).
         objective: ``generator_loss`` (+ optional ``discriminator`` / ``discriminator_loss``).
-        dataset: map-style dataset; batches go through ``collate_fn`` (default collation).
+        dataset: map-style dataset, or a streaming ``IterableDataset`` that shards itself over ranks and
+            workers (``polytok.data.ShardDataset``); batches go through ``collate_fn`` (default collation).
+            ``config.shuffle`` applies to map-style datasets only.
         config: TrainConfig.
         callbacks: called on every rank after each step with the step record.
     """
@@ -157,32 +166,22 @@ class Trainer:
 
         self.ema = ModelEMA(self.raw_model, config.ema_decay) if config.ema_decay is not None else None
 
-        # data
-        self.sampler = ResumableDistributedSampler(
-            len(dataset), self.dist.world_size, self.dist.rank, shuffle=config.shuffle, seed=config.seed
-        )
-        if len(self.sampler) < config.batch_size:
-            raise ValueError(
-                f"each of the {self.dist.world_size} process(es) sees {len(self.sampler)} samples per epoch, "
-                f"fewer than batch_size={config.batch_size}"
-            )
-        self._loader_generator = torch.Generator()
-        self.loader = DataLoader(
+        # data: map-style through a resumable sampler, or a self-sharding stream (see batches.py)
+        self.batches = TrainBatches(
             dataset,
-            batch_size=config.batch_size,
-            sampler=self.sampler,
+            config.batch_size,
+            self.dist,
             num_workers=config.num_workers,
+            seed=config.seed,
+            shuffle=config.shuffle,
             collate_fn=collate_fn,
-            drop_last=True,
             pin_memory=self.device.type == "cuda",
-            generator=self._loader_generator,
         )
-        self._iter: Iterator[Any] | None = None
+        self.sampler = self.batches.sampler  # None for streaming datasets
+        self.loader = self.batches.loader
 
         # progress counters (all saved in checkpoints)
         self.step = 0  # completed optimiser steps
-        self.epoch = 0
-        self.samples_in_epoch = 0  # samples of the current epoch consumed by this rank
         self.skipped_steps = 0
         self.resumed_from: Path | None = None
 
@@ -233,27 +232,17 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------
     # data
 
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Samples of the current epoch consumed by this rank."""
+        return self.batches.samples_in_epoch
+
     def _next_batch(self) -> Any:
-        while True:
-            if self._iter is None:
-                self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
-                # seeds DataLoader workers from the data position, never from the global RNG
-                self._loader_generator.manual_seed(
-                    self.config.seed * 1_000_003
-                    + self.epoch * 7_919
-                    + self.dist.rank * 104_729
-                    + self.samples_in_epoch
-                )
-                self._iter = iter(self.loader)
-            try:
-                batch = next(self._iter)
-            except StopIteration:
-                self.epoch += 1
-                self.samples_in_epoch = 0
-                self._iter = None
-                continue
-            self.samples_in_epoch += self.config.batch_size
-            return batch
+        return self.batches.next()
 
     # ----------------------------------------------------------------------------------------------------
     # one optimiser step
@@ -457,8 +446,7 @@ class Trainer:
                 ckpt.atomic_save_safetensors(disc_sd, staging / "discriminator.safetensors")
             state = {
                 "step": self.step,
-                "epoch": self.epoch,
-                "samples_in_epoch": self.samples_in_epoch,
+                **self.batches.state_dict(),  # epoch, samples_in_epoch, batches_in_epoch, batch_size
                 "world_size": self.dist.world_size,
                 "skipped_steps": self.skipped_steps,
                 "optimizer": optim_sd,
@@ -521,20 +509,7 @@ class Trainer:
                 self.ema.update(self.raw_model, decay=0.0)
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
-        self.epoch = int(state["epoch"])
-        saved_world = int(state["world_size"])
-        if saved_world == self.dist.world_size:
-            self.samples_in_epoch = int(state["samples_in_epoch"])
-        else:  # keep the global position; exact continuation needs the same world size
-            consumed = int(state["samples_in_epoch"]) * saved_world
-            self.samples_in_epoch = min(consumed // self.dist.world_size, self.sampler.per_rank)
-            warnings.warn(
-                f"resuming with world size {self.dist.world_size} from a run with {saved_world}: "
-                "the data order continues approximately",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._iter = None
+        self.batches.load_state_dict(state, saved_world_size=int(state["world_size"]))
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():
             ckpt.restore_rng_state(ckpt.load_pickled(rng_file))
