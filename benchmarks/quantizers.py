@@ -5,7 +5,8 @@
 
 Every row runs both libraries on the same inputs with the same codebooks (copied into
 vector-quantize-pytorch), fp32, with the thread count fixed, and checks that the chosen indices equal a
-float64 brute-force reference. Reported as ratios measured in this run, not absolute times.
+float64 brute-force reference. Times are the best of several calls; reported as ratios measured in
+this run, not absolute times.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from polytok.quant import MultiCodebookQuantizer, ResidualQuantizer, nearest_cod
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Best of ``repeats`` calls after a warm-up: the least disturbed run on a shared machine."""
     fn()  # warm-up
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_gflops(size: int = 2048) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 / timed(lambda: a @ b, 5) / 1e9
+    return 2 * size**3 / timed(lambda: a @ b, 10) / 1e9
 
 
 def residual_reference(z: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tensor:
@@ -65,8 +69,8 @@ def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float)
     with torch.no_grad():
         ours_idx = ours(z).indices[0]
         theirs_idx = theirs(z)[1][0]
-        t_ours = timed(lambda: ours(z), 3)
-        t_theirs = timed(lambda: theirs(z), 1)
+        t_ours = timed(lambda: ours(z), 5)
+        t_theirs = timed(lambda: theirs(z), 2)
     flops = 2 * tokens * size * dim * levels
     rows = [
         {
@@ -92,7 +96,7 @@ def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float)
         (q.square().mean() + loss.sum()).backward()
 
     ours.train(), theirs.train()
-    t_ours, t_theirs = timed(ours_step, 2), timed(theirs_step, 1)
+    t_ours, t_theirs = timed(ours_step, 3), timed(theirs_step, 2)
     rows.append(
         {
             "case": f"EvoTok train step (fwd+bwd+EMA), {tokens} tokens",
