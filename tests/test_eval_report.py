@@ -121,3 +121,22 @@ def test_report_renders_in_headless_chromium(two_reports, tmp_path) -> None:
     not_white = (pixels < 240).any(axis=2).mean()
     assert not_white > 0.03, f"screenshot is nearly blank ({not_white:.3%} non-white pixels)"
     assert pixels.std() > 20
+
+
+def test_best_value_direction_per_metric() -> None:
+    """Higher is better for PSNR, lower for distances and divergences (rFD, semantic KL)."""
+    from polytok.eval import EvalReport, MetricResult
+
+    def report(name: str, psnr: float, kl: float, rfd: float) -> EvalReport:
+        metrics = {
+            "PSNR": MetricResult(psnr, {}),
+            "semantic KL": MetricResult(kl, {}),
+            "rFD (EfficientNet-Lite0)": MetricResult(rfd, {}),
+        }
+        return EvalReport(name=name, metrics=metrics)
+
+    html = render_report([report("a", 20.0, 0.5, 10.0), report("b", 25.0, 0.9, 30.0)])
+    best = re.findall(r'<td class="num best">([^<]*)</td>', html)
+    assert sorted(best) == sorted(
+        [MetricResult(25.0, {}).format(), MetricResult(0.5, {}).format(), MetricResult(10.0, {}).format()]
+    )

@@ -18,7 +18,7 @@ from polytok.eval.codebook import CodebookStats
 from polytok.eval.report_data import EvalReport
 
 # Curves where a lower value is better get a note in the title.
-LOWER_IS_BETTER = ("rFID", "rFD", "LPIPS")
+LOWER_IS_BETTER = ("rFID", "rFD", "LPIPS", "semantic KL")
 
 
 def _png(fig: Figure) -> bytes:

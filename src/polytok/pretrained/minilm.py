@@ -124,7 +124,16 @@ def build_minilm(weights_path: str | Path | None = None) -> MiniLMTextEncoder:
     from transformers import AutoModel, AutoTokenizer
 
     model_dir = _resolve_model_dir(weights_path)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    # A local load of 100 tensors needs no progress bar; restore the user's setting afterwards.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     encoder = MiniLMTextEncoder(model, tokenizer, _max_length(model_dir, tokenizer))
     encoder.weights_file = model_dir
