@@ -315,3 +315,18 @@ def test_rng_state_round_trip_weights_only(tmp_path):
     torch.manual_seed(9)
     ckpt.restore_rng_state(ckpt.load_pickled(tmp_path / "rng.pt"))  # weights_only=True inside
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_sampler_blocks_make_the_global_batch_the_rank_order_concatenation() -> None:
+    from polytok.train import ResumableDistributedSampler
+
+    size, world, batch = 50, 3, 4
+    single = list(ResumableDistributedSampler(size, 1, 0, seed=7, block_size=batch * world))
+    ranks = [
+        list(ResumableDistributedSampler(size, world, r, seed=7, block_size=batch)) for r in range(world)
+    ]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) % batch == 0
+    for step in range(len(ranks[0]) // batch):
+        global_batch = [i for r in ranks for i in r[step * batch : (step + 1) * batch]]
+        assert global_batch == single[step * batch * world : (step + 1) * batch * world]
+    assert set().union(*map(set, ranks)) == set(range(size))  # every sample is visited

@@ -77,12 +77,21 @@ class TrainBatches:
                     f"{type(dataset).__name__} is neither an IterableDataset nor a map-style dataset with "
                     "__len__"
                 )
+            # Blocks of one batch: the global batch is the rank-order concatenation of the local ones.
             self.sampler = ResumableDistributedSampler(
-                len(dataset), dist_info.world_size, dist_info.rank, shuffle=shuffle, seed=seed
+                len(dataset),
+                dist_info.world_size,
+                dist_info.rank,
+                shuffle=shuffle,
+                seed=seed,
+                block_size=batch_size,
             )
-            if len(self.sampler) < batch_size:
+            if (
+                len(dataset) < batch_size * dist_info.world_size
+            ):  # the sampler pads by wrapping: count real ones
                 raise ValueError(
-                    f"each of the {dist_info.world_size} process(es) sees {len(self.sampler)} samples per "
+                    f"each of the {dist_info.world_size} process(es) sees "
+                    f"{len(dataset) // dist_info.world_size} samples per "
                     f"epoch, fewer than batch_size={batch_size}"
                 )
         self._generator = torch.Generator()

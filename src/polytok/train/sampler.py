@@ -1,10 +1,13 @@
 """A deterministic, resumable distributed sampler.
 
 Epoch ``e`` visits a permutation drawn from ``seed + e`` (or the identity without shuffling). The
-permutation is padded by wrapping (or cut, with ``drop_last``) to a multiple of the world size and rank
-``r`` takes positions ``r, r + W, r + 2W, ...``. Because the per-rank lists interleave, the first ``k``
-samples of every rank together are exactly the first ``k * W`` samples of the epoch's permutation: a
-2-process run with batch ``b`` consumes the same samples per step as 1 process with batch ``2b``.
+permutation is padded by wrapping (or cut, with ``drop_last``) to a multiple of ``W * block_size`` and cut
+into blocks of ``block_size`` consecutive samples; rank ``r`` takes blocks ``r, r + W, r + 2W, ...``.
+Because the per-rank lists interleave block by block, the first ``k`` blocks of every rank, concatenated
+in rank order, are exactly the first ``k * W`` blocks of the epoch's permutation, in order. With
+``block_size`` equal to the batch size, a 2-process run with batch ``b`` consumes per step the same
+samples, in the same order, as 1 process with batch ``2b``; the order matters to whatever draws from the
+batch as a whole (codebook k-means initialisation and dead-code restarts sample rows of the global batch).
 ``set_epoch(epoch, start=n)`` skips the first ``n`` samples of this rank, so a resumed run continues
 with the exact next batch.
 """
@@ -26,6 +29,7 @@ class ResumableDistributedSampler(Sampler[int]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        block_size: int = 1,
     ) -> None:
         if dataset_size < 1:
             raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
@@ -34,12 +38,19 @@ class ResumableDistributedSampler(Sampler[int]):
         if drop_last and dataset_size < num_replicas:
             raise ValueError(f"drop_last with {dataset_size} samples and {num_replicas} ranks leaves nothing")
         self.dataset_size, self.num_replicas, self.rank = dataset_size, num_replicas, rank
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if drop_last and dataset_size < num_replicas * block_size:
+            raise ValueError(
+                f"drop_last with {dataset_size} samples, {num_replicas} ranks and blocks of "
+                f"{block_size} leaves nothing"
+            )
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.block_size = block_size
         self.epoch, self.start = 0, 0
-        if drop_last:
-            self.per_rank = dataset_size // num_replicas
-        else:
-            self.per_rank = -(-dataset_size // num_replicas)
+        span = num_replicas * block_size
+        blocks = dataset_size // span if drop_last else -(-dataset_size // span)
+        self.per_rank = blocks * block_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's permutation and skip this rank's first ``start`` samples."""
@@ -60,7 +71,8 @@ class ResumableDistributedSampler(Sampler[int]):
             reps = -(-total // len(order))
             order = (order * reps)[:total]
         order = order[:total]
-        return order[self.rank : total : self.num_replicas]
+        b, w = self.block_size, self.num_replicas
+        return [i for start in range(self.rank * b, total, w * b) for i in order[start : start + b]]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_indices(self.epoch)[self.start :])
