@@ -48,11 +48,17 @@ def _load_model(args: argparse.Namespace):
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
     from polytok.data import build_dataloader, build_dataset
     from polytok.tokens import encode_batches
 
     tok = _load_model(args)
     dataset = build_dataset(args.data, split=args.split, image_size=args.image_size)
+    if args.max_images is not None:
+        if not hasattr(dataset, "__len__"):
+            raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
+        dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     loader = build_dataloader(dataset, batch_size=args.batch_size, num_workers=args.workers, shuffle=False)
     paths = encode_batches(tok, loader, args.out, shard_size=args.shard_size)
     print(json.dumps({"written": [str(p) for p in paths]}))
@@ -163,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--out", default="tokens.npz")
     p.add_argument("--shard-size", type=int, default=100_000)
+    p.add_argument("--max-images", type=int, default=None, help="encode only the first N samples")
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(func=_cmd_encode)
 
