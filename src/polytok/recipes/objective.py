@@ -107,11 +107,6 @@ class TokenizerObjective:
             )
         self.adversarial: AdversarialLoss | None = None
 
-    def to(self, device: torch.device) -> TokenizerObjective:
-        """Move the loss networks (perceptual features) to ``device``."""
-        self.reconstruction.to(device)
-        return self
-
     # -- generator --------------------------------------------------------------------------------
 
     def generator_loss(
