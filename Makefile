@@ -21,7 +21,7 @@ browser:
 		|| echo "chromium could not be installed: the report rendering test will be skipped"
 
 test: setup browser
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q -n 2
 
 bench: setup

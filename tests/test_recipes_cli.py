@@ -165,8 +165,28 @@ def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_pa
     assert "zero-shot" in " ".join(summary["skipped"]) or any(
         "zero" in v for v in summary["skipped"].values()
     )
+    assert metrics["semantic top-1 agreement"]["protocol"]["image_size"] == 64  # --fidelity-size honoured
     html = report.read_text()
     assert "rFD (EfficientNet-Lite0)" in html and "<img" in html
+    main(
+        [
+            "eval",
+            str(trained),
+            "--data",
+            "shapes",
+            "--split",
+            "heldout",
+            "--max-images",
+            "4",
+            "--batch-size",
+            "4",
+            "--report",
+            str(report),
+            "--no-semantic-fidelity",
+        ]
+    )
+    plain = json.loads((tmp_path / "report.json").read_text())[0]["metrics"]
+    assert "PSNR" in plain and not any(k.startswith(("semantic", "rFD")) for k in plain)
 
 
 def test_concatenated_builtin_data_forwards_set_epoch() -> None:

@@ -113,6 +113,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         report=args.report,
         zero_shot_task=args.zero_shot_task,
         batch_size=args.batch_size,
+        semantic_fidelity=not args.no_semantic_fidelity,
+        semantic_fidelity_size=args.fidelity_size,
     )
     return 0
 
