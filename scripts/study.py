@@ -23,19 +23,28 @@ from polytok.demo import CONFIG_DIR, seconds_per_step
 from polytok.recipes.evaluation import evaluate_many
 from polytok.recipes.run import load_run_config, train_tokenizer
 
-# name -> (claim tested, model overrides on unitok-tiny). All quantizers see a 32-d latent and spend 32
-# bits per position unless the name says otherwise.
+# name -> (claim tested, model overrides on unitok-tiny). All quantizers see the same 32-d latent; two
+# families at equal bits per position: 12 bits (one 4096-code codebook vs several small ones) and 32 bits
+# (multi-codebook, residual, both; attention vs linear projections).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "vq-1x4096": (
-        "single codebook, 12 bits (a 32-bit one cannot be built)",
+        "12 bits: one codebook of 4096",
         {"quantizer": {"kind": "vq", "num_codebooks": 1, "codebook_size": 4096}},
     ),
+    "mcq-2x64": (
+        "12 bits: UniTok, 2 codebooks of 64",
+        {"quantizer": {"kind": "mcq", "num_codebooks": 2, "codebook_size": 64}},
+    ),
+    "mcq-4x8": (
+        "12 bits: UniTok, 4 codebooks of 8",
+        {"quantizer": {"kind": "mcq", "num_codebooks": 4, "codebook_size": 8}},
+    ),
     "mcq-4x256": (
-        "UniTok: multi-codebook, 32 bits",
+        "32 bits: UniTok, 4 codebooks of 256",
         {"quantizer": {"kind": "mcq", "num_codebooks": 4, "codebook_size": 256}},
     ),
     "mcq-4x256-linear": (
-        "UniTok ablation: linear instead of attention projections",
+        "32 bits: UniTok's ablation, linear instead of attention projections",
         {
             "quantizer": {"kind": "mcq", "num_codebooks": 4, "codebook_size": 256},
             "projection": {"kind": "linear"},
@@ -43,7 +52,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "rvq-4x256": (
-        "EvoTok: residual, 4 levels x 8 bits, pixels from the first 2 levels",
+        "32 bits: EvoTok, 4 residual levels of 256 (EMA), pixels from the first 2",
         {
             "quantizer": {
                 "kind": "rvq",
@@ -58,7 +67,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "rmcq-2x2x256": (
-        "both: 2 residual levels x 2 codebooks x 8 bits",
+        "32 bits: both, 2 residual levels x 2 codebooks of 256, pixels from level 1",
         {
             "quantizer": {
                 "kind": "rvq",
@@ -123,6 +132,9 @@ def run_study(out: Path, minutes: float, variants: list[str], max_eval_images: i
     from polytok.eval import write_report
 
     write_report(photos + shapes, out / "report.html", title="polytok study")
+    (out / "study.json").write_text(
+        json.dumps({"runs": rows, "reports": [r.to_dict() for r in photos + shapes]}, indent=1, default=str)
+    )
     lines = [
         "| variant | bits/image | steps | PSNR | SSIM | usage | sem. agreement | zero-shot (held-out) |"
         " probe (held-out) |",
