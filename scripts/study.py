@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polytok.demo import CONFIG_DIR, seconds_per_step
-from polytok.recipes.evaluation import evaluate_many
+from polytok.demo import CONFIG_DIR, evaluate_on_builtin, fit_to_budget
 from polytok.recipes.run import load_run_config, train_tokenizer
 
 # name -> (claim tested, model overrides on unitok-tiny). All quantizers see the same 32-d latent; two
@@ -98,9 +97,7 @@ def run_study(out: Path, minutes: float, variants: list[str], max_eval_images: i
             [f"train.out_dir={out / name}", "train.save_every=0", "train.progress=false"],
         )
         config.model.overrides = overrides
-        per_step = seconds_per_step(config)
-        config.train.max_steps = max(10, int(budget / (per_step * 1.15)))
-        config.train.optim.warmup_steps = min(config.train.optim.warmup_steps, config.train.max_steps // 10)
+        fit_to_budget(config, budget, min_steps=10)
         start = time.perf_counter()
         tokenizers[name] = train_tokenizer(config).eval()
         rows.append(
@@ -113,22 +110,7 @@ def run_study(out: Path, minutes: float, variants: list[str], max_eval_images: i
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    photos = evaluate_many(
-        list(tokenizers.values()),
-        [f"{n} | photos val" for n in tokenizers],
-        data="photos",
-        split="val",
-        max_images=max_eval_images,
-    )
-    shapes = evaluate_many(
-        list(tokenizers.values()),
-        [f"{n} | shapes held-out" for n in tokenizers],
-        data="shapes",
-        split="heldout",
-        zero_shot_task="shape",
-        max_images=max_eval_images,
-        semantic_fidelity=False,
-    )
+    photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images)
     from polytok.eval import write_report
 
     write_report(photos + shapes, out / "report.html", title="polytok study")

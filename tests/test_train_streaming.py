@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from polytok.data import build_dataset, collate, write_shards
-from polytok.train import OptimConfig, TrainConfig, Trainer
+from polytok.train import TrainConfig, Trainer
 from polytok.train.checkpoint import load_pickled, load_safetensors
 from test_train_distributed import _command, _env, assert_close_dicts, final_weights, run_worker
+from test_train_engine import make_config as engine_config
 from train_worker_toy import ToyConfig, ToyObjective, build_model, build_shard_dataset
 
 SAMPLES = 20  # written as shards of 8, 8 and 4 samples
@@ -55,20 +56,8 @@ def batches_of(keys: list[str], size: int) -> list[list[str]]:
 
 
 def make_config(tmp_path, **kw) -> TrainConfig:
-    base = dict(
-        max_steps=6,
-        batch_size=4,
-        precision="fp32",
-        device="cpu",
-        progress=False,
-        tensorboard=False,
-        out_dir=str(tmp_path),
-        log_every=1,
-        save_every=0,
-        optim=OptimConfig(lr=1e-2, warmup_steps=2),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    """The engine tests' toy config with this file's smaller batch and no TensorBoard."""
+    return engine_config(tmp_path, **{"batch_size": 4, "tensorboard": False, **kw})
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

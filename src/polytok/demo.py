@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +62,42 @@ def seconds_per_step(config: RunConfig, probes: int = 2) -> float:
     return (time.perf_counter() - start) / probes
 
 
+def fit_to_budget(config: RunConfig, seconds: float, min_steps: int) -> float:
+    """Set ``config.train.max_steps`` (and cap the warm-up) so training takes about ``seconds`` here.
+
+    Returns the measured seconds per step.
+    """
+    per_step = seconds_per_step(config)
+    # 15% for what the probe does not see: data loading, logging, the final checkpoint.
+    steps = max(min_steps, int(seconds / (per_step * 1.15)))
+    config.train.max_steps = steps
+    config.train.optim.warmup_steps = min(config.train.optim.warmup_steps, steps // 10)
+    return per_step
+
+
+def evaluate_on_builtin(tokenizers: dict[str, Any], max_images: int) -> tuple[list, list]:
+    """Reports on held-out photo crops (with semantic fidelity) and on held-out shape combinations
+    (zero-shot shape classification), one per tokenizer each, named ``<name> | <data>``."""
+    photos = evaluate_many(
+        list(tokenizers.values()),
+        [f"{n} | photos val" for n in tokenizers],
+        data="photos",
+        split="val",
+        max_images=max_images,
+        zero_shot_task=None,
+    )
+    shapes = evaluate_many(
+        list(tokenizers.values()),
+        [f"{n} | shapes held-out" for n in tokenizers],
+        data="shapes",
+        split="heldout",
+        max_images=max_images,
+        zero_shot_task="shape",
+        semantic_fidelity=False,
+    )
+    return photos, shapes
+
+
 def demo_config(preset: str, out_dir: Path, seed: int) -> RunConfig:
     return load_run_config(
         CONFIG_DIR / f"{preset}.yaml",
@@ -82,11 +119,8 @@ def run_demo(
     tokenizers = {}
     for preset in DEMO_PRESETS:
         config = demo_config(preset, out_dir, seed)
-        per_step = seconds_per_step(config)
-        # 15% for what the probe does not see: data loading, logging, the final checkpoint.
-        steps = max(20, int(budget / (per_step * 1.15)))
-        config.train.max_steps = steps
-        config.train.optim.warmup_steps = min(config.train.optim.warmup_steps, steps // 10)
+        per_step = fit_to_budget(config, budget, min_steps=20)
+        steps = config.train.max_steps
         print(
             json.dumps(
                 {
@@ -105,23 +139,8 @@ def run_demo(
             flush=True,
         )
 
-    reports = evaluate_many(
-        list(tokenizers.values()),
-        [f"{p} | photos val" for p in tokenizers],
-        data="photos",
-        split="val",
-        max_images=max_eval_images,
-        zero_shot_task=None,
-    )
-    reports += evaluate_many(
-        list(tokenizers.values()),
-        [f"{p} | shapes held-out" for p in tokenizers],
-        data="shapes",
-        split="heldout",
-        max_images=max_eval_images,
-        zero_shot_task="shape",
-        semantic_fidelity=False,
-    )
+    photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images)
+    reports = photos + shapes
     from polytok.eval import write_report
 
     path = write_report(reports, out_dir / "report.html", title="polytok demo: tiny presets on built-in data")
