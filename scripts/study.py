@@ -1,13 +1,15 @@
-"""The UniTok-vs-EvoTok study at small scale: quantizer variants at equal bits and equal training time.
+"""The UniTok-vs-EvoTok study at small scale: quantizer variants at equal bits and equal training time,
+and the ablations of the pretrained parts (real teacher vs none, perceptual term vs none).
 
-    python scripts/study.py --minutes 4 --out runs/study          # writes runs/study/study.md + report.html
+    python scripts/study.py --group quantizers --minutes 4 --out runs/study     # runs/study/study.md ...
+    python scripts/study.py --group ablations --minutes 4 --out runs/ablations
 
-Every variant is unitok-tiny's architecture (hybrid ViT encoder, ViT decoder, contrastive semantics with
-the MiniLM text tower) with only the quantizer or the projection changed, trained on built-in photos +
-captioned shapes for the same wall-clock budget, then measured with the same protocol: PSNR / SSIM /
-codebook usage / semantic fidelity on held-out photo crops, zero-shot shape accuracy and a linear probe
-on held-out (shape, colour) combinations. Bits per image are listed beside each row; the residual rows
-also report every depth (the EvoTok claim: early levels serve pixels, the full code semantics).
+Every variant is a shipped tiny config (``polytok/configs/<preset>.yaml``) with only the named parts
+changed, trained on built-in photos + captioned shapes for the same wall-clock budget, then measured with
+the same protocol: PSNR / SSIM / codebook usage / semantic fidelity / rFD on held-out photo crops,
+zero-shot classification of the (colour, shape) pair (42 classes) and linear probes on held-out
+(shape, colour) combinations. Bits per image are listed beside each row; the residual rows also report
+every depth (the EvoTok claim: early levels serve pixels, the full code semantics).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from polytok.recipes.run import load_run_config, train_tokenizer
 # name -> (claim tested, model overrides on unitok-tiny). All quantizers see the same 32-d latent; two
 # families at equal bits per position: 12 bits (one 4096-code codebook vs several small ones) and 32 bits
 # (multi-codebook, residual, both; attention vs linear projections).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+QUANTIZER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "vq-1x4096": (
         "12 bits: one codebook of 4096",
         {"quantizer": {"kind": "vq", "num_codebooks": 1, "codebook_size": 4096}},
@@ -82,21 +84,46 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# name -> (claim tested, preset, model overrides, run-config overrides): each pretrained part of the
+# shipped recipes against the same recipe without it, at equal training time.
+ABLATIONS: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
+    "evotok-tiny": ("EvoTok recipe: distilled onto the frozen EfficientNet-Lite0", "evotok-tiny", {}, []),
+    "evotok-tiny-no-teacher": (
+        "EvoTok recipe without the teacher (no semantic branch)",
+        "evotok-tiny",
+        {"semantic": {"kind": "none"}},
+        [],
+    ),
+    "unitok-tiny": ("UniTok recipe with the EfficientNet-Lite0 perceptual term", "unitok-tiny", {}, []),
+    "unitok-tiny-no-perceptual": (
+        "UniTok recipe without the perceptual term",
+        "unitok-tiny",
+        {},
+        ["loss.perceptual=none"],
+    ),
+}
+
+GROUPS: dict[str, dict[str, tuple[str, str, dict[str, Any], list[str]]]] = {
+    "quantizers": {n: (claim, "unitok-tiny", ov, []) for n, (claim, ov) in QUANTIZER_VARIANTS.items()},
+    "ablations": ABLATIONS,
+}
+
+
 def bits_per_image(tok, image_size: int = 64) -> float:
     positions = (image_size // tok.stride) ** 2
     return positions * math.prod(tok.code_shape) * math.log2(tok.codebook_size)
 
 
-def run_study(out: Path, minutes: float, variants: list[str], max_eval_images: int) -> Path:
+def run_study(out: Path, minutes: float, group: str, variants: list[str], max_eval_images: int) -> Path:
     budget = minutes * 60
     tokenizers, rows = {}, []
     for name in variants:
-        claim, overrides = VARIANTS[name]
+        claim, preset, model_overrides, run_overrides = GROUPS[group][name]
         config = load_run_config(
-            CONFIG_DIR / "unitok-tiny.yaml",
-            [f"train.out_dir={out / name}", "train.save_every=0", "train.progress=false"],
+            CONFIG_DIR / f"{preset}.yaml",
+            [f"train.out_dir={out / name}", "train.save_every=0", "train.progress=false", *run_overrides],
         )
-        config.model.overrides = overrides
+        config.model.overrides = model_overrides
         fit_to_budget(config, budget, min_steps=10)
         start = time.perf_counter()
         tokenizers[name] = train_tokenizer(config).eval()
@@ -113,26 +140,33 @@ def run_study(out: Path, minutes: float, variants: list[str], max_eval_images: i
     photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images)
     from polytok.eval import write_report
 
-    write_report(photos + shapes, out / "report.html", title="polytok study")
+    write_report(photos + shapes, out / "report.html", title=f"polytok study: {group}")
     (out / "study.json").write_text(
         json.dumps({"runs": rows, "reports": [r.to_dict() for r in photos + shapes]}, indent=1, default=str)
     )
+    columns = [
+        ("PSNR", "photos", "PSNR"),
+        ("SSIM", "photos", "SSIM"),
+        ("sem. agreement", "photos", "semantic top-1 agreement"),
+        ("rFD (EffNet-L0)", "photos", "rFD (EfficientNet-Lite0)"),
+        ("zero-shot pair (1/42)", "shapes", "zero-shot top-1"),
+        ("probe (semantic)", "shapes", "linear probe top-1"),
+        ("probe (codes)", "shapes", "code probe top-1"),
+    ]
     lines = [
-        "| variant | bits/image | steps | PSNR | SSIM | usage | sem. agreement | zero-shot (held-out) |"
-        " probe (held-out) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | bits/image | steps | " + " | ".join(c[0] for c in columns) + " | usage |",
+        "|---|---|---|" + "---|" * len(columns) + "---|",
     ]
     for row, p, s in zip(rows, photos, shapes):
-
-        def fig(report, key):
-            return f"{report.metrics[key].value:.3f}" if key in report.metrics else "-"
-
+        cells = []
+        for _, data, key in columns:
+            report = p if data == "photos" else s
+            cells.append(f"{report.metrics[key].value:.3f}" if key in report.metrics else "-")
         usage = p.codebook.summary().get("usage") if p.codebook is not None else None
         lines.append(
-            f"| {row['variant']} | {row['bits_per_image']:.0f} | {row['steps']} | {fig(p, 'PSNR')} | "
-            f"{fig(p, 'SSIM')} | {usage if usage is None else f'{usage:.3f}'} | "
-            f"{fig(p, 'semantic top-1 agreement')} | {fig(s, 'zero-shot top-1')} | "
-            f"{fig(s, 'linear probe top-1')} |"
+            f"| {row['variant']} | {row['bits_per_image']:.0f} | {row['steps']} | "
+            + " | ".join(cells)
+            + f" | {'-' if usage is None else f'{usage:.3f}'} |"
         )
     table = out / "study.md"
     table.write_text("\n".join(lines) + "\n")
@@ -144,12 +178,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--group", default="quantizers", choices=list(GROUPS))
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per variant")
     parser.add_argument("--out", default="runs/study")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=None, help="a subset of the group's variants")
     parser.add_argument("--max-eval-images", type=int, default=256)
     args = parser.parse_args()
-    run_study(Path(args.out), args.minutes, args.variants, args.max_eval_images)
+    variants = args.variants or list(GROUPS[args.group])
+    unknown = [v for v in variants if v not in GROUPS[args.group]]
+    if unknown:
+        parser.error(f"unknown variants {unknown} for group {args.group!r}: {list(GROUPS[args.group])}")
+    run_study(Path(args.out), args.minutes, args.group, variants, args.max_eval_images)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from skimage.measure import regionprops
 
 from polytok.data import PhotoCrops, ShapesDataset, build_dataset
 from polytok.data.photos import PHOTO_SOURCES
-from polytok.data.shapes import COLOURS, HELDOUT_PAIRS, POSITION_ANCHORS, SHAPES, TASK_CLASSES
+from polytok.data.shapes import COLOURS, HELDOUT_PAIRS, POSITION_ANCHORS, SHAPE_PLURALS, SHAPES, TASK_CLASSES
 
 # Area of each shape drawn inside a circle of radius 1 (geometry, computed by hand).
 SHAPE_AREA = {
@@ -225,3 +225,23 @@ def test_shapes_zero_shot_interface():
     assert item["label"] == item["attributes"]["colour"]
     with pytest.raises(ValueError, match="unknown task"):
         ds.class_names("texture")
+
+
+def test_shapes_object_task_names_the_pair_of_every_item():
+    ds = build_dataset("shapes", split="heldout", image_size=32, label_task="object")
+    names = ds.class_names("object")
+    assert len(names) == len(SHAPES) * len(COLOURS) == 42
+    seen = set()
+    for i in range(60):
+        item = ds[i]
+        colour, shape = names[item["label"]].split(" ")
+        assert (SHAPES.index(shape), list(COLOURS).index(colour)) == (
+            item["attributes"]["shape"],
+            item["attributes"]["colour"],
+        )
+        assert (
+            f"{colour} {SHAPE_PLURALS[SHAPES.index(shape)] if item['attributes']['count'] else shape}"
+            in (item["caption"])
+        )
+        seen.add((shape, colour))
+    assert seen == set(HELDOUT_PAIRS)  # held-out images only ever show the six held-out pairs

@@ -205,13 +205,15 @@ def test_evaluate_presets_and_compare(tmp_path, monkeypatch) -> None:
             name=preset,
             num_samples=3,
         )
-        assert report.depths == [1, 2, 3, 4]
-        assert set(report.depth_curves["PSNR"]) == {1, 2, 3, 4}
-        assert report.codebook.counts.shape[:2] == ((4, 1) if preset == "evotok-tiny" else (4, 4))
-        assert report.codebook.num_tokens == 6 * 8 * 8
-        assert set(report.samples["reconstructions"]) == {1, 2, 3, 4}
-        assert report.samples["reconstructions"][4].shape == (3, 3, 64, 64)
+        levels = list(range(1, tok.num_levels + 1))
+        assert tok.num_levels > 1 and report.depths == levels
+        assert set(report.depth_curves["PSNR"]) == set(levels)
+        assert report.codebook.counts.shape[:2] == tuple(tok.quantizer.codebook_usage()["usage"].shape)
+        assert report.codebook.num_tokens == 6 * (64 // tok.stride) ** 2
+        assert set(report.samples["reconstructions"]) == set(levels)
+        assert report.samples["reconstructions"][levels[-1]].shape == (3, 3, 64, 64)
         assert ("linear probe top-1" in report.depth_curves) == (preset == "evotok-tiny")
+        assert ("code probe top-1" in report.depth_curves) == (preset == "evotok-tiny")
         reports.append(report)
     evo, poly = reports
     assert "text tower" in evo.skipped["zero-shot"]  # the distillation preset has no text encoder

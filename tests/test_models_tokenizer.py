@@ -138,7 +138,8 @@ def test_forward_backward_finite(name):
     texts = ["a red square", "a blue circle"] if tok.semantic_kind == "contrastive" else None
     out = tok(x, texts=texts)
     assert out.reconstruction.shape == x.shape
-    assert out.codes.shape == (2, 8, 8, *tok.code_shape) and out.codes.dtype == torch.int64
+    side = x.shape[-1] // tok.stride
+    assert out.codes.shape == (2, side, side, *tok.code_shape) and out.codes.dtype == torch.int64
     loss = (out.reconstruction - x).pow(2).mean() + out.quant.loss
     if tok.semantic_kind == "contrastive":
         assert out.text_embedding.shape == out.semantic_embedding.shape
@@ -345,3 +346,16 @@ def test_pretrained_defaults():
     assert any(p.grad is not None for p in tuned.text_tower.encoder.parameters())
     assert any(k.startswith("text_tower.encoder.") for k in tuned.checkpoint_state_dict())
     assert not any(k.startswith("text_tower.encoder.") for k in uni.checkpoint_state_dict())
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_code_embedding_is_the_mean_code_vector_over_positions(name):
+    tok = small(name).eval()
+    codes = tok.encode(images(2))
+    emb = tok.code_embedding(codes)
+    b, h, w = codes.shape[:3]
+    expected = torch.zeros(b, tok.config.quantizer.dim)
+    for i in range(h):
+        for j in range(w):  # one position at a time through indices_to_codes
+            expected += tok.quantizer.indices_to_codes(codes[:, i, j].reshape(b, 1, *tok.code_shape))[:, 0]
+    torch.testing.assert_close(emb, expected / (h * w), rtol=1e-5, atol=1e-6)

@@ -123,3 +123,18 @@ def test_sincos_known_values():
     )
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d(2, 2, 6)
+
+
+def test_patch_head_places_each_token_vector_in_its_own_patch():
+    from polytok.models.decoders import PatchHead
+
+    torch.manual_seed(0)
+    head = PatchHead(width=6, patch_size=4)
+    x = torch.randn(2, 6, 3, 5)  # (B, width, h, w)
+    out = head(x)
+    assert out.shape == (2, 3, 12, 20)
+    w, b = head.proj.weight[:, :, 0, 0], head.proj.bias  # (3 * 16, 6)
+    for i in range(3):
+        for j in range(5):
+            pixels = (x[:, :, i, j] @ w.T + b).reshape(2, 3, 4, 4)  # channel-major, then rows, columns
+            torch.testing.assert_close(out[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4], pixels)

@@ -6,7 +6,7 @@ polytok train CONFIG.yaml [key=value ...]     # train (single process or under t
 polytok eval MODEL --data shapes --report out/report.html
 polytok encode MODEL DATA --out tokens.npz    # a dataset to tokens for LLM training
 polytok decode MODEL tokens.npz --out-dir images/
-polytok reconstruct MODEL photo.png --out-dir out/
+polytok reconstruct [MODEL] photo.png --out-dir out/   # MODEL defaults to the shipped unitok-tiny
 """
 
 from __future__ import annotations
@@ -83,9 +83,25 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_RECONSTRUCT_MODEL = "unitok-tiny"
+
+
+def _split_model_and_images(paths: Sequence[str]) -> tuple[str, list[str]]:
+    """``reconstruct``'s optional leading MODEL: a directory, a shipped name or a preset name; otherwise
+    every argument is an image and the shipped default tokenizer is used."""
+    from polytok.hub import list_shipped
+    from polytok.models.registry import list_presets
+
+    first = paths[0]
+    if len(paths) > 1 and (Path(first).is_dir() or first in list_shipped() or first in list_presets()):
+        return first, list(paths[1:])
+    return DEFAULT_RECONSTRUCT_MODEL, list(paths)
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from polytok.image_io import load_images, save_images
 
+    args.model, args.images = _split_model_and_images(args.paths)
     tok = _load_model(args)
     images = load_images(args.images, args.image_size)
     codes = tok.encode(images)
@@ -184,8 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("reconstruct", help="encode and decode image files, print PSNR")
-    _add_model_args(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[MODEL] IMAGE",
+        help=f"optional tokenizer (a directory or shipped name; {DEFAULT_RECONSTRUCT_MODEL}), then images",
+    )
+    p.add_argument("--untrained", action="store_true", help="allow a fresh (untrained) preset by name")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--depth", type=int, default=None, help="residual tokenizers: decode the first k levels")
     p.add_argument("--out-dir", default="out")

@@ -10,6 +10,9 @@ over a grey background. Attributes and their class names (``dataset.class_names(
   centre lies)
 * ``count``: one object, two objects, three objects (copies never touch, so they can be counted)
 * ``background``: plain, striped, noisy, photographic (a grey crop of a real skimage photograph)
+* ``object``: the (colour, shape) pair, "red circle" ... "cyan cross" (42 classes, shape-major: label
+  ``shape * 7 + colour``); on ``heldout`` only six of them occur, but a classifier must choose among all
+  42, so it is right only when it names a combination it never saw in training (chance 1/42)
 
 Backgrounds are grey on purpose: the saturated shape colour then names the shape's pixels unambiguously.
 Captions read e.g. "two small red triangles at the top on a striped background". Images are not flipped
@@ -73,6 +76,7 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
     "position": POSITIONS,
     "count": COUNTS,
     "background": BACKGROUNDS,
+    "object": tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS),
 }
 PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "shape": ("a {}.", "a picture of a {}.", "a drawing of a {}."),
@@ -81,6 +85,7 @@ PROMPT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "position": ("shapes {}.", "a picture with shapes {}."),
     "count": ("a picture of {}.", "{}."),
     "background": ("shapes on a {} background.", "a {} background."),
+    "object": ("a {}.", "a picture of a {}.", "a drawing of a {}."),
 }
 SHAPE_SPLITS = ("train", "val", "heldout")
 
@@ -203,6 +208,13 @@ def caption_for(attributes: dict[str, int]) -> str:
     )
 
 
+def task_label(attributes: dict[str, int], task: str) -> int:
+    """Class index of ``task`` for a sample's attribute indices (``object`` = shape * 7 + colour)."""
+    if task == "object":
+        return attributes["shape"] * len(COLOURS) + attributes["colour"]
+    return attributes[task]
+
+
 def _pair_indices(pairs: Iterable[tuple[str, str]]) -> set[tuple[int, int]]:
     indices = set()
     for shape, colour in pairs:
@@ -317,6 +329,6 @@ class ShapesDataset(Dataset):
         return {
             "image": self.render(attributes, rng),
             "caption": caption_for(attributes),
-            "label": attributes[self.label_task],
+            "label": task_label(attributes, self.label_task),
             "attributes": attributes,
         }

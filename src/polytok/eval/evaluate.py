@@ -195,6 +195,10 @@ def evaluate_tokenizer(
         zero_shot_metrics = _zero_shot_per_depth(tokenizer, zero_shot, depths, skipped)
     if semantic and linear_probe_features:
         banks = {d: FeatureBank() for d in depths}
+    # The code probe reads the pooled code vectors, so it also runs without a semantic branch.
+    code_banks: dict[int, FeatureBank] = {}
+    if linear_probe_features and hasattr(tokenizer, "code_embedding"):
+        code_banks = {d: FeatureBank() for d in depths}
 
     samples: dict[str, Any] = {"original": [], "reconstructions": {d: [] for d in depths}}
     seen = 0
@@ -239,6 +243,8 @@ def evaluate_tokenizer(
                         frechet[depth][key].update_features(space(recon), real=False)
                     if keep:
                         samples["reconstructions"][depth].append(recon_cpu[:keep])
+                    if depth in code_banks and labels is not None:
+                        code_banks[depth].update(tokenizer.code_embedding(prefix), labels)
                     if semantic and labels is not None:
                         try:
                             embedding = tokenizer.semantic_features(prefix)
@@ -294,10 +300,16 @@ def evaluate_tokenizer(
             results = zero_shot_metrics[depth].compute()
             add("zero-shot top-1", depth, results["top1"])
             add("zero-shot top-5", depth, results["top5"])
-        if depth in banks and len(banks[depth]) == 0:
-            skipped["linear probe"] = "skipped: batches carry no 'label'"
-        elif depth in banks:
-            features, labels_all = banks[depth].tensors()
+        for metric, bank_of, features_name in (
+            ("linear probe top-1", banks, "semantic features of the code"),
+            ("code probe top-1", code_banks, "code vectors averaged over positions"),
+        ):
+            if depth not in bank_of:
+                continue
+            if len(bank_of[depth]) == 0:
+                skipped[metric] = "skipped: batches carry no 'label'"
+                continue
+            features, labels_all = bank_of[depth].tensors()
             train, test = alternate_split(labels_all)
             try:
                 probe = linear_probe(
@@ -305,11 +317,14 @@ def evaluate_tokenizer(
                     labels_all[train],
                     features[test],
                     labels_all[test],
-                    protocol={"split": "per class, alternate images train / test the probe"},
+                    protocol={
+                        "split": "per class, alternate images train / test the probe",
+                        "features": features_name,
+                    },
                 )
-                add("linear probe top-1", depth, probe["top1"])
+                add(metric, depth, probe["top1"])
             except ValueError as err:
-                skipped["linear probe"] = f"skipped: {err}"
+                skipped[metric] = f"skipped: {err}"
 
     compute_seconds = time.perf_counter() - start - elapsed
     deepest = depths[-1]

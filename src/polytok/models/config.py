@@ -89,7 +89,9 @@ class QuantizerConfig:
 class PixelDecoderConfig:
     """Pixel decoder. "vit": transformer blocks on the post-projected tokens then the conv upsampler
     (UniTok); "cnn": VQGAN-style CNN straight on the code vectors (EvoTok). ``pos_embed`` adds sin-cos
-    positions before the "vit" blocks (UniTok has none; small models learn faster with them)."""
+    positions before the "vit" blocks (UniTok has none; small models learn faster with them). Empty
+    ``up_widths`` replace the conv upsampler by a linear patch head (each token -> one stride x stride
+    patch, as in ViT-VQGAN), the cheap choice on a CPU."""
 
     kind: Literal["vit", "cnn"] = "vit"
     width: int = 1024
@@ -135,7 +137,9 @@ class SemanticConfig:
     learnable logit scale. kind "distill" (EvoTok): a ViT semantic decoder maps the code tokens to
     ``feature_dim``-d features distilled onto a frozen ``teacher`` ("efficientnet-lite0" and the like
     from :mod:`polytok.pretrained`, "encoder" for the pretrained image encoder's own weights, or None:
-    supply a module with ``Tokenizer.set_teacher``). "none": no semantic branch.
+    supply a module with ``Tokenizer.set_teacher``). The teacher's input is resized so that its feature
+    map ``teacher_feature_index`` falls on the token grid, or to ``teacher_input_size`` (its map then
+    resized to the grid: cheaper when the token grid is fine). "none": no semantic branch.
     """
 
     kind: Literal["contrastive", "distill", "none"] = "contrastive"
@@ -146,6 +150,7 @@ class SemanticConfig:
     feature_dim: int = 1024
     teacher: str | None = None
     teacher_feature_index: int = 3
+    teacher_input_size: int | None = None
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     logit_scale_init: float = 14.285714285714286  # 1 / 0.07 (stored as its log)
     logit_scale_max: float = 100.0
@@ -314,6 +319,7 @@ def validate(cfg: TokenizerConfig) -> None:
     _positive(q, "quantizer", ["dim", "codebook_size", "num_codebooks", "levels", "codebook_dim"])
     _positive(p, "pixel_decoder", ["width", "depth", "heads", "ch", "num_res_blocks", "norm_groups"])
     _positive(cfg, "", ["image_size"])
+    _positive(s, "semantic", ["teacher_input_size"])
     if e.kind == "hybrid_vit" and len(e.stage_widths) != len(e.stage_depths):
         raise ValueError(
             "config keys 'encoder.stage_widths' and 'encoder.stage_depths' must have equal length"

@@ -17,17 +17,39 @@ def tokens_to_map(x: Tensor, grid: tuple[int, int]) -> Tensor:
     return x.transpose(1, 2).reshape(b, c, h, w)
 
 
+class PatchHead(nn.Module):
+    """Linear unpatchify (ViT-VQGAN / MAE style): each token's vector -> a p x p patch of pixels.
+    (B, width, h, w) -> (B, out_ch, h * p, w * p). Far cheaper than a conv upsampler on a CPU."""
+
+    def __init__(self, width: int, patch_size: int, out_ch: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(width, out_ch * patch_size * patch_size, 1)
+        self.shuffle = nn.PixelShuffle(patch_size)
+        self.factor = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shuffle(self.proj(x))
+
+
 class ViTPixelDecoder(nn.Module):
-    """UniTok's pixel decoder: transformer blocks on the tokens, LN, then the conv upsampler.
+    """UniTok's pixel decoder: transformer blocks on the tokens, LN, then the conv upsampler, or with
+    empty ``up_widths`` a linear patch head of side ``patch_size`` (the encoder stride).
     (B, h*w, width) -> (B, 3, h * up, w * up) in [-1, 1] scale (not clamped)."""
 
-    def __init__(self, cfg: PixelDecoderConfig, pos_embed: bool) -> None:
+    def __init__(self, cfg: PixelDecoderConfig, pos_embed: bool, patch_size: int | None = None) -> None:
         super().__init__()
         self.width, self.pos_embed = cfg.width, pos_embed
         self.transformer = Transformer(cfg.width, cfg.depth, cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio)
         self.transformer.grad_checkpointing = cfg.grad_checkpointing
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
-        self.upsampler = ConvUpsampler(cfg.width, cfg.up_widths, cfg.up_depths)
+        if cfg.up_widths:
+            self.upsampler: ConvUpsampler | PatchHead = ConvUpsampler(cfg.width, cfg.up_widths, cfg.up_depths)
+        else:
+            if patch_size is None:
+                raise ValueError(
+                    "a ViT pixel decoder without up_widths needs patch_size (the encoder stride)"
+                )
+            self.upsampler = PatchHead(cfg.width, patch_size)
         self.factor = self.upsampler.factor
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -37,6 +59,8 @@ class ViTPixelDecoder(nn.Module):
         return self.upsampler(tokens_to_map(x, grid))
 
     def last_layer(self) -> Tensor:
+        if isinstance(self.upsampler, PatchHead):
+            return self.upsampler.proj.weight
         return self.upsampler.conv_out.weight
 
 

@@ -13,9 +13,11 @@ class FrozenTeacher(nn.Module):
     """Wraps a frozen network so that ``forward(images in [0, 1], grid) -> (B, h*w, C)`` features.
 
     Accepted network outputs: an object with ``feature_maps`` (a list; ``feature_index`` picks the map,
-    the input is resized so that map's grid equals the token grid when ``feature_stride`` is given), a
-    (B, C, h', w') map, or (B, N, C) tokens on a square grid. Maps of another size are average-pooled
-    (or interpolated) to the token grid. The network stays in eval mode and gets no gradients.
+    the input is resized so that map's grid equals the token grid when ``feature_stride`` is given, or
+    to ``input_size`` when that is set), a (B, C, h', w') map, or (B, N, C) tokens on a square grid.
+    Maps of another size are average-pooled (or bilinearly interpolated) to the token grid. Networks with
+    a ``feature_maps(images, layers, size)`` method (EfficientNet-Lite) stop after the map they need.
+    The network stays in eval mode and gets no gradients.
     """
 
     def __init__(
@@ -25,11 +27,13 @@ class FrozenTeacher(nn.Module):
         feature_index: int = 3,
         feature_stride: int | None = 16,
         input_transform: Any = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.feature_index, self.feature_stride = feature_index, feature_stride
         self.input_transform = input_transform
+        self.input_size = input_size
         net.requires_grad_(False)
         net.eval()
 
@@ -42,8 +46,15 @@ class FrozenTeacher(nn.Module):
     def forward(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
         h, w = grid
         x = self.input_transform(images) if self.input_transform is not None else images
-        if hasattr(self.net, "feature_channels") and self.feature_stride is not None:
-            out = self.net(x, size=(h * self.feature_stride, w * self.feature_stride))
+        size = None
+        if self.input_size is not None:
+            size = (self.input_size, self.input_size)
+        elif self.feature_stride is not None:
+            size = (h * self.feature_stride, w * self.feature_stride)
+        if hasattr(self.net, "feature_maps") and callable(self.net.feature_maps):
+            out = self.net.feature_maps(x, [self.feature_index], size=size)[0]
+        elif hasattr(self.net, "feature_channels") and size is not None:
+            out = self.net(x, size=size)
         else:
             out = self.net(x)
         if hasattr(out, "feature_maps"):

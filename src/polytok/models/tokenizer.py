@@ -176,7 +176,7 @@ class Tokenizer(nn.Module):
         self.post_projection = build_projection(cfg.post_projection, q.dim, code_width)
         if cfg.pixel_decoder.kind == "vit":
             self.pixel_decoder: ViTPixelDecoder | CNNPixelDecoder = ViTPixelDecoder(
-                cfg.pixel_decoder, cfg.pixel_decoder.pos_embed
+                cfg.pixel_decoder, cfg.pixel_decoder.pos_embed, patch_size=self.stride
             )
         else:
             self.pixel_decoder = CNNPixelDecoder(cfg.pixel_decoder, code_width)
@@ -302,14 +302,21 @@ class Tokenizer(nn.Module):
         feature_index: int | None = None,
         feature_stride: int | None = 16,
         input_transform: Any = None,
+        input_size: int | None = None,
     ) -> None:
         """Distil onto ``net`` (frozen here). ``net(images in [0, 1])`` may return a (B, C, h, w) map,
-        (B, N, C) tokens or an object with ``feature_maps`` (then ``feature_index`` picks one)."""
+        (B, N, C) tokens or an object with ``feature_maps`` (then ``feature_index`` picks one).
+        ``input_size`` (default: ``semantic.teacher_input_size``) fixes the teacher's input side."""
         if self.semantic_kind != "distill":
             raise ValueError("a teacher is used only by the 'distill' semantic branch")
         index = self.config.semantic.teacher_feature_index if feature_index is None else feature_index
+        size = self.config.semantic.teacher_input_size if input_size is None else input_size
         self.teacher = FrozenTeacher(
-            net, feature_index=index, feature_stride=feature_stride, input_transform=input_transform
+            net,
+            feature_index=index,
+            feature_stride=feature_stride,
+            input_transform=input_transform,
+            input_size=size,
         ).to(self.device)
 
     def load_teacher(self) -> FrozenTeacher | None:
@@ -474,6 +481,14 @@ class Tokenizer(nn.Module):
         k = min(self._levels_given(codes), self.pixel_depth)
         vectors = self.quantizer.indices_to_codes(self._take_levels(flat, k))
         return self._pixels(vectors, grid).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def code_embedding(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w, *code_shape) -> (B, D): the code vectors (sum of the given levels) averaged over
+        positions. Any tokenizer has one, with or without a semantic branch: a neutral probe of what the
+        tokens themselves carry."""
+        flat, _ = self._flatten_codes(codes)
+        return self.quantizer.indices_to_codes(flat).mean(dim=1)
 
     @torch.no_grad()
     def semantic_features(self, codes: Tensor) -> Tensor:
