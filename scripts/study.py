@@ -3,6 +3,7 @@ and the ablations of the pretrained parts (real teacher vs none, perceptual term
 
     python scripts/study.py --group quantizers --minutes 4 --out runs/study     # runs/study/study.md ...
     python scripts/study.py --group ablations --minutes 4 --out runs/ablations
+    python scripts/study.py --group shipped --out runs/shipped-eval     # the shipped checkpoints as they are
 
 Every variant is a shipped tiny config (``polytok/configs/<preset>.yaml``) with only the named parts
 changed, trained on built-in photos + captioned shapes for the same wall-clock budget, then measured with
@@ -103,9 +104,13 @@ ABLATIONS: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     ),
 }
 
+SHIPPED = ("unitok-tiny", "evotok-tiny", "polytok-tiny")
+
 GROUPS: dict[str, dict[str, tuple[str, str, dict[str, Any], list[str]]]] = {
     "quantizers": {n: (claim, "unitok-tiny", ov, []) for n, (claim, ov) in QUANTIZER_VARIANTS.items()},
     "ablations": ABLATIONS,
+    # Not trained here: the checkpoints shipped in the package (trained by scripts/train_shipped.sh).
+    "shipped": {n: ("shipped checkpoint", n, {}, []) for n in SHIPPED},
 }
 
 
@@ -124,15 +129,20 @@ def run_study(out: Path, minutes: float, group: str, variants: list[str], max_ev
             [f"train.out_dir={out / name}", "train.save_every=0", "train.progress=false", *run_overrides],
         )
         config.model.overrides = model_overrides
-        fit_to_budget(config, budget, min_steps=10)
-        start = time.perf_counter()
-        tokenizers[name] = train_tokenizer(config).eval()
+        if group == "shipped":
+            from polytok.hub import load_tokenizer
+
+            tokenizers[name] = load_tokenizer(name).eval()  # its config's max_steps trained it
+        else:
+            fit_to_budget(config, budget, min_steps=10)
+            start = time.perf_counter()
+            tokenizers[name] = train_tokenizer(config).eval()
         rows.append(
             {
                 "variant": name,
                 "claim": claim,
                 "steps": config.train.max_steps,
-                "train_seconds": round(time.perf_counter() - start),
+                "train_seconds": None if group == "shipped" else round(time.perf_counter() - start),
                 "bits_per_image": bits_per_image(tokenizers[name]),
             }
         )

@@ -129,7 +129,7 @@ def test_every_shipped_config_parses(path: Path) -> None:
 
 def test_missing_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="untrained"):
-        main(["reconstruct", "unitok-tiny", str(tmp_path / "x.png")])
+        main(["reconstruct", "unitok-l", str(tmp_path / "x.png")])
     torch.manual_seed(0)
 
 

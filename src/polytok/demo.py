@@ -8,7 +8,8 @@ chosen so that the three fit the time budget on this machine (a short timing pro
 time first). They are then measured on held-out photo crops (PSNR, SSIM, codebook health, semantic
 fidelity, rFD on EfficientNet-Lite0, a linear probe by source photo) and on held-out shape/colour
 combinations (zero-shot classification of the colour-shape pair through the text tower, chance 1/42,
-linear probes), and one report compares them.
+linear probes). The checkpoints shipped in the package, the same presets trained for longer, are
+measured beside them with the same protocol, and one report compares all of them.
 """
 
 from __future__ import annotations
@@ -112,7 +113,11 @@ def demo_config(preset: str, out_dir: Path, seed: int) -> RunConfig:
 
 
 def run_demo(
-    out_dir: str | Path = "runs/demo", minutes: float = 8.0, seed: int = 0, max_eval_images: int = 256
+    out_dir: str | Path = "runs/demo",
+    minutes: float = 8.0,
+    seed: int = 0,
+    max_eval_images: int = 256,
+    min_steps: int = 20,
 ) -> Path:
     """Train, evaluate and report; returns the path of ``report.html``."""
     out_dir = Path(out_dir)
@@ -120,7 +125,7 @@ def run_demo(
     tokenizers = {}
     for preset in DEMO_PRESETS:
         config = demo_config(preset, out_dir, seed)
-        per_step = fit_to_budget(config, budget, min_steps=20)
+        per_step = fit_to_budget(config, budget, min_steps=min_steps)
         steps = config.train.max_steps
         print(
             json.dumps(
@@ -140,6 +145,10 @@ def run_demo(
             flush=True,
         )
 
+    from polytok.hub import list_shipped, load_tokenizer
+
+    for name in list_shipped():
+        tokenizers[f"{name} (shipped)"] = load_tokenizer(name)
     photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images)
     reports = photos + shapes
     from polytok.eval import write_report

@@ -1,0 +1,77 @@
+"""The checkpoints shipped inside the package: present, of the current preset layout, and as good as the
+README says on the held-out built-in data (the same protocol as ``polytok demo`` and docs/study.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from polytok.cli import main
+from polytok.hub import SHIPPED_DIR, list_shipped, load_tokenizer
+from polytok.models.tokenizer import Tokenizer
+from polytok.recipes.evaluation import evaluate_many
+
+SHIPPED = ("evotok-tiny", "polytok-tiny", "unitok-tiny")
+MIN_PSNR_DB = 24.0  # held-out photo crops, 256 of them, 64 px
+MIN_ZERO_SHOT = 5 / 42  # five times chance on the 42 (colour, shape) pairs
+
+
+def test_the_three_tiny_presets_are_shipped_small_and_safe():
+    assert tuple(list_shipped()) == SHIPPED
+    for name in SHIPPED:
+        files = sorted(p.name for p in (SHIPPED_DIR / name).iterdir())
+        assert files == ["config.json", "model.safetensors"], name  # no pickles
+        assert (SHIPPED_DIR / name / "model.safetensors").stat().st_size < 10 * 2**20
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_matches_its_preset(name):
+    shipped = load_tokenizer(name)
+    assert shipped.config.to_dict() == Tokenizer.from_preset(name).config.to_dict()
+
+
+@pytest.fixture(scope="module")
+def photo_reports():
+    tokenizers = [load_tokenizer(name) for name in SHIPPED]
+    reports = evaluate_many(
+        tokenizers, list(SHIPPED), data="photos", split="val", max_images=256, semantic_fidelity=False
+    )
+    return dict(zip(SHIPPED, reports))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reconstructs_held_out_photos(photo_reports, name):
+    report = photo_reports[name]
+    psnr = report.metrics["PSNR"]
+    assert psnr.protocol["num_images"] == 256 and psnr.protocol["split"] == "val"
+    assert psnr.value >= MIN_PSNR_DB
+
+
+@pytest.mark.parametrize("name", ["unitok-tiny", "polytok-tiny"])
+def test_shipped_checkpoint_names_held_out_pairs_zero_shot(name):
+    (report,) = evaluate_many(
+        [load_tokenizer(name)],
+        [name],
+        data="shapes",
+        split="heldout",
+        max_images=256,
+        zero_shot_task="object",
+        semantic_fidelity=False,
+        linear_probe=False,
+    )
+    result = report.metrics["zero-shot top-1"]
+    assert result.protocol["num_classes"] == 42
+    assert result.value >= MIN_ZERO_SHOT
+
+
+def test_reconstruct_without_a_model_uses_the_shipped_unitok_tiny(tmp_path, capsys):
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(photo)  # a held-out source photo
+    main(["reconstruct", str(photo), "--out-dir", str(tmp_path / "out")])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.asarray(Image.open(record["reconstruction"])).shape == (64, 64, 3)
+    assert record["psnr_db"] > 20.0
