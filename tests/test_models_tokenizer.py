@@ -171,7 +171,8 @@ def test_encode_decode_shapes_and_ranges(name):
     tok = small(name).eval()
     x = images(2, 64, 96)  # non-square, any multiple of the stride
     codes = tok.encode(x)
-    assert codes.shape == (2, 8, 12, *tok.code_shape) and codes.dtype == torch.int64
+    assert codes.shape == (2, 64 // tok.stride, 96 // tok.stride, *tok.code_shape)
+    assert codes.dtype == torch.int64
     assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size
     recon = tok.decode(codes)
     assert recon.shape == x.shape and float(recon.min()) >= 0 and float(recon.max()) <= 1
@@ -230,9 +231,10 @@ def test_prefix_decoding(name):
     coarse = tok.decode(level_prefix(tok, codes, 1))
     assert coarse.shape == full.shape and not torch.allclose(coarse, full)
     # and the coarse image is exactly the decoder applied to the level-1 code vectors
-    flat = level_prefix(tok, codes, 1).reshape(2, 64, *level_prefix(tok, codes, 1).shape[3:])
+    h, w = codes.shape[1:3]
+    flat = level_prefix(tok, codes, 1).reshape(2, h * w, *level_prefix(tok, codes, 1).shape[3:])
     with torch.no_grad():
-        ref = tok._pixels(tok.quantizer.indices_to_codes(flat), (8, 8)).clamp(0, 1)
+        ref = tok._pixels(tok.quantizer.indices_to_codes(flat), (h, w)).clamp(0, 1)
     torch.testing.assert_close(coarse, ref)
     with pytest.raises(ValueError):
         tok.decode(level_prefix(tok, codes, 1)[..., :0] if len(tok.code_shape) == 1 else codes[..., :0, :])
@@ -261,7 +263,7 @@ def test_bad_inputs_raise_clear_errors(name):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         tok.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
     with pytest.raises(ValueError, match="multiple of the tokenizer stride"):
-        tok.encode(torch.rand(1, 3, 60, 64))
+        tok.encode(torch.rand(1, 3, 64 - tok.stride // 2, 64))
     with pytest.raises(ValueError, match="NaN"):
         tok.encode(torch.full((1, 3, 64, 64), float("nan")))
     with pytest.raises(TypeError, match="numpy images must be uint8"):
@@ -310,13 +312,14 @@ def test_user_teacher_module_is_distilled_and_not_saved(tmp_path):
     name = next(n for n in SMALL if get_preset_dict(n)["semantic"]["kind"] == "distill")
     feature_dim = get_preset_dict(name)["semantic"]["feature_dim"]
     torch.manual_seed(0)
-    teacher = torch.nn.Conv2d(3, feature_dim, 16, stride=16)  # stride-16 map: pooled to the 8x8 grid
+    teacher = torch.nn.Conv2d(3, feature_dim, 16, stride=16)  # a 4x4 map, resized to the token grid
     tok = Tokenizer.from_preset(name, semantic={"teacher": None}, teacher=teacher)
     out = tok(images(2))
-    assert out.teacher_features.shape == (2, 64, feature_dim)
+    grid = 64 // tok.stride
+    assert out.teacher_features.shape == (2, grid * grid, feature_dim)
     with torch.no_grad():
         ref = torch.nn.functional.interpolate(
-            teacher(images(2)), size=(8, 8), mode="bilinear", align_corners=False
+            teacher(images(2)), size=(grid, grid), mode="bilinear", align_corners=False
         )
     torch.testing.assert_close(out.teacher_features, ref.flatten(2).transpose(1, 2))
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -334,8 +337,14 @@ def test_user_teacher_module_is_distilled_and_not_saved(tmp_path):
 def test_pretrained_defaults():
     evo = small("evotok-tiny")
     out = evo(images(2))
-    # EfficientNet-Lite0's stride-16 map (112 channels) on the 8x8 token grid (input resized to 128 px)
-    assert out.teacher_features.shape == (2, 64, 112)
+    # EfficientNet-Lite0's stride-16 map (112 channels) of a 128 px input (8x8), resized to the 16x16 grid
+    assert evo.config.semantic.teacher_input_size == 128
+    assert out.teacher_features.shape == (2, 256, 112)
+    with torch.no_grad():
+        net = evo.teacher.net
+        ref = net.feature_maps(images(2), [3], size=128)[0]
+        ref = torch.nn.functional.interpolate(ref, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.teacher_features, ref.flatten(2).transpose(1, 2))
     uni = small("unitok-tiny")
     assert uni.text_tower.kind == "minilm-l6" and uni.text_tower.frozen
     assert not any(p.requires_grad for p in uni.text_tower.encoder.parameters())

@@ -99,7 +99,8 @@ def test_encode_then_decode_matches_the_library(trained: Path, tmp_path) -> None
     data = load_tokens(tokens)
     tok = Tokenizer.from_pretrained(trained).eval()
     check_tokens_fit(data["meta"], tok)
-    assert data["codes"].shape == (24, 8, 8, *tok.code_shape) and len(data["captions"]) == 24
+    side = 64 // tok.stride
+    assert data["codes"].shape == (24, side, side, *tok.code_shape) and len(data["captions"]) == 24
     main(["decode", str(trained), str(tokens), "--out-dir", str(tmp_path / "dec"), "--limit", "3"])
     decoded = sorted((tmp_path / "dec").glob("*.png"))
     assert len(decoded) == 3

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train the tiny presets on the built-in data, evaluate, write the report")
     p.add_argument("--out-dir", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=8.0, help="training budget for all presets together")
+    p.add_argument("--minutes", type=float, default=4.0, help="training budget for all presets together")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 

@@ -1,6 +1,6 @@
 """The main job: train the tiny presets on the built-in data, evaluate them, write the HTML report.
 
-    polytok demo [--minutes 8] [--out-dir runs/demo]
+    polytok demo [--minutes 4] [--out-dir runs/demo]
 
 Each of unitok-tiny, evotok-tiny and polytok-tiny trains with its shipped config
 (``polytok/configs/<preset>.yaml``) on built-in photo crops and captioned shapes, for a number of steps
@@ -114,7 +114,7 @@ def demo_config(preset: str, out_dir: Path, seed: int) -> RunConfig:
 
 def run_demo(
     out_dir: str | Path = "runs/demo",
-    minutes: float = 8.0,
+    minutes: float = 4.0,
     seed: int = 0,
     max_eval_images: int = 256,
     min_steps: int = 20,
