@@ -85,4 +85,7 @@ def images_to_tensor(images: Any, stride: int) -> Tensor:
     h, w = x.shape[-2:]
     if h % stride or w % stride or h == 0 or w == 0:
         raise ValueError(f"image size {h}x{w} is not a positive multiple of the tokenizer stride {stride}")
-    return x
+    # One memory layout for every input kind: convolutions pick different kernels for channels-last
+    # tensors (what a PIL image or an HWC array becomes), whose last-bit differences can flip near-tied
+    # code choices on deep residual levels. The same image must give the same codes however it is passed.
+    return x.contiguous()
