@@ -181,6 +181,44 @@ def test_param_groups_skip_decay_on_norms_biases_and_scalars():
     assert torch.equal(after["norm.weight"], before["norm.weight"])
 
 
+def test_lr_scales_give_prefixed_parameters_their_own_rate_through_the_schedule():
+    model = Clipish()
+    config = OptimConfig(
+        lr=1e-3, weight_decay=0.0, warmup_steps=2, lr_scales={"proj.": 0.1, "proj.bias": 0.5}
+    )
+    opt = build_adamw(model.named_parameters(), config)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    names = {g["group"]: sorted(by_id[id(p)] for p in g["params"]) for g in opt.param_groups}
+    assert names["decay:proj."] == ["proj.weight"]
+    assert names["no_decay:proj.bias"] == ["proj.bias"]  # the longest prefix wins
+    assert "proj.weight" not in names["decay"] and "conv.weight" in names["decay"]
+    peak = {g["group"]: g["lr"] for g in opt.param_groups}
+    assert peak["decay"] == 1e-3 and math.isclose(peak["decay:proj."], 1e-4)
+    assert math.isclose(peak["no_decay:proj.bias"], 5e-4)
+    sched = build_scheduler(opt, config, total_steps=10)
+    for g in opt.param_groups:  # warm-up step 0: every group at half of its own peak
+        assert math.isclose(g["lr"], peak[g["group"]] * lr_multiplier(0, 10, 2, config.min_lr_ratio))
+    # the effect: Adam's first update moves each weight by about its group's lr
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    sched.step()
+    after = dict(model.named_parameters())
+    moved = {n: float((before[n] - after[n].detach()).abs().mean()) for n in ("proj.weight", "conv.weight")}
+    assert math.isclose(moved["conv.weight"], 0.5e-3, rel_tol=1e-3)
+    assert math.isclose(moved["proj.weight"], 0.5e-4, rel_tol=1e-3)
+    for g in opt.param_groups:
+        assert math.isclose(g["lr"], peak[g["group"]] * lr_multiplier(1, 10, 2, config.min_lr_ratio))
+
+
+def test_lr_scales_typos_and_bad_values_are_clear_errors():
+    with pytest.raises(ValueError, match=r"\['text_tower\.'\] match no trainable parameter"):
+        build_adamw(Clipish().named_parameters(), OptimConfig(lr_scales={"text_tower.": 0.1}))
+    with pytest.raises(ConfigError, match="lr_scales must be > 0"):
+        from_dict(OptimConfig, {"lr_scales": {"proj.": 0.0}})
+
+
 # --------------------------------------------------------------------------------------------------------
 # sampler
 

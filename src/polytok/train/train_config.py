@@ -25,6 +25,9 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # final lr as a fraction of the peak (UniTok: 0.1)
     fused: bool = False  # fused AdamW kernel (CUDA)
+    # parameter-name prefix -> multiplier of lr, e.g. {"text_tower.": 0.1} to fine-tune a pretrained tower
+    # gently; the longest matching prefix wins, the schedule scales every group alike
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -37,6 +40,9 @@ class OptimConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        bad = {k: v for k, v in self.lr_scales.items() if not (isinstance(v, (int, float)) and v > 0)}
+        if bad:
+            raise ValueError(f"lr_scales must be > 0 (freeze a part in the model config instead), got {bad}")
 
 
 @dataclass
