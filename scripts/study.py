@@ -1,5 +1,6 @@
 """The UniTok-vs-EvoTok study at small scale: quantizer variants at equal bits and equal training time,
-and the ablations of the pretrained parts (real teacher vs none, perceptual term vs none).
+and the ablations of the pretrained parts (real teacher vs none, perceptual term vs none, MiniLM text
+tower frozen vs fine-tuned vs a tower trained from scratch).
 
     python scripts/study.py --group quantizers --minutes 4 --out runs/study     # runs/study/study.md ...
     python scripts/study.py --group ablations --minutes 4 --out runs/ablations
@@ -101,6 +102,29 @@ ABLATIONS: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "unitok-tiny",
         {},
         ["loss.perceptual=none"],
+    ),
+    "unitok-tiny-minilm-finetuned": (
+        "UniTok recipe with the MiniLM tower fine-tuned (at 0.1x the lr) instead of frozen",
+        "unitok-tiny",
+        {"semantic": {"text_tower": {"freeze": False}}},
+        ["train.optim.lr_scales={text_tower.encoder.: 0.1}"],
+    ),
+    "unitok-tiny-text-from-scratch": (
+        "UniTok recipe with a text tower trained from scratch (4 x 128 byte-level transformer), no MiniLM",
+        "unitok-tiny",
+        {
+            "semantic": {
+                "text_tower": {
+                    "kind": "transformer",
+                    "width": 128,
+                    "depth": 4,
+                    "heads": 4,
+                    "vocab": "bytes",
+                    "context_length": 64,
+                }
+            }
+        },
+        [],
     ),
 }
 
