@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polytok.demo import CONFIG_DIR, evaluate_on_builtin, fit_to_budget
+from polytok.hub import list_shipped, load_tokenizer
 from polytok.recipes.run import load_run_config, train_tokenizer
 
 # name -> (claim tested, model overrides on unitok-tiny). All quantizers see the same 32-d latent; two
@@ -128,13 +129,11 @@ ABLATIONS: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     ),
 }
 
-SHIPPED = ("unitok-tiny", "evotok-tiny", "polytok-tiny")
-
 GROUPS: dict[str, dict[str, tuple[str, str, dict[str, Any], list[str]]]] = {
     "quantizers": {n: (claim, "unitok-tiny", ov, []) for n, (claim, ov) in QUANTIZER_VARIANTS.items()},
     "ablations": ABLATIONS,
     # Not trained here: the checkpoints shipped in the package (trained by scripts/train_shipped.sh).
-    "shipped": {n: ("shipped checkpoint", n, {}, []) for n in SHIPPED},
+    "shipped": {n: ("shipped checkpoint", n, {}, []) for n in list_shipped()},
 }
 
 
@@ -154,19 +153,19 @@ def run_study(out: Path, minutes: float, group: str, variants: list[str], max_ev
         )
         config.model.overrides = model_overrides
         if group == "shipped":
-            from polytok.hub import load_tokenizer
-
             tokenizers[name] = load_tokenizer(name).eval()  # its config's max_steps trained it
+            train_seconds = None
         else:
             fit_to_budget(config, budget, min_steps=10)
             start = time.perf_counter()
             tokenizers[name] = train_tokenizer(config).eval()
+            train_seconds = round(time.perf_counter() - start)
         rows.append(
             {
                 "variant": name,
                 "claim": claim,
                 "steps": config.train.max_steps,
-                "train_seconds": None if group == "shipped" else round(time.perf_counter() - start),
+                "train_seconds": train_seconds,
                 "bits_per_image": bits_per_image(tokenizers[name]),
             }
         )

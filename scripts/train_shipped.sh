@@ -7,11 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 POLYTOK=${POLYTOK:-.venv/bin/polytok}
 PRESETS=(unitok-tiny polytok-tiny evotok-tiny)
+mkdir -p runs
+pids=()
 for preset in "${PRESETS[@]}"; do
     OMP_NUM_THREADS=1 "$POLYTOK" train "configs/$preset.yaml" "train.out_dir=runs/shipped/$preset" \
         train.progress=false > "runs/shipped-$preset.log" 2>&1 &
+    pids+=("$!")
 done
-wait
+# a bare `wait` returns 0 whatever the runs did: wait on each, so a failed run stops the script here
+for pid in "${pids[@]}"; do
+    wait "$pid"
+done
 for preset in "${PRESETS[@]}"; do
     rm -rf "src/polytok/weights/$preset"
     mkdir -p src/polytok/weights
