@@ -19,8 +19,9 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset
 
+from polytok.config import from_dict, load_yaml_with_overrides
 from polytok.recipes.objective import LossConfig, build_objective
-from polytok.train import TrainConfig, Trainer, from_dict, load_yaml_with_overrides
+from polytok.train import TrainConfig, Trainer
 
 
 @dataclass

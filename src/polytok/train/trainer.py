@@ -41,9 +41,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.utils.data import Dataset
 
+from polytok.config import to_dict
 from polytok.train import checkpoint as ckpt
 from polytok.train.batches import TrainBatches
-from polytok.train.config import to_dict
 from polytok.train.distributed import (
     DistInfo,
     all_true,
