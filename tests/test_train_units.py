@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from polytok.config import ConfigError, from_dict
 from polytok.train import checkpoint as ckpt
 from polytok.train.ema import ModelEMA
 from polytok.train.optim import build_adamw, split_decay_groups
+from polytok.train.precision import native_bf16, resolve_precision
 from polytok.train.sampler import ResumableDistributedSampler
 from polytok.train.schedule import build_scheduler, lr_multiplier
 from polytok.train.train_config import OptimConfig, TrainConfig
@@ -32,6 +34,54 @@ def test_train_config_validation_names_the_key():
         from_dict(TrainConfig, {"strategy": "zero"})
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         from_dict(TrainConfig, {"batch_size": 0})
+
+
+def test_train_config_defaults_fit_any_machine():
+    cfg = TrainConfig()
+    assert cfg.precision == "auto" and cfg.find_unused_parameters == "auto"
+    assert from_dict(TrainConfig, {"find_unused_parameters": False}).find_unused_parameters is False
+    with pytest.raises(ConfigError, match="find_unused_parameters"):
+        from_dict(TrainConfig, {"find_unused_parameters": "sometimes"})
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "native", "expected"),
+    [
+        ("auto", "cpu", True, "bf16"),
+        ("auto", "cpu", False, "fp32"),
+        ("auto", "cuda", True, "bf16"),
+        ("auto", "cuda", False, "fp32"),
+        ("fp32", "cuda", True, "fp32"),
+        ("bf16", "cpu", False, "bf16"),  # asked for explicitly: autocast runs, only slower
+        ("bf16", "cpu", True, "bf16"),
+    ],
+)
+def test_precision_resolution(requested, device, native, expected):
+    assert resolve_precision(requested, device, hardware_bf16=native) == expected
+
+
+def test_bf16_on_a_gpu_without_it_falls_back_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="bf16"):
+        assert resolve_precision("bf16", "cuda", hardware_bf16=False) == "fp32"
+
+
+def _cpu_flags() -> set[str]:
+    """CPU feature flags as the kernel reports them (an independent reading from torch's cpuinfo)."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags: set[str] = set()
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def test_native_bf16_query_agrees_with_the_kernel_flags():
+    flags = _cpu_flags()
+    expected = bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    assert native_bf16("cpu") == expected
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The trainer's configuration (typed; build it from YAML with ``from_dict(TrainConfig, d)``)."""
+"""The trainer's configuration (typed; from a dict with ``polytok.config.from_dict(TrainConfig, d)``)."""
 
 from __future__ import annotations
 
@@ -59,10 +59,15 @@ class TrainConfig:
     disc_optim: OptimConfig = field(default_factory=OptimConfig)
     grad_clip: float | None = 1.0  # max global L2 norm; None or 0 disables clipping
     disc_grad_clip: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast where the device supports it
+    # auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU with bf16, a CPU with
+    # AVX512-BF16 / AMX / Arm BF16), fp32 elsewhere; the run records what it resolved to (run.yaml)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when world_size > 1
     fsdp_layers: list[str] = field(default_factory=list)  # class names sharded as their own FSDP unit
-    find_unused_parameters: bool = False
+    # DDP: let parameters go without a gradient in a step (a loss weight of 0, a branch used only some
+    # steps). auto: on, at the cost of one autograd-graph walk per step; false for a model that
+    # provably uses every parameter in every step.
+    find_unused_parameters: bool | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     compile: bool = False  # torch.compile the model
