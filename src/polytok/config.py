@@ -37,6 +37,9 @@ Adding a config section (for example a language model next to the tokenizer):
    "vit", metadata=REQUIRED)``): code can still build the dataclass from its defaults, but a file or dict
    that leaves such a key out is refused at load, every missing key listed in one line, instead of
    silently becoming the default model.
+
+A config read from a file of its own needs nothing more than step 1:
+``from_dict(LMConfig, load_yaml_with_overrides(path, ["depth=12"]))``.
 """
 
 from __future__ import annotations
