@@ -37,11 +37,10 @@ def test_train_config_validation_names_the_key():
 
 
 def test_train_config_defaults_fit_any_machine():
-    cfg = TrainConfig()
-    assert cfg.precision == "auto" and cfg.find_unused_parameters == "auto"
-    assert from_dict(TrainConfig, {"find_unused_parameters": False}).find_unused_parameters is False
-    with pytest.raises(ConfigError, match="find_unused_parameters"):
-        from_dict(TrainConfig, {"find_unused_parameters": "sometimes"})
+    assert TrainConfig().precision == "auto"
+    assert from_dict(TrainConfig, {"precision": "fp32"}).precision == "fp32"
+    with pytest.raises(ConfigError, match=r"train\.precision: 'fp16' is not one of"):
+        from_dict(TrainConfig, {"precision": "fp16"}, path="train")
 
 
 @pytest.mark.parametrize(

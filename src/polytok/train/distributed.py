@@ -92,9 +92,9 @@ def wrap_model(
         if not any(p.requires_grad for p in model.parameters()):
             return model  # nothing to synchronise (e.g. a frozen module)
         ids = [info.device.index] if info.device.type == "cuda" else None
-        # "auto" is on: a parameter without a gradient in a step (a zero loss weight) must not stall DDP
-        find_unused = config.find_unused_parameters is not False
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=config.find_unused_parameters
+        )
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -64,10 +64,11 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when world_size > 1
     fsdp_layers: list[str] = field(default_factory=list)  # class names sharded as their own FSDP unit
-    # DDP: let parameters go without a gradient in a step (a loss weight of 0, a branch used only some
-    # steps). auto: on, at the cost of one autograd-graph walk per step; false for a model that
-    # provably uses every parameter in every step.
-    find_unused_parameters: bool | Literal["auto"] = "auto"
+    # DDP: for parameters that some steps do not reach from the forward's outputs (e.g. quantizer
+    # dropout). Off by default: it costs a graph walk per step, it cannot see an output the loss leaves
+    # out (a zero loss weight: the objective freezes that branch instead), and it breaks parameters used
+    # outside the forward (a regulariser reading the module's weights).
+    find_unused_parameters: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     compile: bool = False  # torch.compile the model
