@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from polytok import Tokenizer, list_presets
+from polytok.config import ConfigError
 from polytok.models import registry
 from polytok.models.config import TextTowerConfig, TokenizerConfig
 from polytok.models.registry import get_preset_config, get_preset_dict, register_preset
@@ -44,34 +45,34 @@ def clean_registry():
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match=r"'quantizer.codebok_size'"):
+    with pytest.raises(ConfigError, match=r"quantizer\.codebok_size \(did you mean codebook_size\?\)"):
         TokenizerConfig.from_dict({**MINI, "quantizer": {**MINI["quantizer"], "codebok_size": 8}})
-    with pytest.raises(ValueError, match="'pixle_depth'"):
+    with pytest.raises(ConfigError, match="pixle_depth"):
         TokenizerConfig.from_dict({**MINI, "pixle_depth": 1})
-    with pytest.raises(ValueError, match=r"'semantic.text_tower.widht'"):
+    with pytest.raises(ConfigError, match=r"semantic\.text_tower\.widht"):
         TokenizerConfig.from_dict({**MINI, "semantic": {**MINI["semantic"], "text_tower": {"widht": 3}}})
 
 
 @pytest.mark.parametrize(
-    ("section", "key", "value", "exc"),
+    ("section", "key", "value"),
     [
-        ("quantizer", "levels", "3", TypeError),
-        ("quantizer", "levels", True, TypeError),  # a bool is not an int
-        ("quantizer", "normalize", 1, TypeError),
-        ("quantizer", "update", "sgd", ValueError),
-        ("encoder", "stage_widths", [8, "x"], TypeError),
-        ("pixel_decoder", "ch_mult", 4, TypeError),
+        ("quantizer", "levels", "3"),
+        ("quantizer", "levels", True),  # a bool is not an int
+        ("quantizer", "normalize", 1),
+        ("quantizer", "update", "sgd"),
+        ("encoder", "stage_widths", [8, "x"]),
+        ("pixel_decoder", "ch_mult", 4),
     ],
 )
-def test_wrong_types_are_named(section, key, value, exc):
-    with pytest.raises(exc, match=rf"{section}.{key}"):
+def test_wrong_types_are_named(section, key, value):
+    with pytest.raises(ConfigError, match=rf"config key {section}\.{key}"):
         TokenizerConfig.from_dict({**MINI, section: {**MINI[section], key: value}})
 
 
 def test_cross_field_checks():
-    with pytest.raises(ValueError, match="pixel_depth"):
+    with pytest.raises(ConfigError, match="pixel_depth"):
         TokenizerConfig.from_dict({**MINI, "pixel_depth": 4})
-    with pytest.raises(ValueError, match=r"quantizer.levels"):
+    with pytest.raises(ConfigError, match=r"quantizer.levels"):
         TokenizerConfig.from_dict({**MINI, "quantizer": {**MINI["quantizer"], "kind": "mcq"}})
     with pytest.raises(ValueError, match="stride"):  # decoder x8 vs encoder stride 16
         Tokenizer.from_config(MINI, encoder={"patch_size": 16})
@@ -88,7 +89,7 @@ def test_config_round_trips_through_dict_json_yaml(tmp_path):
         == TokenizerConfig.from_file(tmp_path / "c.json")
     )
     (tmp_path / "c.txt").write_text("{}")
-    with pytest.raises(ValueError, match=r"\.json, \.yaml"):
+    with pytest.raises(ConfigError, match=r"\.json, \.yaml"):
         TokenizerConfig.from_file(tmp_path / "c.txt")
     with pytest.raises(FileNotFoundError, match=r"nope.yaml"):
         TokenizerConfig.from_file(tmp_path / "nope.yaml")
@@ -116,17 +117,45 @@ def test_user_yaml_preset_works_end_to_end(tmp_path, clean_registry):
         register_preset("my-mini", MINI)
     register_preset("my-mini", {**MINI, "pixel_depth": 3}, overwrite=True)
     assert get_preset_config("my-mini").pixel_depth == 3
-    with pytest.raises(ValueError, match=r"'quantizer.bogus'"):
+    with pytest.raises(ConfigError, match=r"quantizer\.bogus"):
         register_preset("broken", {**MINI, "quantizer": {"bogus": 1}})
     with pytest.raises(KeyError, match="unknown preset 'nope'"):
         get_preset_dict("nope")
 
 
 def test_overrides_merge_and_reject_typos():
-    tok = Tokenizer.from_config(MINI, quantizer__levels=2, pixel_depth=1, quantizer={"codebook_size": 8})
+    dotted = {"quantizer.levels": 2}
+    tok = Tokenizer.from_config(MINI, pixel_depth=1, quantizer={"codebook_size": 8}, **dotted)
     assert tok.code_shape == (2,) and tok.codebook_size == 8 and tok.pixel_depth == 1
-    with pytest.raises(ValueError, match=r"'quantizer.levles'"):
-        Tokenizer.from_config(MINI, quantizer__levles=2)
+    with pytest.raises(ConfigError, match=r"quantizer\.levles \(did you mean levels\?\)"):
+        Tokenizer.from_config(MINI, quantizer={"levles": 2})
+    with pytest.raises(ConfigError, match=r"quantizer__levels"):  # dotted keys only, no second syntax
+        Tokenizer.from_config(MINI, quantizer__levels=2)
+
+
+def test_a_config_must_name_its_sections_and_their_kinds(tmp_path):
+    sections = r"encoder, quantizer, pixel_decoder, semantic"
+    missing = rf"missing required config key\(s\): {sections}$"
+    with pytest.raises(ConfigError, match=rf"^TokenizerConfig: {missing}"):
+        TokenizerConfig.from_dict({})
+    partial = {**MINI, "quantizer": {"dim": 8}}
+    del partial["semantic"]
+    with pytest.raises(ConfigError, match=r"missing required config key\(s\): quantizer\.kind, semantic$"):
+        TokenizerConfig.from_dict(partial)
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"empty\.json: .*{missing}"):
+        Tokenizer.from_config(tmp_path / "empty.json")
+    assert TokenizerConfig().quantizer.kind == "mcq"  # code builds the dataclass from its defaults
+
+
+def test_a_checkpoint_whose_config_is_empty_is_refused_at_load(tmp_path):
+    torch.manual_seed(0)
+    ck = Tokenizer.from_config(MINI).save_pretrained(tmp_path / "ck")
+    (ck / "config.json").write_text("{}")
+    missing = r"config\.json: .*missing required config key\(s\): encoder,"
+    with pytest.raises(ConfigError, match=missing) as info:
+        Tokenizer.from_pretrained(ck)
+    assert "\n" not in str(info.value) and "missing keys" not in str(info.value)
 
 
 # -- checkpoint files ------------------------------------------------------------------------------

@@ -349,7 +349,7 @@ def test_pretrained_defaults():
     assert uni.text_tower.kind == "minilm-l6" and uni.text_tower.frozen
     assert not any(p.requires_grad for p in uni.text_tower.encoder.parameters())
     assert all(p.requires_grad for p in uni.text_tower.projection.parameters())
-    tuned = Tokenizer.from_preset("unitok-tiny", semantic__text_tower__freeze=False)
+    tuned = Tokenizer.from_preset("unitok-tiny", **{"semantic.text_tower.freeze": False})
     emb = tuned.encode_text(["a cat", "a dog"])
     emb.sum().backward()
     assert any(p.grad is not None for p in tuned.text_tower.encoder.parameters())

@@ -5,84 +5,24 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from polytok.config import ConfigError, from_dict
 from polytok.train import checkpoint as ckpt
-from polytok.train.config import ConfigError, apply_overrides, from_dict, load_yaml_with_overrides, to_dict
 from polytok.train.ema import ModelEMA
 from polytok.train.optim import build_adamw, split_decay_groups
+from polytok.train.precision import native_bf16, resolve_precision
 from polytok.train.sampler import ResumableDistributedSampler
 from polytok.train.schedule import build_scheduler, lr_multiplier
 from polytok.train.train_config import OptimConfig, TrainConfig
 
 # --------------------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class Inner:
-    size: int = 3
-    kind: Literal["a", "b"] = "a"
-
-
-@dataclass
-class Outer:
-    name: str
-    lr: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    layers: list[int] = field(default_factory=list)
-    limit: float | None = None
-    inner: Inner = field(default_factory=Inner)
-
-
-def test_yaml_with_dotted_overrides(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("train:\n  lr: 1e-3\n  max_steps: 10\ndata:\n  batch_size: 4\n")
-    overrides = ["train.lr=1e-4", "data.batch_size=8", "model.depth=[1, 2]", "x.y.z=a"]
-    cfg = load_yaml_with_overrides(path, overrides)
-    assert cfg == {
-        "train": {"lr": 1e-4, "max_steps": 10},
-        "data": {"batch_size": 8},
-        "model": {"depth": [1, 2]},
-        "x": {"y": {"z": "a"}},
-    }
-    assert isinstance(load_yaml_with_overrides(path)["train"]["lr"], float)  # 1e-3 is a float, not a string
-    with pytest.raises(ConfigError, match="key=value"):
-        apply_overrides({}, ["train.lr"])
-    with pytest.raises(ConfigError, match=r"'train\.lr' is a value"):
-        apply_overrides({"train": {"lr": 1.0}}, ["train.lr.x=2"])
-    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
-        load_yaml_with_overrides(tmp_path / "missing.yaml")
-
-
-def test_from_dict_strict_conversion():
-    raw = {"name": "n", "lr": 2, "betas": [0.8, 0.9], "layers": [1, 2], "inner": {"kind": "b"}}
-    out = from_dict(Outer, raw)
-    assert out == Outer(name="n", lr=2.0, betas=(0.8, 0.9), layers=[1, 2], inner=Inner(size=3, kind="b"))
-    assert isinstance(out.lr, float) and isinstance(out.betas, tuple)
-    assert from_dict(Outer, to_dict(out)) == out
-    with pytest.raises(ConfigError, match=r"inner\.sise"):
-        from_dict(Outer, {"name": "n", "inner": {"sise": 3}})
-    with pytest.raises(ConfigError, match=r"inner\.kind.*'c'"):
-        from_dict(Outer, {"name": "n", "inner": {"kind": "c"}})
-    with pytest.raises(ConfigError, match=r"missing required config key: name"):
-        from_dict(Outer, {})
-    with pytest.raises(ConfigError, match=r"layers\[1\]"):
-        from_dict(Outer, {"name": "n", "layers": [1, "two"]})
-    with pytest.raises(ConfigError, match=r"config key lr"):
-        from_dict(Outer, {"name": "n", "lr": "fast"})
-    with pytest.raises(ConfigError, match=r"config key limit"):
-        from_dict(Outer, {"name": "n", "limit": [1]})
-    with pytest.raises(ConfigError, match=r"config key inner\.size"):
-        from_dict(Outer, {"name": "n", "inner": {"size": True}})  # bool is not an int here
-    with pytest.raises(ConfigError, match=r"betas: expected 2 items"):
-        from_dict(Outer, {"name": "n", "betas": [0.9]})
+# config (the parsing layer itself: tests/test_config.py)
 
 
 def test_train_config_validation_names_the_key():
@@ -94,6 +34,53 @@ def test_train_config_validation_names_the_key():
         from_dict(TrainConfig, {"strategy": "zero"})
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         from_dict(TrainConfig, {"batch_size": 0})
+
+
+def test_train_config_defaults_fit_any_machine():
+    assert TrainConfig().precision == "auto"
+    assert from_dict(TrainConfig, {"precision": "fp32"}).precision == "fp32"
+    with pytest.raises(ConfigError, match=r"train\.precision: 'fp16' is not one of"):
+        from_dict(TrainConfig, {"precision": "fp16"}, path="train")
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "native", "expected"),
+    [
+        ("auto", "cpu", True, "bf16"),
+        ("auto", "cpu", False, "fp32"),
+        ("auto", "cuda", True, "bf16"),
+        ("auto", "cuda", False, "fp32"),
+        ("fp32", "cuda", True, "fp32"),
+        ("bf16", "cpu", False, "bf16"),  # asked for explicitly: autocast runs, only slower
+        ("bf16", "cpu", True, "bf16"),
+    ],
+)
+def test_precision_resolution(requested, device, native, expected):
+    assert resolve_precision(requested, device, hardware_bf16=native) == expected
+
+
+def test_bf16_on_a_gpu_without_it_falls_back_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="bf16"):
+        assert resolve_precision("bf16", "cuda", hardware_bf16=False) == "fp32"
+
+
+def _cpu_flags() -> set[str]:
+    """CPU feature flags as the kernel reports them (an independent reading from torch's cpuinfo)."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags: set[str] = set()
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def test_native_bf16_query_agrees_with_the_kernel_flags():
+    flags = _cpu_flags()
+    expected = bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    assert native_bf16("cpu") == expected
 
 
 # --------------------------------------------------------------------------------------------------------

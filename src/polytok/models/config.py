@@ -1,21 +1,19 @@
 """Typed tokenizer configuration: nested dataclasses, built strictly from dicts, JSON or YAML.
 
-Unknown keys and wrong value types are rejected with the dotted name of the offending key, so a typo
-in a config file fails at load time instead of silently falling back to a default.
+Parsing, overrides and errors are the library's one config layer (:mod:`polytok.config`): unknown keys
+and wrong value types are refused with the dotted name of the offending key. A config names what it is:
+its ``encoder``, ``quantizer``, ``pixel_decoder`` and ``semantic`` sections, each with its ``kind``, are
+required in a file or dict (``{}`` is refused at load, it does not silently become the default model).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal
 
-T = TypeVar("T")
+from polytok.config import REQUIRED, ConfigError, from_dict, load_file
 
 
 @dataclass
@@ -30,7 +28,7 @@ class EncoderConfig:
     whose output is unused when reading an earlier layer.
     """
 
-    kind: Literal["hybrid_vit", "vit", "siglip2", "siglip"] = "hybrid_vit"
+    kind: Literal["hybrid_vit", "vit", "siglip2", "siglip"] = field(default="hybrid_vit", metadata=REQUIRED)
     width: int = 1024
     depth: int = 31
     heads: int = 16
@@ -65,7 +63,7 @@ class QuantizerConfig:
     """Quantizer (see :mod:`polytok.quant`). kind "vq": one codebook; "mcq": ``num_codebooks`` codebooks
     splitting the channels; "rvq": ``levels`` residual levels, each with ``num_codebooks`` codebooks."""
 
-    kind: Literal["vq", "mcq", "rvq"] = "mcq"
+    kind: Literal["vq", "mcq", "rvq"] = field(default="mcq", metadata=REQUIRED)
     dim: int = 64
     codebook_size: int = 4096
     num_codebooks: int = 1
@@ -93,7 +91,7 @@ class PixelDecoderConfig:
     ``up_widths`` replace the conv upsampler by a linear patch head (each token -> one stride x stride
     patch, as in ViT-VQGAN), the cheap choice on a CPU."""
 
-    kind: Literal["vit", "cnn"] = "vit"
+    kind: Literal["vit", "cnn"] = field(default="vit", metadata=REQUIRED)
     width: int = 1024
     depth: int = 31
     heads: int = 16
@@ -142,7 +140,7 @@ class SemanticConfig:
     resized to the grid: cheaper when the token grid is fine). "none": no semantic branch.
     """
 
-    kind: Literal["contrastive", "distill", "none"] = "contrastive"
+    kind: Literal["contrastive", "distill", "none"] = field(default="contrastive", metadata=REQUIRED)
     embed_dim: int = 768
     decoder_width: int = 1024
     decoder_depth: int = 3
@@ -163,153 +161,40 @@ class TokenizerConfig:
 
     name: str = "custom"
     image_size: int = 256
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig, metadata=REQUIRED)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     post_projection: ProjectionConfig = field(default_factory=ProjectionConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig, metadata=REQUIRED)
     pixel_depth: int | None = None
-    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
-    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig, metadata=REQUIRED)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig, metadata=REQUIRED)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
-        """Strict parse; raises ValueError/TypeError naming the offending key."""
-        cfg = parse_dataclass(cls, data, "")
-        validate(cfg)
-        return cfg
+        """Strict parse; raises :class:`~polytok.config.ConfigError` naming the offending key."""
+        return from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenizerConfig:
-        """Load a ``.json``, ``.yaml`` or ``.yml`` file."""
-        return cls.from_dict(load_config_file(path))
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config file {path} must end in .json, .yaml or .yml")
-    if not isinstance(data, dict):
-        raise TypeError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; returns the (possibly converted) value."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise TypeError(f"config key {key!r} must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
-        raise TypeError(
-            errors[0]
-            if len(errors) == 1
-            else f"config key {key!r}: {value!r} matches none of {_type_name(tp)}"
-        )
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ValueError(f"config key {key!r} must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"config key {key!r} must be a list, got {type(value).__name__}")
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"config key {key!r} must be a mapping, got {type(value).__name__}")
-        return copy.deepcopy(value)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"config key {key!r} must be a mapping, got {type(value).__name__}")
-        return parse_dataclass(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"config key {key!r} must be a bool, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"config key {key!r} must be an int, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"config key {key!r} must be a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported annotation {tp} for config key {key!r}")
-
-
-def parse_dataclass(cls: type[T], data: dict[str, Any], prefix: str) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise ValueError with their dotted name."""
-    if not isinstance(data, dict):
-        raise TypeError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in {prefix!r}" if prefix else ""
-        dotted = ", ".join(repr(f"{prefix}.{k}" if prefix else k) for k in unknown)
-        raise ValueError(f"unknown config key(s){where}: {dotted}; valid keys: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into a copy of ``base``. ``a__b=1`` is the same as ``a={"b": 1}``."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        parts = key.split("__")
-        target = out
-        for part in parts[:-1]:
-            if part not in target or not isinstance(target[part], dict):
-                raise ValueError(f"unknown config key {'.'.join(parts)!r}: {part!r} is not a section")
-            target = target[part]
-        last = parts[-1]
-        if isinstance(value, dict) and isinstance(target.get(last), dict) and last != "hf_config":
-            target[last] = merge_overrides(target[last], value)
-        else:
-            target[last] = copy.deepcopy(value)
-    return out
+        """Load a ``.json``, ``.yaml`` or ``.yml`` file; errors name the file."""
+        data = load_file(path)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
 
 
 def _positive(cfg: Any, key: str, names: list[str]) -> None:
     for n in names:
         v = getattr(cfg, n)
         if v is not None and v <= 0:
-            raise ValueError(f"config key {key + '.' + n!r} must be positive, got {v}")
+            raise ConfigError(f"config key {f'{key}.{n}' if key else n} must be positive, got {v}")
 
 
 def validate(cfg: TokenizerConfig) -> None:
@@ -321,25 +206,22 @@ def validate(cfg: TokenizerConfig) -> None:
     _positive(cfg, "", ["image_size"])
     _positive(s, "semantic", ["teacher_input_size"])
     if e.kind == "hybrid_vit" and len(e.stage_widths) != len(e.stage_depths):
-        raise ValueError(
-            "config keys 'encoder.stage_widths' and 'encoder.stage_depths' must have equal length"
-        )
+        raise ConfigError("config keys encoder.stage_widths and encoder.stage_depths must have equal length")
     if len(e.mean) != 3 or len(e.std) != 3 or any(v <= 0 for v in e.std):
-        raise ValueError("config keys 'encoder.mean'/'encoder.std' must hold 3 values (std > 0)")
+        raise ConfigError("config keys encoder.mean / encoder.std must hold 3 values (std > 0)")
     if q.kind != "rvq" and q.levels != 1:
-        raise ValueError(f"config key 'quantizer.levels' is {q.levels} but only kind 'rvq' has levels")
+        raise ConfigError(f"config key quantizer.levels is {q.levels} but only kind 'rvq' has levels")
     if q.kind == "vq" and q.num_codebooks != 1:
-        raise ValueError("config key 'quantizer.num_codebooks' must be 1 for kind 'vq' (use 'mcq')")
+        raise ConfigError("config key quantizer.num_codebooks must be 1 for kind 'vq' (use 'mcq')")
     if cfg.pixel_depth is not None and not 1 <= cfg.pixel_depth <= q.levels:
-        raise ValueError(
-            f"config key 'pixel_depth' must be in [1, {q.levels}] (quantizer levels), got {cfg.pixel_depth}"
+        raise ConfigError(
+            f"config key pixel_depth must be in [1, {q.levels}] (quantizer levels), got {cfg.pixel_depth}"
         )
     if p.kind == "vit" and len(p.up_widths) != len(p.up_depths):
-        raise ValueError(
-            "config keys 'pixel_decoder.up_widths' and 'pixel_decoder.up_depths' must have equal length"
+        raise ConfigError(
+            "config keys pixel_decoder.up_widths and pixel_decoder.up_depths must have equal length"
         )
     if s.logit_scale_init <= 0 or s.logit_scale_max < s.logit_scale_init:
-        raise ValueError(
-            "config keys 'semantic.logit_scale_init' and 'semantic.logit_scale_max' must satisfy "
-            "0 < init <= max"
+        raise ConfigError(
+            "config keys semantic.logit_scale_init and semantic.logit_scale_max must satisfy 0 < init <= max"
         )

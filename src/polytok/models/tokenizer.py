@@ -23,13 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polytok.models.config import (
-    ProjectionConfig,
-    QuantizerConfig,
-    TokenizerConfig,
-    load_config_file,
-    merge_overrides,
-)
+from polytok.config import ConfigError, load_file, merge
+from polytok.models.config import ProjectionConfig, QuantizerConfig, TokenizerConfig
 from polytok.models.decoders import CNNPixelDecoder, SemanticDecoder, ViTPixelDecoder
 from polytok.models.encoders import HFSiglipEncoder, build_encoder
 from polytok.models.heads import ClipHead, pooled_embedding
@@ -215,9 +210,9 @@ class Tokenizer(nn.Module):
         **overrides: Any,
     ) -> Tokenizer:
         """Build from a TokenizerConfig, a dict, or a ``.json`` / ``.yaml`` file; ``overrides`` are config
-        keys (``pixel_depth=2``, ``quantizer={"levels": 8}`` or ``quantizer__levels=8``)."""
+        keys (``pixel_depth=2``, ``quantizer={"levels": 8}``, or dotted: ``**{"quantizer.levels": 8}``)."""
         if isinstance(config, (str, os.PathLike)):
-            data = load_config_file(config)
+            data = load_file(config)
         elif isinstance(config, TokenizerConfig):
             data = config.to_dict()
         elif isinstance(config, dict):
@@ -226,11 +221,13 @@ class Tokenizer(nn.Module):
             raise TypeError(
                 f"config must be a TokenizerConfig, dict or file path, got {type(config).__name__}"
             )
-        if overrides:
-            data = merge_overrides(data, overrides)
-        return cls(
-            TokenizerConfig.from_dict(data), load_backbone_weights=load_backbone_weights, teacher=teacher
-        )
+        try:
+            cfg = TokenizerConfig.from_dict(merge(data, overrides))
+        except ConfigError as err:
+            if isinstance(config, (str, os.PathLike)):
+                raise ConfigError(f"{config}: {err}") from err
+            raise
+        return cls(cfg, load_backbone_weights=load_backbone_weights, teacher=teacher)
 
     @classmethod
     def from_preset(
@@ -561,11 +558,7 @@ class Tokenizer(nn.Module):
         config_path = root / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"checkpoint config missing: expected {config_path}")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{config_path} is not valid JSON (half-written file?): {exc}") from exc
-        tok = cls(TokenizerConfig.from_dict(data), load_backbone_weights=False, teacher=teacher)
+        tok = cls(TokenizerConfig.from_file(config_path), load_backbone_weights=False, teacher=teacher)
         state = _read_weights(root, map_location)
         tok.load_checkpoint_state(state, source=str(root))
         return tok

@@ -81,6 +81,22 @@ def build_perceptual(cfg: LossConfig) -> nn.Module | None:
     return EfficientNetPerceptualLoss(cfg.perceptual_network, layers=cfg.perceptual_layers)
 
 
+def freeze_semantic_branch(tokenizer: nn.Module) -> None:
+    """Freeze the parts only the semantic loss trains (CLIP head, logit scale, text tower, semantic decoder).
+
+    With a semantic weight of 0 they still compute outputs but get no gradient: DDP would wait for those
+    gradients at the next step (they are part of the forward's outputs, so ``find_unused_parameters``
+    cannot tell), and frozen parameters are left out of DDP's reduction and of the optimiser.
+    """
+    for name in ("clip_head", "text_tower", "semantic_decoder"):
+        part = getattr(tokenizer, name, None)
+        if part is not None:
+            part.requires_grad_(False)
+    scale = getattr(tokenizer, "log_logit_scale", None)
+    if scale is not None:
+        scale.requires_grad_(False)
+
+
 class TokenizerObjective:
     """Losses of one tokenizer for :class:`polytok.train.Trainer` (implements its objective protocol).
 
@@ -91,6 +107,8 @@ class TokenizerObjective:
     def __init__(self, tokenizer: nn.Module, config: LossConfig, max_steps: int) -> None:
         self.config = config
         self.semantic_kind = tokenizer.semantic_kind
+        if config.semantic == 0:
+            freeze_semantic_branch(tokenizer)
         self.reconstruction = ReconstructionLoss(
             config.l1, config.l2, build_perceptual(config), config.perceptual_weight
         )
@@ -114,7 +132,8 @@ class TokenizerObjective:
     ) -> tuple[Tensor, dict]:
         images = batch["image"]
         self.reconstruction.to(images.device)
-        texts = batch.get("caption") if self.semantic_kind == "contrastive" else None
+        contrastive = self.semantic_kind == "contrastive" and self.config.semantic > 0
+        texts = batch.get("caption") if contrastive else None  # weight 0: the text tower need not run
         out = model(images, texts)
         logs: dict[str, Tensor] = {}
         rec = self.reconstruction(out.reconstruction.float(), images.float())

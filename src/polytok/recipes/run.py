@@ -2,12 +2,16 @@
 
     polytok train configs/unitok-tiny.yaml train.max_steps=200 data.name=photos
 
-A run config has four sections; unknown keys and wrong types are rejected with the dotted key's name:
+A run config has four sections; unknown keys and wrong types are rejected with the dotted key's name
+(parsing and overrides: :mod:`polytok.config`):
 
     model: {preset: unitok-tiny, overrides: {quantizer: {codebook_size: 1024}}}   # or config: path
     data:  {name: shapes, image_size: 64, options: {label_task: colour}}          # name, folder or shards
     loss:  {l1: 0.2, l2: 1.0, perceptual: efficientnet, semantic: 1.0, gan: none, ...}
     train: {max_steps: 1000, batch_size: 32, optim: {lr: 5e-4}, out_dir: runs/unitok-tiny, ...}
+
+A run writes the config it ran, with ``train.precision`` resolved ("auto" -> "bf16" or "fp32"), to
+``<out_dir>/run.yaml``; that file is itself a run config.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset
 
+from polytok.config import from_dict, load_yaml_with_overrides, to_dict
 from polytok.recipes.objective import LossConfig, build_objective
-from polytok.train import TrainConfig, Trainer, from_dict, load_yaml_with_overrides
+from polytok.train import TrainConfig, Trainer
 
 
 @dataclass
@@ -105,6 +110,8 @@ def train_tokenizer(config: RunConfig):
     if config.train.last_layer is None:
         config.train.last_layer = _last_layer_name(tokenizer)
     trainer = Trainer(tokenizer, objective, dataset, config.train, collate_fn=collate)
+    if trainer.dist.is_main:
+        write_run_record(config, trainer.precision, Path(config.train.out_dir) / "run.yaml")
     try:
         trainer.fit()  # resumes first when train.resume is set
         if trainer.ema is not None:
@@ -115,6 +122,19 @@ def train_tokenizer(config: RunConfig):
     finally:
         trainer.close()
     return tokenizer
+
+
+def write_run_record(config: RunConfig, precision: str, path: Path) -> Path:
+    """Write ``config`` as run by this machine (``train.precision`` resolved) to ``path``, atomically."""
+    import yaml
+
+    data = to_dict(config)
+    data["train"]["precision"] = precision
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _last_layer_name(tokenizer) -> str | None:

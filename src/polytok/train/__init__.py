@@ -7,13 +7,13 @@ Objectives plug in through ``polytok.train.objective`` (``generator_loss`` and, 
 ``discriminator`` / ``discriminator_loss``).
 """
 
+from polytok.config import ConfigError, apply_overrides, from_dict, load_yaml_with_overrides, to_dict
 from polytok.train.checkpoint import (
     CheckpointError,
     find_latest_checkpoint,
     load_trained_weights,
     verify_checkpoint,
 )
-from polytok.train.config import ConfigError, apply_overrides, from_dict, load_yaml_with_overrides, to_dict
 from polytok.train.ema import ModelEMA
 from polytok.train.objective import AdversarialObjective, Objective, StepContext
 from polytok.train.optim import build_adamw, build_param_groups

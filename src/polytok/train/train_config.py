@@ -1,4 +1,4 @@
-"""The trainer's configuration (typed; build it from YAML with ``from_dict(TrainConfig, d)``)."""
+"""The trainer's configuration (typed; from a dict with ``polytok.config.from_dict(TrainConfig, d)``)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,15 @@ class TrainConfig:
     disc_optim: OptimConfig = field(default_factory=OptimConfig)
     grad_clip: float | None = 1.0  # max global L2 norm; None or 0 disables clipping
     disc_grad_clip: float | None = 1.0
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast where the device supports it
+    # auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU with bf16, a CPU with
+    # AVX512-BF16 / AMX / Arm BF16), fp32 elsewhere; the run records what it resolved to (run.yaml)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when world_size > 1
     fsdp_layers: list[str] = field(default_factory=list)  # class names sharded as their own FSDP unit
+    # DDP: for parameters that some steps do not reach from the forward's outputs (e.g. quantizer
+    # dropout). Off by default: it costs a graph walk per step, it cannot see an output the loss leaves
+    # out (a zero loss weight: the objective freezes that branch instead), and it breaks parameters used
+    # outside the forward (a regulariser reading the module's weights).
     find_unused_parameters: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "nccl", "gloo"] = "auto"

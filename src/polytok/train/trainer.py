@@ -41,9 +41,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.utils.data import Dataset
 
+from polytok.config import to_dict
 from polytok.train import checkpoint as ckpt
 from polytok.train.batches import TrainBatches
-from polytok.train.config import to_dict
 from polytok.train.distributed import (
     DistInfo,
     all_true,
@@ -57,6 +57,7 @@ from polytok.train.ema import ModelEMA
 from polytok.train.logger import RunLogger, Throughput
 from polytok.train.objective import StepContext, has_discriminator
 from polytok.train.optim import build_adamw
+from polytok.train.precision import resolve_precision
 from polytok.train.schedule import build_scheduler
 from polytok.train.train_config import TrainConfig
 
@@ -137,7 +138,8 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         self._seed_everything()
 
-        self.autocast_dtype = self._autocast_dtype()
+        self.precision = resolve_precision(config.precision, self.device)  # "auto" made concrete
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.strategy = resolve_strategy(config, self.dist)
 
         # generator model: place, sync initial weights, wrap, compile
@@ -193,14 +195,6 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        if self.config.precision != "bf16":
-            return None
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn("bf16 is not supported on this GPU; training in fp32", RuntimeWarning, stacklevel=3)
-            return None
-        return torch.bfloat16
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
