@@ -128,10 +128,11 @@ def test_every_shipped_config_parses(path: Path) -> None:
     assert cfg.model.preset == path.stem
 
 
-def test_missing_model_is_a_clear_error(tmp_path) -> None:
+def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["reconstruct", "unitok-l", str(tmp_path / "x.png")]) == 2
+    assert "--untrained" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="untrained"):
-        main(["reconstruct", "unitok-l", str(tmp_path / "x.png")])
-    torch.manual_seed(0)
+        main(["--debug", "reconstruct", "unitok-l", str(tmp_path / "x.png")])
 
 
 def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_path, capsys) -> None:
