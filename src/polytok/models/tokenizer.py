@@ -147,9 +147,13 @@ class Tokenizer(nn.Module):
         teacher: a frozen module to distil onto instead of ``semantic.teacher`` (see ``set_teacher``).
 
     Example:
-        >>> tok = Tokenizer.from_preset("evotok-tiny")
-        >>> codes = tok.encode(torch.rand(2, 3, 64, 64))   # (2, 8, 8, 4)
-        >>> images = tok.decode(codes)                     # (2, 3, 64, 64) in [0, 1]
+        >>> import torch
+        >>> tok = Tokenizer.from_preset("evotok-tiny").eval()
+        >>> codes = tok.encode(torch.rand(2, 3, 64, 64))
+        >>> tuple(codes.shape)  # (B, h, w, levels)
+        (2, 16, 16, 8)
+        >>> tuple(tok.decode(codes).shape)  # in [0, 1], from the first pixel_depth levels
+        (2, 3, 64, 64)
     """
 
     def __init__(
