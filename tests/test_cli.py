@@ -321,3 +321,13 @@ def test_token_file_is_an_npz_with_keys(evo_tokens: Path) -> None:
     assert zipfile.is_zipfile(evo_tokens)
     data = load_tokens(evo_tokens)
     assert data["keys"] == [f"{i:09d}" for i in range(6)]
+
+
+def test_token_file_written_before_manifests_still_loads(tmp_path) -> None:
+    """Files of the first format (no keys, no set) are complete by themselves."""
+    codes = np.arange(2 * 16 * 16 * 8, dtype=np.uint16).reshape(2, 16, 16, 8) % 1024
+    meta = {"code_shape": [8], "codebook_size": 1024, "config": None, "grid": [16, 16]}
+    old = tmp_path / "old.npz"
+    np.savez(old, codes=codes, captions=np.array(["a", "b"]), labels=np.array([0, 1]), meta=json.dumps(meta))
+    data = load_tokens(old)
+    assert torch.equal(data["codes"], torch.from_numpy(codes.astype(np.int64))) and data["keys"] is None

@@ -7,6 +7,8 @@ polytok eval MODEL --data shapes --report out/report.html
 polytok encode MODEL DATA --out tokens.npz    # a dataset to tokens for LLM training
 polytok decode MODEL tokens.npz --out-dir images/
 polytok reconstruct [MODEL] photo.png --out-dir out/   # MODEL defaults to the shipped unitok-tiny
+
+Bad input prints one line (polytok: error: ...) and exits with status 2; --debug shows the traceback.
 """
 
 from __future__ import annotations
