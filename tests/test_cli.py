@@ -22,7 +22,7 @@ from PIL import Image
 from polytok.cli import build_parser, main
 from polytok.hub import load_tokenizer
 from polytok.image_io import load_images
-from polytok.tokens import TokenFileError, encode_batches, load_tokens
+from polytok.tokens import TokenFileError, encode_batches, load_tokens, weights_sha256
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -296,6 +296,11 @@ def test_encode_skips_broken_images_and_stores_keys(tmp_path, capsys) -> None:
         assert torch.equal(row, tok.encode(load_images([root / name], 64))[0])
     manifest = json.loads((tmp_path / "tokens.manifest.json").read_text())
     assert sorted(s["file"] for s in manifest["skipped"]) == bad and manifest["samples"] == len(good)
+    assert manifest["weights_sha256"] == weights_sha256(tok)  # which weights made the set
+    other = load_tokenizer("evotok-tiny")
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert weights_sha256(other) != manifest["weights_sha256"]
 
     batched = tmp_path / "batched.npz"
     assert main(["encode", "evotok-tiny", str(root), "--out", str(batched), "--batch-size", "3"]) == 0

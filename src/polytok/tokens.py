@@ -4,7 +4,8 @@ A token set is one or more ``.npz`` files and a manifest written last:
 
     tokens.npz                      all samples, when they fit in one file of ``shard_size`` samples
     tokens-00000.npz, ...           otherwise numbered files of ``shard_size`` samples
-    tokens.manifest.json            written last (atomically): files, sample counts, skipped inputs
+    tokens.manifest.json            written last (atomically): files, sample counts, skipped inputs,
+                                    the tokenizer's config and a hash of its weights
 
 Each ``.npz`` holds ``codes`` (N, h, w, *code_shape) in the smallest unsigned integer type that holds the
 codebook size, ``keys`` (each sample's source name), ``captions``, ``labels`` and ``meta`` (a JSON
@@ -54,6 +55,20 @@ def shard_path(out: str | os.PathLike, index: int) -> Path:
     """``tokens.npz``, 3 -> ``tokens-00003.npz``."""
     out = Path(out)
     return out.with_name(f"{out.stem}-{index:05d}{out.suffix}")
+
+
+def weights_sha256(tokenizer) -> str:
+    """SHA-256 of the tokenizer's stored tensors (names, dtypes, shapes, bytes): which weights made a set."""
+    import hashlib
+
+    state = tokenizer.checkpoint_state_dict() if hasattr(tokenizer, "checkpoint_state_dict") else None
+    state = state if state is not None else tokenizer.state_dict()
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -163,6 +178,7 @@ def encode_batches(
         "code_shape": meta["code_shape"],
         "codebook_size": meta["codebook_size"],
         "config": meta["config"],
+        "weights_sha256": weights_sha256(tokenizer),
     }
     _atomic_write_text(manifest, json.dumps(record, indent=1))  # last: the set is now complete
     return EncodedSet([p for p, _ in written], manifest, total, skipped)
