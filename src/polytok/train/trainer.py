@@ -188,6 +188,8 @@ class Trainer:
         self.step = 0  # completed optimiser steps
         self.skipped_steps = 0
         self.resumed_from: Path | None = None
+        if not config.resume:
+            self._claim_out_dir()  # before anything is written into out_dir
 
     # ----------------------------------------------------------------------------------------------------
     # set-up helpers
@@ -389,14 +391,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps`` (resuming first when ``config.resume``); returns the last record."""
         cfg = self.config
-        if cfg.resume:
-            if self.resume() is None and self.dist.is_main:
-                log.warning(
-                    "train.resume is set but %s holds no checkpoint: starting a fresh run",
-                    self.ckpt_root,
-                )
-        else:
-            self._claim_out_dir()
+        if cfg.resume and self.resume() is None and self.dist.is_main:
+            log.warning("train.resume is set but %s holds no checkpoint: starting afresh", self.ckpt_root)
         logger = RunLogger(
             self.out_dir,
             self.dist.is_main,
