@@ -149,7 +149,13 @@ def run_study(out: Path, minutes: float, group: str, variants: list[str], max_ev
         claim, preset, model_overrides, run_overrides = GROUPS[group][name]
         config = load_run_config(
             CONFIG_DIR / f"{preset}.yaml",
-            [f"train.out_dir={out / name}", "train.save_every=0", "train.progress=false", *run_overrides],
+            [
+                f"train.out_dir={out / name}",
+                "train.save_every=0",
+                "train.progress=false",
+                "train.overwrite=true",  # a rerun of the study replaces its runs
+                *run_overrides,
+            ],
         )
         config.model.overrides = model_overrides
         if group == "shipped":

@@ -11,7 +11,7 @@ mkdir -p runs
 pids=()
 for preset in "${PRESETS[@]}"; do
     OMP_NUM_THREADS=1 "$POLYTOK" train "configs/$preset.yaml" "train.out_dir=runs/shipped/$preset" \
-        train.progress=false > "runs/shipped-$preset.log" 2>&1 &
+        train.progress=false train.overwrite=true > "runs/shipped-$preset.log" 2>&1 &
     pids+=("$!")
 done
 # a bare `wait` returns 0 whatever the runs did: wait on each, so a failed run stops the script here

@@ -180,6 +180,21 @@ def test_flat_folder_has_no_labels_and_split_subfolder_is_used(tmp_path):
         ImageFolderDataset(tmp_path / "empty", transform=eval_transform(16))
 
 
+@pytest.mark.parametrize("peak", [200, 255, 256, 4000, 65535])
+def test_16_bit_png_is_scaled_by_its_bit_depth_not_its_content(tmp_path, peak):
+    """A dark 16-bit image (peak <= 255) is 16-bit all the same: value v reads as v / 65535."""
+    rng = np.random.default_rng(peak)
+    values = rng.integers(0, peak + 1, (20, 24), dtype=np.uint16)
+    values[0, 0] = peak
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as raw:  # the file really holds 16-bit samples
+        assert raw.mode.startswith("I") and np.array_equal(np.asarray(raw).astype(np.uint16), values)
+    rgb = np.asarray(decode_image(path))
+    expected = np.round(values.astype(np.float64) / 65535 * 255).astype(np.uint8)
+    assert rgb.shape == (20, 24, 3) and all(np.array_equal(rgb[..., c], expected) for c in range(3))
+
+
 # ---------------------------------------------------------------- shards
 
 

@@ -128,10 +128,11 @@ def test_every_shipped_config_parses(path: Path) -> None:
     assert cfg.model.preset == path.stem
 
 
-def test_missing_model_is_a_clear_error(tmp_path) -> None:
+def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["reconstruct", "unitok-l", str(tmp_path / "x.png")]) == 2
+    assert "--untrained" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="untrained"):
-        main(["reconstruct", "unitok-l", str(tmp_path / "x.png")])
-    torch.manual_seed(0)
+        main(["--debug", "reconstruct", "unitok-l", str(tmp_path / "x.png")])
 
 
 def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_path, capsys) -> None:
@@ -200,3 +201,48 @@ def test_concatenated_builtin_data_forwards_set_epoch() -> None:
     assert not torch.equal(photos[0]["image"], first)  # new random crops in the new epoch
     data.set_epoch(0)
     assert torch.equal(photos[0]["image"], first)  # and deterministic per epoch
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_training_into_an_out_dir_holding_a_run_is_refused(tmp_path, capsys) -> None:
+    out = _train(tmp_path, "evotok-tiny", "train.max_steps=3")
+    before = _run_files(out)
+    assert "checkpoints/step_00000003/model.safetensors" in before
+    # a different run into the same out_dir: refused, and nothing of the old run changes
+    code = main(
+        [
+            "train",
+            str(CONFIGS / "evotok-tiny.yaml"),
+            f"train.out_dir={out}",
+            "train.max_steps=2",
+            "train.seed=1",
+            "data.name=shapes",
+            "train.batch_size=4",
+            "train.progress=false",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("polytok: error: ")
+    assert "train.resume" in err[0] and "train.overwrite" in err[0]
+    assert _run_files(out) == before
+
+    # an explicit overwrite replaces the old run entirely: no step 3 left behind for a later resume
+    _train(tmp_path, "evotok-tiny", "train.seed=1", "train.overwrite=true")
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert steps == ["step_00000002"]
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert (out / "tokenizer" / "model.safetensors").read_bytes() != before["tokenizer/model.safetensors"]
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, caplog) -> None:
+    with caplog.at_level("WARNING"):
+        out = _train(tmp_path, "evotok-tiny", "train.resume=true")
+    assert any("starting afresh" in r.getMessage() for r in caplog.records)
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    with pytest.raises(ConfigError, match="overwrite"):
+        load_run_config(CONFIGS / "evotok-tiny.yaml", ["train.resume=true", "train.overwrite=true"])

@@ -7,11 +7,14 @@ polytok eval MODEL --data shapes --report out/report.html
 polytok encode MODEL DATA --out tokens.npz    # a dataset to tokens for LLM training
 polytok decode MODEL tokens.npz --out-dir images/
 polytok reconstruct [MODEL] photo.png --out-dir out/   # MODEL defaults to the shipped unitok-tiny
+
+Bad input prints one line (polytok: error: ...) and exits with status 2; --debug shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -42,26 +45,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(args: argparse.Namespace):
     from polytok.hub import load_tokenizer
+    from polytok.models.registry import list_presets
 
-    tok = load_tokenizer(args.model, allow_untrained=args.untrained)
+    try:
+        tok = load_tokenizer(args.model, allow_untrained=args.untrained)
+    except FileNotFoundError as exc:
+        if args.untrained or str(args.model) not in list_presets():
+            raise
+        raise FileNotFoundError(f"{exc}; on the command line: --untrained") from exc
     return tok.eval()
 
 
-def _cmd_encode(args: argparse.Namespace) -> int:
-    from torch.utils.data import Subset
+def _check_depth(depth: int | None, tok) -> None:
+    """``--depth k`` keeps the first k residual levels; it must be one the pixel decoder can use."""
+    if depth is None:
+        return
+    if tok.num_levels == 1:
+        raise ValueError(
+            f"--depth applies to residual tokenizers; {tok.config.name} has one level of codes "
+            f"(code shape {tuple(tok.code_shape)})"
+        )
+    if not 1 <= depth <= tok.pixel_depth:
+        raise ValueError(
+            f"--depth must be between 1 and {tok.pixel_depth} (the levels {tok.config.name} decodes "
+            f"pixels from), got {depth}"
+        )
 
-    from polytok.data import build_dataloader, build_dataset
-    from polytok.tokens import encode_batches
+
+def _take_depth(codes, depth: int | None, tok):
+    """Codes (B, h, w, L) or (B, h, w, L, C) -> their first ``depth`` levels."""
+    if depth is None:
+        return codes
+    return codes[..., :depth] if len(tok.code_shape) == 1 else codes[..., :depth, :]
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    from polytok.data import ShardDataset
+    from polytok.tokens import collate_readable, dataset_for_encoding, encode_batches
 
     tok = _load_model(args)
-    dataset = build_dataset(args.data, split=args.split, image_size=args.image_size)
+    dataset = dataset_for_encoding(args.data, split=args.split, image_size=args.image_size)
     if args.max_images is not None:
         if not hasattr(dataset, "__len__"):
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
-    loader = build_dataloader(dataset, batch_size=args.batch_size, num_workers=args.workers, shuffle=False)
-    paths = encode_batches(tok, loader, args.out, shard_size=args.shard_size)
-    print(json.dumps({"written": [str(p) for p in paths]}))
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_readable
+    )
+    result = encode_batches(tok, loader, args.out, shard_size=args.shard_size)
+    report = {
+        "written": [str(p) for p in result.files],
+        "manifest": str(result.manifest),
+        "samples": result.samples,
+        "skipped": [s["file"] for s in result.skipped],
+    }
+    if isinstance(dataset, ShardDataset) and dataset.skipped:
+        report["skipped_in_shards"] = dataset.skipped  # counted, not named
+    print(json.dumps(report))
     return 0
 
 
@@ -70,14 +112,13 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from polytok.tokens import check_tokens_fit, load_tokens
 
     tok = _load_model(args)
+    _check_depth(args.depth, tok)
     tokens = load_tokens(args.tokens)
     check_tokens_fit(tokens["meta"], tok)
-    codes = tokens["codes"][: args.limit] if args.limit else tokens["codes"]
+    codes = tokens["codes"] if args.limit is None else tokens["codes"][: args.limit]
     out = Path(args.out_dir)
     for start in range(0, len(codes), args.batch_size):
-        chunk = codes[start : start + args.batch_size]
-        if args.depth:
-            chunk = chunk[..., : args.depth] if len(tok.code_shape) == 1 else chunk[..., : args.depth, :]
+        chunk = _take_depth(codes[start : start + args.batch_size], args.depth, tok)
         save_images(tok.decode(chunk), [out / f"{start + i:06d}.png" for i in range(len(chunk))])
     print(json.dumps({"decoded": len(codes), "out_dir": str(out)}))
     return 0
@@ -93,9 +134,25 @@ def _split_model_and_images(paths: Sequence[str]) -> tuple[str, list[str]]:
     from polytok.models.registry import list_presets
 
     first = paths[0]
-    if len(paths) > 1 and (Path(first).is_dir() or first in list_shipped() or first in list_presets()):
+    if Path(first).is_dir() or first in list_shipped() or first in list_presets():
+        if len(paths) == 1:
+            raise ValueError(f"no image given: {first} names a tokenizer; give image files after it")
         return first, list(paths[1:])
     return DEFAULT_RECONSTRUCT_MODEL, list(paths)
+
+
+def unique_output_names(images: Sequence[str], suffix: str = "_recon.png") -> list[str]:
+    """``<stem><suffix>`` per image; images sharing a stem get ``<stem>-2``, ``-3`` ... in order."""
+    names, seen = [], set()
+    for image in images:
+        stem, n = Path(image).stem, 1
+        name = f"{stem}{suffix}"
+        while name in seen:
+            n += 1
+            name = f"{stem}-{n}{suffix}"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -103,16 +160,18 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     args.model, args.images = _split_model_and_images(args.paths)
     tok = _load_model(args)
-    images = load_images(args.images, args.image_size)
-    codes = tok.encode(images)
-    if args.depth:
-        codes = codes[..., : args.depth] if len(tok.code_shape) == 1 else codes[..., : args.depth, :]
-    recon = tok.decode(codes)
+    _check_depth(args.depth, tok)
     out = Path(args.out_dir)
-    paths = save_images(recon, [out / f"{Path(p).stem}_recon.png" for p in args.images])
-    mse = (recon - images).square().flatten(1).mean(1).clamp(min=1e-10)
-    for path, value in zip(paths, mse):
-        print(json.dumps({"reconstruction": str(path), "psnr_db": round(float(-10 * value.log10()), 2)}))
+    names = unique_output_names(args.images)
+    for start in range(0, len(args.images), args.batch_size):
+        sources = args.images[start : start + args.batch_size]
+        images = load_images(sources, args.image_size)
+        recon = tok.decode(_take_depth(tok.encode(images), args.depth, tok))
+        paths = save_images(recon, [out / name for name in names[start : start + len(sources)]])
+        mse = (recon - images).square().flatten(1).mean(1).clamp(min=1e-10)
+        for source, path, value in zip(sources, paths, mse):
+            record = {"image": source, "reconstruction": str(path)}
+            print(json.dumps({**record, "psnr_db": round(float(-10 * value.log10()), 2)}))
     return 0
 
 
@@ -135,10 +194,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="save_pretrained directory or shipped checkpoint name")
     p.add_argument("--untrained", action="store_true", help="allow a fresh (untrained) preset by name")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,23 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)  # --debug also after the subcommand
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("demo", help="train the tiny presets on the built-in data, evaluate, write the report")
+    p = add_parser("demo", help="train the tiny presets on the built-in data, evaluate, write the report")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget for all presets together")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("presets", help="list registered presets and shipped checkpoints")
+    p = add_parser("presets", help="list registered presets and shipped checkpoints")
     p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("train", help="train from a run config (YAML) with key=value overrides")
+    p = add_parser("train", help="train from a run config (YAML) with key=value overrides")
     p.add_argument("config", help="run config file, e.g. configs/unitok-tiny.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 data.name=photos")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="measure a tokenizer and write the HTML report")
+    p = add_parser("eval", help="measure a tokenizer and write the HTML report")
     _add_model_args(p)
     p.add_argument("--data", default="photos", help="built-in dataset, image folder or shard pattern")
     p.add_argument("--split", default="val")
@@ -180,26 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-size", type=int, default=128, help="classifier input size for them")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("encode", help="encode a dataset to a token file (.npz)")
+    p = add_parser("encode", help="encode a dataset to a token file (.npz)")
     _add_model_args(p)
     p.add_argument("data", help="built-in dataset, image folder or shard pattern")
-    p.add_argument("--split", default="val")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--out", default="tokens.npz")
-    p.add_argument("--shard-size", type=int, default=100_000)
-    p.add_argument("--max-images", type=int, default=None, help="encode only the first N samples")
+    p.add_argument("--split", default="train", help="folder/<split> when it exists (no augmentation)")
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--out", default="tokens.npz", help="token file (numbered files + manifest if large)")
+    p.add_argument("--shard-size", type=positive_int, default=100_000)
+    p.add_argument("--max-images", type=positive_int, default=None, help="encode only the first N samples")
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(func=_cmd_encode)
 
-    p = sub.add_parser("decode", help="decode a token file to PNG images")
+    p = add_parser("decode", help="decode a token file to PNG images")
     _add_model_args(p)
-    p.add_argument("tokens", help="token file written by 'polytok encode'")
+    p.add_argument("tokens", help="token file (or manifest) written by 'polytok encode'")
     p.add_argument("--out-dir", default="decoded")
     p.add_argument("--depth", type=int, default=None, help="residual tokenizers: decode the first k levels")
-    p.add_argument("--limit", type=int, default=None, help="decode only the first N samples")
+    p.add_argument("--limit", type=positive_int, default=None, help="decode only the first N samples")
     p.set_defaults(func=_cmd_decode)
 
-    p = sub.add_parser("reconstruct", help="encode and decode image files, print PSNR")
+    p = add_parser("reconstruct", help="encode and decode image files, print PSNR")
     p.add_argument(
         "paths",
         nargs="+",
@@ -207,17 +281,41 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"optional tokenizer (a directory or shipped name; {DEFAULT_RECONSTRUCT_MODEL}), then images",
     )
     p.add_argument("--untrained", action="store_true", help="allow a fresh (untrained) preset by name")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--depth", type=int, default=None, help="residual tokenizers: decode the first k levels")
     p.add_argument("--out-dir", default="out")
     p.set_defaults(func=_cmd_reconstruct)
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report bad input, not a bug: shown as one line without a traceback."""
+    from polytok.train.checkpoint import CheckpointError
+
+    return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, CheckpointError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; bad input prints ``polytok: error: ...`` and returns 2 (``--debug``: traceback)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("polytok: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug or not isinstance(exc, user_errors()):
+            raise
+        print(f"polytok: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

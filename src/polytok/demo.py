@@ -108,6 +108,7 @@ def demo_config(preset: str, out_dir: Path, seed: int) -> RunConfig:
             f"train.seed={seed}",
             "train.save_every=0",
             "train.log_every=10",
+            "train.overwrite=true",  # each demo run retrains from scratch
         ],
     )
 

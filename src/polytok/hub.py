@@ -43,6 +43,6 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
         + (
             ""
             if allow_untrained
-            else f", and presets {list_presets()} are untrained (pass --untrained to use one)"
+            else f", and presets {list_presets()} are untrained (pass allow_untrained=True to use one)"
         )
     )

@@ -1,22 +1,41 @@
 """Token files: a dataset encoded to codes for LLM / AR training, and back.
 
-A token file is an ``.npz`` with ``codes`` (N, h, w, *code_shape) in the smallest unsigned integer type
-that holds the codebook size, ``captions`` and ``labels`` of the samples, and ``meta`` (a JSON string:
-code shape, codebook size, grid, tokenizer config) so that a file can be checked against the tokenizer
-that will decode it. Large datasets are split into numbered files of ``shard_size`` samples.
+A token set is one or more ``.npz`` files and a manifest written last:
+
+    tokens.npz                      all samples, when they fit in one file of ``shard_size`` samples
+    tokens-00000.npz, ...           otherwise numbered files of ``shard_size`` samples
+    tokens.manifest.json            written last (atomically): files, sample counts, skipped inputs,
+                                    the tokenizer's config and a hash of its weights
+
+Each ``.npz`` holds ``codes`` (N, h, w, *code_shape) in the smallest unsigned integer type that holds the
+codebook size, ``keys`` (each sample's source name), ``captions``, ``labels`` and ``meta`` (a JSON
+string: code shape, codebook size, grid, tokenizer config, and the set it belongs to) so that a file can
+be checked against the tokenizer that will decode it. A file is only read when the manifest of its set
+lists it: an interrupted encode (no manifest, or an older manifest from a previous run) is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+FORMAT = "polytok-tokens"
+VERSION = 1
+
+
+class TokenFileError(ValueError):
+    """A token file or set that cannot be used: not a token file, truncated, or an incomplete set."""
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -26,14 +45,57 @@ def code_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _write(path: Path, codes: list[np.ndarray], captions: list[str], labels: list[int], meta: dict) -> Path:
+def manifest_path(out: str | os.PathLike) -> Path:
+    """``tokens.npz`` -> ``tokens.manifest.json``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.manifest.json")
+
+
+def shard_path(out: str | os.PathLike, index: int) -> Path:
+    """``tokens.npz``, 3 -> ``tokens-00003.npz``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{index:05d}{out.suffix}")
+
+
+def weights_sha256(tokenizer) -> str:
+    """SHA-256 of the tokenizer's stored tensors (names, dtypes, shapes, bytes): which weights made a set."""
+    import hashlib
+
+    state = tokenizer.checkpoint_state_dict() if hasattr(tokenizer, "checkpoint_state_dict") else None
+    state = state if state is not None else tokenizer.state_dict()
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class EncodedSet:
+    """What :func:`encode_batches` wrote: the token files, the manifest, counts and skipped inputs."""
+
+    files: list[Path]
+    manifest: Path
+    samples: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write(path: Path, codes: list[np.ndarray], rows: dict[str, list], meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(
         tmp,
         codes=np.concatenate(codes),
-        captions=np.array(captions, dtype=str),
-        labels=np.array(labels, dtype=np.int64),
+        keys=np.array(rows["keys"], dtype=str),
+        captions=np.array(rows["captions"], dtype=str),
+        labels=np.array(rows["labels"], dtype=np.int64),
         meta=np.array(json.dumps(meta)),
     )
     os.replace(tmp, path)  # a reader never sees a half-written file
@@ -47,65 +109,216 @@ def encode_batches(
     out: str | os.PathLike,
     shard_size: int = 100_000,
     progress: bool = True,
-) -> list[Path]:
-    """Encode every batch ({"image", "caption", "label"}) and write token files.
+) -> EncodedSet:
+    """Encode every batch and write a token set (see the module docstring).
 
-    ``out`` is a file name (``tokens.npz``); with more than ``shard_size`` samples the files are
-    ``tokens-00000.npz``, ``tokens-00001.npz``, ... Returns the written paths.
+    A batch is ``{"image": (B, 3, H, W), "caption": [B], "label": (B,), "key": [B]}`` (caption, label
+    and key optional; without keys a sample's key is its index). A batch may also carry ``"skipped"``:
+    ``[{"key", "file", "reason"}]`` for inputs that could not be read (recorded in the manifest), and
+    then may hold no image at all. ``out`` names the set (``tokens.npz``).
     """
     from tqdm.auto import tqdm
 
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out)
-    meta = {
+    manifest = manifest_path(out)
+    manifest.unlink(missing_ok=True)  # from here until the end, the set at ``out`` is incomplete
+    run = uuid.uuid4().hex
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
         "code_shape": list(tokenizer.code_shape),
         "codebook_size": tokenizer.codebook_size,
         "config": tokenizer.config.to_dict() if hasattr(tokenizer.config, "to_dict") else None,
+        "set": {"manifest": manifest.name, "run": run},
     }
     dtype = code_dtype(tokenizer.codebook_size)
-    written: list[Path] = []
+    written: list[tuple[Path, int]] = []
+    skipped: list[dict[str, str]] = []
     codes: list[np.ndarray] = []
-    captions: list[str] = []
-    labels: list[int] = []
-    count = 0
+    rows: dict[str, list] = {"keys": [], "captions": [], "labels": []}
+    total = 0
 
     def flush(final: bool) -> None:
-        nonlocal codes, captions, labels, count
-        if not codes:
+        nonlocal codes, rows
+        if not codes and (written or not final):
             return
-        name = out if final and not written else out.with_name(f"{out.stem}-{len(written):05d}{out.suffix}")
-        meta["grid"] = list(codes[0].shape[1:3])
-        written.append(_write(name, codes, captions, labels, meta))
-        codes, captions, labels, count = [], [], [], 0
+        name = out if final and not written else shard_path(out, len(written))
+        if codes:
+            meta["grid"] = list(codes[0].shape[1:3])
+        else:  # nothing readable at all: an empty file keeps the layout
+            codes = [np.zeros((0, 0, 0, *tokenizer.code_shape), dtype=dtype)]
+        written.append((_write(name, codes, rows, meta), len(rows["keys"])))
+        codes, rows = [], {"keys": [], "captions": [], "labels": []}
 
     for batch in tqdm(batches, desc="encode", disable=not progress):
-        c = tokenizer.encode(batch["image"]).cpu().numpy().astype(dtype)
+        skipped.extend(batch.get("skipped", []))
+        images = batch.get("image")
+        if images is None or len(images) == 0:
+            continue
+        c = tokenizer.encode(images).cpu().numpy().astype(dtype)
         n = len(c)
         codes.append(c)
-        captions.extend(batch.get("caption") or [""] * n)
+        rows["keys"].extend(batch.get("key") or [f"{total + i:09d}" for i in range(n)])
+        rows["captions"].extend(batch.get("caption") or [""] * n)
         label = batch.get("label")
-        labels.extend(label.tolist() if isinstance(label, Tensor) else [-1] * n)
-        count += n
-        if count >= shard_size:
+        rows["labels"].extend(label.tolist() if isinstance(label, Tensor) else [-1] * n)
+        total += n
+        if len(rows["keys"]) >= shard_size:
             flush(final=False)
     flush(final=True)
-    return written
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "run": run,
+        "files": [{"file": p.name, "samples": n} for p, n in written],
+        "samples": total,
+        "skipped": skipped,
+        "code_shape": meta["code_shape"],
+        "codebook_size": meta["codebook_size"],
+        "config": meta["config"],
+        "weights_sha256": weights_sha256(tokenizer),
+    }
+    _atomic_write_text(manifest, json.dumps(record, indent=1))  # last: the set is now complete
+    return EncodedSet([p for p, _ in written], manifest, total, skipped)
+
+
+def dataset_for_encoding(name_or_path: str | os.PathLike, split: str = "train", image_size: int = 64):
+    """The dataset to encode: every image as it is (resize + centre crop, no random crop or flip, streams
+    in order, whatever the split), with unreadable folder images marked instead of replaced."""
+    from polytok.data import ImageFolderDataset, ShardDataset, build_dataset, eval_transform
+
+    dataset = build_dataset(name_or_path, split=split, image_size=image_size)
+    if isinstance(dataset, (ImageFolderDataset, ShardDataset)):
+        dataset.transform = eval_transform(image_size)
+    if isinstance(dataset, ImageFolderDataset):
+        dataset.replace_broken = False
+    if isinstance(dataset, ShardDataset):
+        dataset.shuffle = False
+    return dataset
+
+
+def collate_readable(samples: Sequence[dict]) -> dict:
+    """:func:`polytok.data.collate` for encoding: samples marked ``unreadable`` are left out of the batch
+    and listed in ``batch["skipped"]`` as ``{"key", "file", "reason"}``."""
+    from polytok.data import collate
+
+    readable = [s for s in samples if "unreadable" not in s]
+    batch = collate(readable) if readable else {}
+    batch["skipped"] = [
+        {"key": s["key"], "file": s.get("file", s["key"]), "reason": s["unreadable"]}
+        for s in samples
+        if "unreadable" in s
+    ]
+    return batch
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    if not zipfile.is_zipfile(path):
+        raise TokenFileError(f"{path} is not a polytok token file (an .npz archive written by encode)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"codes", "captions", "labels", "meta"} - set(data.files)
+            if missing:
+                raise TokenFileError(f"{path} is not a polytok token file: no {', '.join(sorted(missing))}")
+            codes = data["codes"]
+            if not np.issubdtype(codes.dtype, np.integer):
+                raise TokenFileError(f"{path}: codes must be integers, got {codes.dtype}")
+            meta = json.loads(str(data["meta"]))
+            return {
+                "codes": torch.from_numpy(codes.astype(np.int64)),
+                "keys": [str(k) for k in data["keys"]] if "keys" in data.files else None,
+                "captions": [str(c) for c in data["captions"]],
+                "labels": torch.from_numpy(data["labels"].astype(np.int64)),
+                "meta": meta,
+            }
+    except TokenFileError:
+        raise
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise TokenFileError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TokenFileError(f"{path} is not a readable token-set manifest: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "files" not in record:
+        raise TokenFileError(f"{path} is not a polytok token-set manifest")
+    return record
+
+
+def _incomplete(what: Path, manifest: Path) -> TokenFileError:
+    return TokenFileError(
+        f"{what} belongs to an incomplete token set: its manifest {manifest.name}, written when encoding "
+        "finishes, is missing or from another run (was the encode interrupted?); encode again"
+    )
+
+
+def _check_listed(path: Path, part: dict[str, Any]) -> None:
+    """A file of this format is used only when its set's manifest lists it, from the same run."""
+    info = part["meta"].get("set")
+    if info is None:  # a file from before sets had manifests: complete by itself
+        return
+    manifest = path.with_name(info["manifest"])
+    if not manifest.is_file():
+        raise _incomplete(path, manifest)
+    record = _read_manifest(manifest)
+    listed = {f["file"]: f["samples"] for f in record["files"]}
+    if record.get("run") != info["run"] or listed.get(path.name) != len(part["codes"]):
+        raise _incomplete(path, manifest)
+
+
+def _concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    nonempty = [p for p in parts if len(p["codes"])] or list(parts[:1])
+    return {
+        "codes": torch.cat([p["codes"] for p in nonempty]),
+        "keys": [k for p in parts for k in (p["keys"] or [])],
+        "captions": [c for p in parts for c in p["captions"]],
+        "labels": torch.cat([p["labels"] for p in parts]),
+        "meta": parts[0]["meta"],
+    }
+
+
+def _load_set(manifest: Path) -> dict[str, Any]:
+    record = _read_manifest(manifest)
+    parts = []
+    for entry in record["files"]:
+        path = manifest.with_name(entry["file"])
+        if not path.is_file():
+            raise TokenFileError(f"token set {manifest} lists {entry['file']}, which is missing")
+        part = _read_npz(path)
+        _check_listed(path, part)
+        parts.append(part)
+    if not parts:
+        raise TokenFileError(f"token set {manifest} lists no files")
+    data = _concat(parts)
+    data["skipped"] = record.get("skipped", [])
+    return data
 
 
 def load_tokens(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a token file -> {"codes": LongTensor (N, h, w, *code_shape), "captions", "labels", "meta"}."""
+    """Read a token set or one of its files.
+
+    ``path``: the name given to encode (``tokens.npz``), its manifest, or one numbered file. Returns
+    ``{"codes": LongTensor (N, h, w, *code_shape), "keys", "captions", "labels", "meta"}``. Raises
+    FileNotFoundError when nothing is there and :class:`TokenFileError` (a ValueError) for a file that is
+    not a token file, truncated, or part of an incomplete set.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"token file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {
-                "codes": torch.from_numpy(data["codes"].astype(np.int64)),
-                "captions": [str(c) for c in data["captions"]],
-                "labels": torch.from_numpy(data["labels"]),
-                "meta": json.loads(str(data["meta"])),
-            }
-    except (ValueError, KeyError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable polytok token file: {exc}") from exc
+    if path.suffix == ".json" and path.is_file():
+        return _load_set(path)
+    if path.is_file():
+        part = _read_npz(path)
+        _check_listed(path, part)
+        return part
+    manifest = manifest_path(path)
+    if manifest.is_file():
+        return _load_set(manifest)
+    if shard_path(path, 0).is_file():
+        raise _incomplete(shard_path(path, 0), manifest)
+    raise FileNotFoundError(f"token file not found: {path}")
 
 
 def check_tokens_fit(meta: dict[str, Any], tokenizer) -> None:

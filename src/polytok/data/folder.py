@@ -8,8 +8,10 @@ Layouts understood (images: .jpg .jpeg .png .webp .bmp .gif .tif .tiff, any case
 
 Without a sidecar caption the caption is ``caption_template`` filled with the class name when there
 are classes ("a photo of a cat"), else the empty string. Broken image files (empty, truncated, not an
-image) are skipped: the sample is replaced by the next readable index (deterministically), and each
-replacement is counted in :attr:`ImageFolderDataset.skipped`, also from DataLoader workers.
+image) are skipped: for training the sample is replaced by the next readable index (deterministically);
+with ``replace_broken=False`` (encoding a dataset, where a copy would be a wrong row) the sample comes
+back marked ``{"key", "file", "unreadable": reason}`` without an image. Each skip is counted in
+:attr:`ImageFolderDataset.skipped`, also from DataLoader workers.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class ImageFolderDataset(Dataset):
         root: the folder.
         transform: PIL RGB image -> tensor (3, S, S); see :mod:`polytok.data.transforms`.
         caption_template: caption for images without a sidecar .txt when classes exist.
+        replace_broken: True: a broken file's index yields the next readable image; False: it yields
+            ``{"key", "file", "unreadable": reason}`` (no image) so that the caller can skip and list it.
     """
 
     def __init__(
@@ -57,8 +61,10 @@ class ImageFolderDataset(Dataset):
         root: str | os.PathLike,
         transform: Callable[[Image.Image], torch.Tensor],
         caption_template: str = "a photo of a {}",
+        replace_broken: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.replace_broken = replace_broken
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
         self.files = find_images(self.root)
@@ -106,6 +112,13 @@ class ImageFolderDataset(Dataset):
                 image = decode_image(path)
             except UnreadableImageError as error:
                 self.skip_counter.add(str(path), str(error))
+                if not self.replace_broken:
+                    relative = path.relative_to(self.root)
+                    return {
+                        "key": relative.with_suffix("").as_posix(),
+                        "file": relative.as_posix(),
+                        "unreadable": str(error),
+                    }
                 continue
             return {
                 "image": self.transform(image),

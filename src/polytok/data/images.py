@@ -41,11 +41,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of clipping.
+        # 16-bit greyscale: full scale is 65535 whatever the content (a dark image is still 16-bit);
+        # 32-bit "I" images are taken as 16-bit data unless their values go beyond it.
         array = np.asarray(image, dtype=np.float64)
-        peak = max(float(array.max()), 1.0)
-        scale = 65535.0 if peak > 255 else 255.0
-        return Image.fromarray(np.round(array / scale * 255.0).astype(np.uint8)).convert("RGB")
+        scale = max(65535.0, float(array.max()))
+        return Image.fromarray(np.round(np.clip(array, 0, None) / scale * 255.0).astype(np.uint8)).convert(
+            "RGB"
+        )
     return image.convert("RGB")
 
 

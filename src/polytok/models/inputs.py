@@ -24,7 +24,7 @@ def _is_pil(x: Any) -> bool:
 
 def _uint8_hwc_to_tensor(arr: np.ndarray) -> Tensor:
     if arr.dtype != np.uint8:
-        raise TypeError(
+        raise ValueError(
             f"numpy images must be uint8 (H, W, 3) or (B, H, W, 3), got dtype {arr.dtype}; "
             "convert float images to a torch tensor (B, 3, H, W) in [0, 1]"
         )
@@ -60,7 +60,7 @@ def images_to_tensor(images: Any, stride: int) -> Tensor:
     elif isinstance(images, Tensor):
         x = images
         if not x.is_floating_point():
-            raise TypeError(
+            raise ValueError(
                 f"image tensors must be float in [0, 1], got {x.dtype}; for uint8 use x.float() / 255"
             )
         if x.dim() == 3:

@@ -142,9 +142,13 @@ class Tokenizer(nn.Module):
         teacher: a frozen module to distil onto instead of ``semantic.teacher`` (see ``set_teacher``).
 
     Example:
-        >>> tok = Tokenizer.from_preset("evotok-tiny")
-        >>> codes = tok.encode(torch.rand(2, 3, 64, 64))   # (2, 8, 8, 4)
-        >>> images = tok.decode(codes)                     # (2, 3, 64, 64) in [0, 1]
+        >>> import torch
+        >>> tok = Tokenizer.from_preset("evotok-tiny").eval()
+        >>> codes = tok.encode(torch.rand(2, 3, 64, 64))
+        >>> tuple(codes.shape)  # (B, h, w, levels)
+        (2, 16, 16, 8)
+        >>> tuple(tok.decode(codes).shape)  # in [0, 1], from the first pixel_depth levels
+        (2, 3, 64, 64)
     """
 
     def __init__(
@@ -442,7 +446,7 @@ class Tokenizer(nn.Module):
         if not isinstance(codes, Tensor):
             raise TypeError(f"codes must be an integer tensor, got {type(codes).__name__}")
         if codes.is_floating_point() or codes.dtype == torch.bool or codes.is_complex():
-            raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
+            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         want = 3 + len(self.code_shape)
         if codes.dim() != want:
             raise ValueError(
@@ -451,6 +455,7 @@ class Tokenizer(nn.Module):
             )
         if codes.shape[0] == 0 or codes.shape[1] == 0 or codes.shape[2] == 0:
             raise ValueError(f"codes are empty: {tuple(codes.shape)}")
+        self._check_code_axes(tuple(codes.shape[3:]))
         b, h, w = codes.shape[:3]
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(
@@ -458,6 +463,21 @@ class Tokenizer(nn.Module):
                 f"max {int(codes.max())}"
             )
         return codes.reshape(b, h * w, *codes.shape[3:]).long().to(self.device), (h, w)
+
+    def _check_code_axes(self, given: tuple[int, ...]) -> None:
+        """Trailing code axes: all codebooks, and 1..num_levels residual levels (a prefix is allowed)."""
+        expected = self.code_shape
+        if self.num_levels == 1:
+            ok, what = given == expected, f"{expected[0]} codebooks" if expected else "no code axis"
+        else:
+            levels_ok = 1 <= given[0] <= self.num_levels
+            ok = levels_ok and given[1:] == expected[1:]
+            what = f"1 to {self.num_levels} levels" + (f" x {expected[1]} codebooks" if expected[1:] else "")
+        if not ok:
+            raise ValueError(
+                f"codes (B, h, w, *code_shape) must end in code shape {expected} ({what}); got "
+                f"{given}" + (" (a prefix of levels is codes[..., :k, :])" if len(expected) == 2 else "")
+            )
 
     def _levels_given(self, codes: Tensor) -> int:
         return 1 if self.num_levels == 1 else int(codes.shape[3])  # the level axis follows (B, h, w)

@@ -14,6 +14,7 @@ class VectorQuantizer(LevelledQuantizer):
     (low-dimensional codes); ``normalize=True`` gives cosine (L2-normalised) codes.
 
     Example:
+        >>> import torch
         >>> vq = VectorQuantizer(dim=8, codebook_size=4096, normalize=True)
         >>> out = vq(torch.randn(2, 16, 8))
         >>> out.indices.shape

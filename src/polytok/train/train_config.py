@@ -80,6 +80,7 @@ class TrainConfig:
     num_workers: int = 0
     out_dir: str = "runs/default"
     resume: bool = False  # continue from the newest complete checkpoint in out_dir/checkpoints
+    overwrite: bool = False  # replace the run already in out_dir (else a fresh run there is refused)
     save_every: int = 1000  # steps between checkpoints (the final step is always saved); 0: only final
     keep_last: int = 3  # complete checkpoints kept on disk (0 keeps all)
     log_every: int = 10
@@ -95,6 +96,10 @@ class TrainConfig:
         for name in ("save_every", "keep_last", "num_workers", "ema_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume (continue the run in out_dir) and overwrite (replace it) exclude each other"
+            )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
         for name in ("grad_clip", "disc_grad_clip"):

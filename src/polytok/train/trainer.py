@@ -21,6 +21,7 @@ when a resumed stream continues exactly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import warnings
@@ -58,8 +59,11 @@ from polytok.train.logger import RunLogger, Throughput
 from polytok.train.objective import StepContext, has_discriminator
 from polytok.train.optim import build_adamw
 from polytok.train.precision import resolve_precision
+from polytok.train.out_dir import previous_run_entries, refuse_or_clear
 from polytok.train.schedule import build_scheduler
 from polytok.train.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -186,6 +190,8 @@ class Trainer:
         self.step = 0  # completed optimiser steps
         self.skipped_steps = 0
         self.resumed_from: Path | None = None
+        if not config.resume:
+            self._claim_out_dir()  # before anything is written into out_dir
 
     # ----------------------------------------------------------------------------------------------------
     # set-up helpers
@@ -379,8 +385,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``max_steps`` (resuming first when ``config.resume``); returns the last record."""
         cfg = self.config
-        if cfg.resume:
-            self.resume()
+        if cfg.resume and self.resume() is None and self.dist.is_main:
+            log.warning("train.resume is set but %s holds no checkpoint: starting afresh", self.ckpt_root)
         logger = RunLogger(
             self.out_dir,
             self.dist.is_main,
@@ -408,6 +414,17 @@ class Trainer:
         finally:
             logger.close()
         return record
+
+    def _claim_out_dir(self) -> None:
+        """A fresh run: refuse an out_dir holding another run unless ``overwrite`` (then clear it)."""
+        found: list[Any] = [None]
+        if self.dist.is_main:
+            found = [[str(p) for p in previous_run_entries(self.out_dir)]]
+        if self.dist.distributed:
+            dist.broadcast_object_list(found, src=0)  # every rank raises, or none does
+        entries = [Path(p) for p in found[0]]
+        refuse_or_clear(self.out_dir, entries, self.config.overwrite, remove=self.dist.is_main)
+        barrier(self.dist)
 
     def close(self) -> None:
         """Leave the process group (when this trainer created it)."""
