@@ -58,8 +58,8 @@ from polytok.train.ema import ModelEMA
 from polytok.train.logger import RunLogger, Throughput
 from polytok.train.objective import StepContext, has_discriminator
 from polytok.train.optim import build_adamw
-from polytok.train.precision import resolve_precision
 from polytok.train.out_dir import previous_run_entries, refuse_or_clear
+from polytok.train.precision import resolve_precision
 from polytok.train.schedule import build_scheduler
 from polytok.train.train_config import TrainConfig
 
