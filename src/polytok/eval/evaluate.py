@@ -134,30 +134,82 @@ def evaluate_tokenizer(
     plan = DepthPlan.of(tokenizer, options.depths)
     skipped: dict[str, str] = {}
     families = [*build_families(tokenizer, options, device, skipped), *families]
+    odd = [type(f).__name__ for f in families if f.reads not in ("pixels", "codes")]
+    if odd:
+        raise ValueError(f"a metric family reads 'pixels' or 'codes'; {odd} read neither")
+    start = time.perf_counter()
+    stream = _stream(tokenizer, dataloader, plan, families, options, device)
+    elapsed = time.perf_counter() - start
+    data_protocol = {
+        "reference_set": "the same originals, before encoding",
+        **(protocol or {}),
+        "num_images": stream.seen,
+        "image_size": f"{stream.image_size[0]}x{stream.image_size[1]}",
+    }
+    curves, metrics = _figures(families, plan, data_protocol, skipped)
+    compute_seconds = time.perf_counter() - start - elapsed
+    return EvalReport(
+        name=name or type(tokenizer).__name__,
+        metrics=metrics,
+        depth_curves=curves if len(plan.levels) > 1 else {},
+        depths=plan.levels,
+        codebook=stream.usage.compute(),
+        samples={
+            "original": torch.cat(stream.originals) if stream.originals else torch.empty(0),
+            "reconstructions": {
+                d: torch.cat(v) if v else torch.empty(0) for d, v in stream.reconstructions.items()
+            },
+        },
+        skipped=skipped,
+        protocol={**data_protocol, **plan.protocol(), **options.protocol()},
+        timing={
+            "seconds": elapsed,
+            "images_per_second": stream.seen / elapsed if elapsed > 0 else float("inf"),
+            "compute_seconds": compute_seconds,
+        },
+    )
+
+
+@dataclass
+class _Stream:
+    """What the pass over the data leaves besides the families' state."""
+
+    usage: CodebookUsage
+    originals: list[torch.Tensor]
+    reconstructions: dict[int, list[torch.Tensor]]
+    seen: int = 0
+    image_size: tuple[int, ...] = ()
+
+
+def _stream(
+    tokenizer: Any,
+    dataloader: Iterable[dict[str, Any]],
+    plan: DepthPlan,
+    families: Sequence[MetricFamily],
+    options: EvalOptions,
+    device: str | torch.device | None,
+) -> _Stream:
+    """One pass: encode each batch once, let every family see the originals, then each depth."""
     pixel_families = [f for f in families if f.reads == "pixels"]
     code_families = [f for f in families if f.reads == "codes"]
     usage = CodebookUsage(plan.codebook_size, plan.code_shape, residual=plan.num_levels > 1)
-
-    originals: list[torch.Tensor] = []
-    reconstructions: dict[int, list[torch.Tensor]] = {d: [] for d in plan.decoded}
-    max_images, seen = options.max_images, 0
-    image_size: tuple[int, int] | None = None
-    start = time.perf_counter()
+    out = _Stream(usage, [], {d: [] for d in plan.decoded})
+    max_images = options.max_images
     was_training = getattr(tokenizer, "training", False)
     if hasattr(tokenizer, "eval"):
         tokenizer.eval()
     try:
         with torch.no_grad():
             for batch in dataloader:
-                if max_images is not None and seen >= max_images:
+                if max_images is not None and out.seen >= max_images:
                     break
                 images = batch["image"]
                 labels = batch.get("label")
                 if max_images is not None:
-                    images = images[: max_images - seen]
-                    labels = labels[: max_images - seen] if labels is not None else None
+                    images = images[: max_images - out.seen]
+                    labels = labels[: max_images - out.seen] if labels is not None else None
                 check_images(images, "batch['image']")
-                image_size = tuple(images.shape[-2:])
+                out.image_size = tuple(images.shape[-2:])
                 if device is not None:
                     images = images.to(device)
                 codes = tokenizer.encode(images)
@@ -165,67 +217,46 @@ def evaluate_tokenizer(
                 fields = {
                     k: _first(v, images.shape[0]) for k, v in batch.items() if k not in ("image", "label")
                 }
-                real = RealBatch(images, labels, codes, seen, fields)
+                real = RealBatch(images, labels, codes, out.seen, fields)
                 for family in families:
                     family.prepare(real)
-                keep = max(0, min(options.num_samples - seen, images.shape[0]))
+                keep = max(0, min(options.num_samples - out.seen, images.shape[0]))
                 if keep:
-                    originals.append(images[:keep].float().cpu())
+                    out.originals.append(images[:keep].float().cpu())
                 for levels in plan.levels:
                     prefix = code_prefix(codes, levels, plan.code_shape, plan.num_levels)
-                    if levels in reconstructions:
+                    if levels in out.reconstructions:
                         recon = tokenizer.decode(prefix)
                         check_images(recon, f"decode(codes of depth {levels})")
                         for family in pixel_families:
                             family.measure(real, DepthBatch(levels, prefix, recon))
                         if keep:
-                            reconstructions[levels].append(recon[:keep].float().cpu())
+                            out.reconstructions[levels].append(recon[:keep].float().cpu())
                     if levels in plan.depths:
                         for family in code_families:
                             family.measure(real, DepthBatch(levels, prefix))
-                seen += images.shape[0]
+                out.seen += images.shape[0]
     finally:
         if was_training and hasattr(tokenizer, "train"):
             tokenizer.train()
-    elapsed = time.perf_counter() - start
-    if seen == 0:
+    if out.seen == 0:
         raise ValueError("the dataloader yielded no images")
+    return out
 
-    data_protocol = {
-        "reference_set": "the same originals, before encoding",
-        **(protocol or {}),
-        "num_images": seen,
-        "image_size": f"{image_size[0]}x{image_size[1]}" if image_size else None,
-    }
+
+def _figures(
+    families: Sequence[MetricFamily], plan: DepthPlan, data_protocol: dict[str, Any], skipped: dict[str, str]
+) -> tuple[dict[str, dict[int, MetricResult]], dict[str, MetricResult]]:
+    """Depth curves ``{metric: {levels: figure}}`` and headline figures (each kind's deepest level), every
+    figure's protocol completed with the data protocol and its level count; adds the families' skips."""
     curves: dict[str, dict[int, MetricResult]] = {}
-    metrics: dict[str, MetricResult] = {}
+    headline: dict[str, MetricResult] = {}
     for family in families:
         for result in family.compute():
             for metric, figure in result.figures.items():
                 record = {**data_protocol, **figure.protocol, result.level_field: result.levels}
                 curves.setdefault(metric, {})[result.levels] = MetricResult(figure.value, record, figure.std)
                 if result.levels == plan.deepest(result):
-                    metrics[metric] = curves[metric][result.levels]
+                    headline[metric] = curves[metric][result.levels]
         skipped.update(family.skipped)
-    # Headline figures in the order of the curves.
-    metrics = {metric: metrics[metric] for metric in curves if metric in metrics}
-
-    compute_seconds = time.perf_counter() - start - elapsed
-    return EvalReport(
-        name=name or type(tokenizer).__name__,
-        metrics=metrics,
-        depth_curves=curves if len(plan.levels) > 1 else {},
-        depths=plan.levels,
-        codebook=usage.compute(),
-        samples={
-            "original": torch.cat(originals) if originals else torch.empty(0),
-            "reconstructions": {d: torch.cat(v) if v else torch.empty(0) for d, v in reconstructions.items()},
-        },
-        skipped=skipped,
-        protocol={**data_protocol, **plan.protocol(), **options.protocol()},
-        timing={
-            "seconds": elapsed,
-            "images_per_second": seen / elapsed if elapsed > 0 else float("inf"),
-            "compute_seconds": compute_seconds,
-        },
-    )
+    return curves, {metric: headline[metric] for metric in curves if metric in headline}
