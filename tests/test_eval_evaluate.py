@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from types import SimpleNamespace
 
 import pytest
@@ -9,8 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from polytok.eval import (
+    SEMANTIC_FIDELITY_SIZE,
     CodebookUsage,
+    DepthBatch,
+    DepthResult,
+    FeatureSpace,
+    MetricResult,
     ModuleFeatures,
+    RealBatch,
     ZeroShotSpec,
     code_prefix,
     evaluate_tokenizer,
@@ -206,12 +213,15 @@ def test_evaluate_presets_and_compare(tmp_path, monkeypatch) -> None:
             num_samples=3,
         )
         levels = list(range(1, tok.num_levels + 1))
-        assert tok.num_levels > 1 and report.depths == levels
-        assert set(report.depth_curves["PSNR"]) == set(levels)
+        decoded = list(range(1, tok.pixel_depth + 1))  # the pixel decoder reads the first pixel_depth
+        assert tok.num_levels > tok.pixel_depth and report.depths == levels
+        assert sorted(report.depth_curves["PSNR"]) == decoded
+        if preset == "evotok-tiny":
+            assert sorted(report.depth_curves["code probe top-1"]) == levels
         assert report.codebook.counts.shape[:2] == tuple(tok.quantizer.codebook_usage()["usage"].shape)
         assert report.codebook.num_tokens == 6 * (64 // tok.stride) ** 2
-        assert set(report.samples["reconstructions"]) == set(levels)
-        assert report.samples["reconstructions"][levels[-1]].shape == (3, 3, 64, 64)
+        assert sorted(report.samples["reconstructions"]) == decoded
+        assert report.samples["reconstructions"][decoded[-1]].shape == (3, 3, 64, 64)
         assert ("linear probe top-1" in report.depth_curves) == (preset == "evotok-tiny")
         assert ("code probe top-1" in report.depth_curves) == (preset == "evotok-tiny")
         reports.append(report)
@@ -220,3 +230,181 @@ def test_evaluate_presets_and_compare(tmp_path, monkeypatch) -> None:
     assert 0.0 <= poly.metrics["zero-shot top-1"].value <= poly.metrics["zero-shot top-5"].value <= 1.0
     html = write_report(reports, tmp_path / "compare.html").read_text()
     assert html.count("<section") == 2 and 'id="comparison"' in html
+
+
+class PixelPrefixTokenizer(PatchResidualTokenizer):
+    """A residual tokenizer whose pixel decoder reads only the first ``pixel_depth`` levels (as EvoTok's
+    does); semantic features read every given level."""
+
+    def __init__(self, images, labels, levels: int, pixel_depth: int) -> None:
+        super().__init__(images, labels, levels=levels, k=16)
+        self.pixel_depth = pixel_depth
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return super().decode(codes[..., : self.pixel_depth])
+
+
+PIXEL_METRICS = ("PSNR", "SSIM", "rFD[small-conv]")
+CODE_METRICS = ("zero-shot top-1", "zero-shot top-5", "linear probe top-1")
+
+
+def test_pixel_rows_only_for_the_decoded_levels(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images, labels = photo_crops(24, size=32, seed=7)
+    tok = PixelPrefixTokenizer(images, labels, levels=8, pixel_depth=4)
+    report = evaluate_tokenizer(
+        tok,
+        batches(images, labels, 8),
+        zero_shot=ZeroShotSpec(list(PHOTOS), ["a photo of {}."]),
+        linear_probe_features=True,
+        feature_spaces=[ModuleFeatures(small_backbone(), name="small-conv")],
+        num_samples=2,
+    )
+    for metric in PIXEL_METRICS:
+        curve = report.depth_curves[metric]
+        assert sorted(curve) == [1, 2, 3, 4], metric
+        assert all(result.protocol["decoded_levels"] == d for d, result in curve.items()), metric
+        assert report.metrics[metric].protocol["decoded_levels"] == 4
+        assert report.metrics[metric].value == curve[4].value
+    for metric in CODE_METRICS:
+        curve = report.depth_curves[metric]
+        assert sorted(curve) == list(range(1, 9)), metric
+        assert all(result.protocol["code_levels"] == d for d, result in curve.items()), metric
+        assert "decoded_levels" not in curve[8].protocol
+        assert report.metrics[metric].protocol["code_levels"] == 8
+    # The figures at 4 decoded levels are those of the full reconstruction, measured independently.
+    expected = psnr_per_image(tok.decode(tok.encode(images.float())), images.float()).mean().item()
+    assert report.metrics["PSNR"].value == pytest.approx(expected, rel=1e-9)
+    assert sorted(report.samples["reconstructions"]) == [1, 2, 3, 4]
+    assert report.depths == list(range(1, 9))
+    assert report.protocol["pixel_depth"] == 4 and report.protocol["num_levels"] == 8
+    assert report.protocol["decoded_depths"] == [1, 2, 3, 4]
+
+    # Requested depths past the pixel prefix are measured in pixels once, at the prefix.
+    deep = evaluate_tokenizer(tok, batches(images, labels, 8), depths=[6, 8], linear_probe_features=True)
+    assert sorted(deep.depth_curves["PSNR"]) == [4]
+    assert sorted(deep.depth_curves["linear probe top-1"]) == [6, 8]
+    assert deep.metrics["PSNR"].value == report.metrics["PSNR"].value
+
+
+class _LiveMatrices(FeatureSpace):
+    """A feature space that, whenever it runs, counts the live float64 (D, D) tensors of each size in
+    ``dims``: the feature statistics the evaluation holds at that moment."""
+
+    name = "counting-conv"
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = ModuleFeatures(small_backbone(out_dim=dims[0]), name="counting-conv")
+        self.num_features = dims[0]
+        self.dims = dims
+        self.peak = dict.fromkeys(dims, 0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        counts = dict.fromkeys(self.dims, 0)
+        gc.collect()  # count only what is reachable
+        for obj in gc.get_objects():
+            square = isinstance(obj, torch.Tensor) and obj.dim() == 2 and obj.shape[0] == obj.shape[1]
+            if square and obj.dtype == torch.float64 and obj.shape[0] in counts:
+                counts[obj.shape[0]] += 1
+        self.peak = {d: max(self.peak[d], counts[d]) for d in self.dims}
+        return self.inner(images)
+
+
+def test_real_statistics_are_held_once_for_all_depths(tmp_path, monkeypatch) -> None:
+    """Each extra depth adds only the reconstructions' statistics (one (D, D) set), never another copy
+    of the originals' (Frechet in a 37-d space; rFD in EfficientNet-Lite0's 1280-d space)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images, labels = photo_crops(12, size=32, seed=8)
+    tok = PatchResidualTokenizer(images, labels, levels=3, k=16)
+    peaks = {}
+    for depths in ([3], [1, 2, 3]):
+        space = _LiveMatrices((37, 1280))
+        gc.collect()
+        evaluate_tokenizer(
+            tok,
+            batches(images, labels, 6),
+            depths=depths,
+            feature_spaces=[space],
+            semantic_fidelity=True,
+            semantic_fidelity_size=64,
+        )
+        peaks[len(depths)] = space.peak
+    for dim in (37, 1280):
+        one, three = peaks[1][dim], peaks[3][dim]
+        assert one > 0 and one % 2 == 0, (dim, one)  # real + reconstructed statistics, same layout
+        assert three == 2 * one, (dim, one, three)  # (1 real + 3 reconstructed) sets, not 3 + 3
+
+
+def test_semantic_fidelity_size_is_one_default_recorded_in_the_protocol(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images, labels = photo_crops(4, size=32, seed=9)
+    tok = PatchResidualTokenizer(images, labels, levels=2, k=8)
+    report = evaluate_tokenizer(tok, batches(images, labels, 4), semantic_fidelity=True)
+    assert report.protocol["semantic_fidelity_size"] == SEMANTIC_FIDELITY_SIZE
+    assert report.metrics["semantic top-1 agreement"].protocol["image_size"] == SEMANTIC_FIDELITY_SIZE
+    plain = evaluate_tokenizer(tok, batches(images, labels, 4))
+    assert "semantic_fidelity_size" not in plain.protocol  # recorded only when the figures exist
+
+
+def test_cli_eval_uses_the_library_fidelity_size(tmp_path, monkeypatch) -> None:
+    import json
+
+    from polytok.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    report = tmp_path / "report.html"
+    argv = ["eval", "evotok-tiny", "--max-images", "4", "--batch-size", "4", "--report", str(report)]
+    assert main(argv) == 0
+    (summary,) = json.loads(report.with_suffix(".json").read_text())
+    assert summary["protocol"]["semantic_fidelity_size"] == SEMANTIC_FIDELITY_SIZE
+    agreement = summary["metrics"]["semantic top-1 agreement"]["protocol"]
+    assert agreement["image_size"] == SEMANTIC_FIDELITY_SIZE
+    assert agreement["decoded_levels"] == summary["protocol"]["pixel_depth"] == 4
+
+
+class CaptionedError:
+    """A metric family written outside the library: mean absolute pixel error per decoded depth, counted
+    only over images whose caption names one photo (reads ``fields["caption"]``)."""
+
+    reads = "pixels"
+
+    def __init__(self, photo: str) -> None:
+        self.photo = photo
+        self.skipped: dict[str, str] = {}
+        self.prepared = 0
+        self.sums: dict[int, list[float]] = {}
+
+    def prepare(self, batch: RealBatch) -> None:
+        self.prepared += batch.images.shape[0]
+        self.mask = torch.tensor([c.endswith(self.photo) for c in batch.fields["caption"]])
+
+    def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
+        error = (depth.reconstruction - batch.images).abs().flatten(1).mean(1)[self.mask]
+        total = self.sums.setdefault(depth.levels, [0.0, 0])
+        total[0] += float(error.sum())
+        total[1] += int(self.mask.sum())
+
+    def compute(self) -> list[DepthResult]:
+        return [
+            DepthResult(
+                levels, "pixels", {f"MAE[{self.photo}]": MetricResult(total / count, {"images": count})}
+            )
+            for levels, (total, count) in sorted(self.sums.items())
+        ]
+
+
+def test_a_metric_family_plugs_in(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images, labels = photo_crops(18, size=32, seed=10)
+    tok = PixelPrefixTokenizer(images, labels, levels=4, pixel_depth=2)
+    family = CaptionedError("coffee")
+    report = evaluate_tokenizer(tok, batches(images, labels, 5), max_images=14, families=[family], fid=False)
+    assert family.prepared == 14  # each original once, not once per depth
+    curve = report.depth_curves["MAE[coffee]"]
+    assert sorted(curve) == [1, 2] and curve[2].protocol["decoded_levels"] == 2
+    coffee = [i for i in range(14) if PHOTOS[int(labels[i])] == "coffee"]
+    x = images[coffee].float()
+    expected = (tok.decode(tok.encode(x)) - x).abs().flatten(1).mean(1).mean().item()
+    assert report.metrics["MAE[coffee]"].value == pytest.approx(expected, rel=1e-6)
+    assert report.metrics["MAE[coffee]"].protocol["images"] == len(coffee) > 0

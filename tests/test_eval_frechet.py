@@ -12,8 +12,9 @@ import pytest
 import scipy.linalg
 import torch
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from polytok.eval import FrechetDistance, InceptionFeatures, InceptionScore, ModuleFeatures
+from polytok.eval import FeatureMoments, FrechetDistance, InceptionFeatures, InceptionScore, ModuleFeatures
 from polytok.eval.weights import INCEPTION_FILENAME
 from test_eval_photos import perturb, photo_crops
 
@@ -28,6 +29,17 @@ def small_backbone(out_dim: int = 12, seed: int = 0) -> nn.Module:
         nn.Conv2d(16, out_dim, 3, stride=2, padding=1),
         nn.ReLU(),
     )
+
+
+class _GivenFeatures(nn.Module):
+    """Hands torchmetrics' FID features computed beforehand."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,8 +67,11 @@ def test_frechet_matches_scipy_on_real_photos(noise: float) -> None:
     # The perturbation must move the distribution well beyond rounding noise for the check to mean much.
     assert expected > 1e-3 * np.trace(np.cov(feats_real, rowvar=False))
     assert result.value == pytest.approx(expected, rel=1e-3)
-    # ... and torchmetrics' own computation (general eigensolver) on the same streamed state.
-    assert result.value == pytest.approx(float(fd._metric.compute()), rel=1e-6)
+    # ... and torchmetrics' own FID (its own streaming state, general eigensolver) on the same features.
+    reference = FrechetInceptionDistance(feature=_GivenFeatures(12))
+    reference.update(torch.from_numpy(feats_real), real=True)
+    reference.update(torch.from_numpy(feats_fake), real=False)
+    assert result.value == pytest.approx(float(reference.compute()), rel=1e-6)
     assert result.protocol["feature_network"] == "small-conv"
     assert result.protocol["num_reference_images"] == 60
     assert result.protocol["num_compared_images"] == 60
@@ -96,6 +111,31 @@ def test_frechet_in_a_pretrained_network_feature_space() -> None:
     assert abs(results[0].value) < 1e-3 * results[1].value
     assert results[1].protocol["feature_network"] == "efficientnet-lite0"
     assert results[1].protocol["feature_dim"] == 1280
+
+
+def test_depths_share_the_reference_statistics() -> None:
+    """Distances against one shared set of original statistics equal distances that each keep their own,
+    and the shared set is filled only by its owner."""
+    real, _ = photo_crops(24, size=32, seed=3)
+    space = ModuleFeatures(small_backbone(), name="small-conv")
+    reference = FeatureMoments(space.num_features)
+    shared = [FrechetDistance(space, reference=reference) for _ in range(3)]
+    own = [FrechetDistance(space) for _ in range(3)]
+    for start in range(0, 24, 8):
+        batch = real[start : start + 8].float()
+        reference.update(space(batch))
+        for noise, (a, b) in enumerate(zip(shared, own), start=1):
+            fake = perturb(batch, 0.05 * noise, seed=start)
+            a.update(fake, real=False)
+            b.update(batch, real=True)
+            b.update(fake, real=False)
+    for a, b in zip(shared, own):
+        assert a.real is reference and a.num_real == 24
+        assert a.compute().value == b.compute().value
+    with pytest.raises(ValueError, match="shared"):
+        shared[0].update(real[:2].float(), real=True)
+    with pytest.raises(ValueError, match="expected 12"):
+        FrechetDistance(space, reference=FeatureMoments(5))
 
 
 def test_frechet_rejects_bad_input() -> None:

@@ -11,6 +11,7 @@ from scipy.special import log_softmax, rel_entr
 from skimage import data
 from skimage.filters import gaussian
 
+from polytok.eval.frechet import FeatureMoments
 from polytok.eval.semantic_fidelity import (
     EfficientNetFrechetDistance,
     FrechetStatistics,
@@ -193,3 +194,28 @@ def test_bad_inputs(net, originals) -> None:
         rfd.compute()
     with pytest.raises(ValueError, match="network must be one of"):
         SemanticFidelity("minilm-l6")
+
+
+def test_depths_share_the_originals_statistics(net, originals, reconstructions) -> None:
+    """Two 'depths' measured against one shared set of original features (the originals classified once
+    per batch) give exactly the figures of two self-contained SemanticFidelity objects."""
+    reference = FeatureMoments(net.embedding_dim)
+    recon_sets = (reconstructions, blurred(originals, 3.0))
+    shared = [SemanticFidelity(net, size=SIZE, reference=reference) for _ in recon_sets]
+    own = [SemanticFidelity(net, size=SIZE) for _ in recon_sets]
+    for start in range(0, len(originals), 8):
+        batch = originals[start : start + 8]
+        classified = shared[0].classify(batch)
+        reference.update(classified.embedding)
+        for recons, a, b in zip(recon_sets, shared, own):
+            a.update_outputs(classified, a.classify(recons[start : start + 8]), reference_filled=True)
+            b.update(batch, recons[start : start + 8])
+    for a, b in zip(shared, own):
+        ra, rb = a.compute(), b.compute()
+        assert {k: r.value for k, r in ra.items()} == {k: r.value for k, r in rb.items()}
+        assert ra["rfd"].protocol == rb["rfd"].protocol
+    assert ra["rfd"].value > shared[0].compute()["rfd"].value  # the stronger blur is further away
+    with pytest.raises(ValueError, match="shared"):
+        shared[0].update(originals[:2], reconstructions[:2])
+    with pytest.raises(ValueError, match="original_features are required"):
+        own[0].frechet.update_features(None, torch.zeros(2, 1280))

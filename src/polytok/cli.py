@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the EfficientNet-Lite0 agreement / KL / rFD figures",
     )
-    p.add_argument("--fidelity-size", type=int, default=128, help="classifier input size for them")
+    p.add_argument("--fidelity-size", type=int, help="classifier input size for them (library default)")
     p.set_defaults(func=_cmd_eval)
 
     p = add_parser("encode", help="encode a dataset to a token file (.npz)")

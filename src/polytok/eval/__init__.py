@@ -1,14 +1,17 @@
 """Evaluation: reconstruction metrics (rFID, PSNR, SSIM, LPIPS, Frechet distance in any feature space,
 Inception Score), codebook health, zero-shot and linear-probe accuracy, depth curves for residual
-tokenizers, and a self-contained HTML report. Every figure is a ``MetricResult`` carrying its protocol."""
+tokenizers, and a self-contained HTML report. Every figure is a ``MetricResult`` carrying its protocol.
+Each kind of figure is a metric family (``polytok.eval.families``) run by ``evaluate_tokenizer``."""
 
 from polytok.eval.codebook import CodebookStats, CodebookUsage
-from polytok.eval.evaluate import ZeroShotSpec, code_prefix, evaluate_tokenizer
+from polytok.eval.evaluate import DepthPlan, code_prefix, evaluate_tokenizer
+from polytok.eval.families import DepthBatch, DepthResult, MetricFamily, RealBatch
 from polytok.eval.features import FeatureSpace, InceptionFeatures, ModuleFeatures
-from polytok.eval.frechet import FrechetDistance, frechet_distance
+from polytok.eval.frechet import FeatureMoments, FrechetDistance, frechet_distance
 from polytok.eval.html_report import render_report, write_report
 from polytok.eval.inception_score import InceptionScore
 from polytok.eval.linear_probe import FeatureBank, linear_probe
+from polytok.eval.options import SEMANTIC_FIDELITY_SIZE, EvalOptions, ZeroShotSpec
 from polytok.eval.perceptual import LPIPS, build_lpips_vgg
 from polytok.eval.pixel import PSNR, SSIM, psnr_per_image, ssim_per_image
 from polytok.eval.report_data import EvalReport
@@ -40,18 +43,26 @@ def __getattr__(name: str):
 __all__ = [
     "LPIPS",
     "PSNR",
+    "SEMANTIC_FIDELITY_SIZE",
     "SSIM",
     "CodebookStats",
     "CodebookUsage",
+    "DepthBatch",
+    "DepthPlan",
+    "DepthResult",
     "EfficientNetFrechetDistance",
+    "EvalOptions",
     "EvalReport",
     "FeatureBank",
+    "FeatureMoments",
     "FeatureSpace",
     "FrechetDistance",
     "InceptionFeatures",
     "InceptionScore",
+    "MetricFamily",
     "MetricResult",
     "ModuleFeatures",
+    "RealBatch",
     "SemanticAgreement",
     "SemanticFidelity",
     "TopKAccuracy",

@@ -1,7 +1,8 @@
 """Frechet distance between two image distributions, in Inception space (FID) or any other.
 
-Statistics stream: only the running feature sum and the sum of outer products are kept (torchmetrics'
-``FrechetInceptionDistance`` state, float64), never the images or the features themselves.
+Statistics stream: only the running feature sum and the sum of outer products are kept (float64, the
+layout of torchmetrics' ``FrechetInceptionDistance`` state), never the images or the features themselves.
+The originals' statistics can be shared by several distances (``reference=``), e.g. one per depth.
 
 The distance itself is computed with symmetric eigendecompositions (``frechet_distance``): the same
 value as torchmetrics' general eigensolver on ``S1 @ S2``, but much faster when the covariances are
@@ -15,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics import Metric
 
 from polytok.eval.features import FeatureSpace, InceptionFeatures
 from polytok.eval.result import MetricResult
@@ -63,15 +63,41 @@ def _mean_and_covariance(
     return mean, (outer - count * torch.outer(mean, mean)) / (count - 1)
 
 
-class _PrecomputedFeatures(nn.Module):
-    """Lets torchmetrics accumulate features computed elsewhere (the network runs once per image)."""
+class FeatureMoments(Metric):
+    """Streaming moments of one feature set: float64 sum (D,), sum of outer products (D, D) and count.
 
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
+    ``update(features (B, D))`` adds a batch (the arithmetic of torchmetrics' FID state); the states
+    sync across DDP ranks like any torchmetrics state. One instance can serve as the shared reference
+    (the originals) of several ``FrechetDistance``s, e.g. one per residual depth.
+    """
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
+    full_state_update = False
+
+    def __init__(self, num_features: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_features = int(num_features)
+        dim = self.num_features
+        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, features: torch.Tensor) -> None:
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(
+                f"features must have shape (B, {self.num_features}), got {tuple(features.shape)}"
+            )
+        x = features.detach().to(self.total.device, torch.float64)
+        self.total += x.sum(dim=0)
+        self.outer += x.t().mm(x)
+        self.count += x.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        """The number of samples (the moments themselves are read as ``total``, ``outer``)."""
+        return self.count
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.count)
 
 
 class FrechetDistance:
@@ -81,6 +107,8 @@ class FrechetDistance:
         features: the feature space (``InceptionFeatures()`` for FID); ``None`` when only
             ``update_features`` is used with features computed elsewhere (then give ``num_features``).
         protocol: extra protocol fields reported with the value (dataset, split, crop, reference set).
+        reference: the originals' statistics, shared with other distances and filled by their owner
+            (``update(..., real=True)`` is then refused); by default this distance keeps its own.
 
     Example::
 
@@ -96,13 +124,18 @@ class FrechetDistance:
         num_features: int | None = None,
         protocol: dict[str, Any] | None = None,
         feature_protocol: dict[str, Any] | None = None,
+        reference: FeatureMoments | None = None,
     ) -> None:
         if features is None and num_features is None:
             raise ValueError("give either a feature space or num_features")
         self.features = features
         dim = features.num_features if features is not None else int(num_features)  # type: ignore[arg-type]
         self.num_features = dim
-        self._metric = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), reset_real_features=True)
+        if reference is not None and reference.num_features != dim:
+            raise ValueError(f"reference statistics have {reference.num_features} features, expected {dim}")
+        self.shares_reference = reference is not None
+        self.real = reference if reference is not None else FeatureMoments(dim)
+        self.fake = FeatureMoments(dim)
         self._feature_protocol = feature_protocol or (features.protocol if features is not None else {})
         self._protocol = dict(protocol or {})
 
@@ -125,15 +158,17 @@ class FrechetDistance:
             raise ValueError(
                 f"features must have shape (B, {self.num_features}), got {tuple(features.shape)}"
             )
-        self._metric.update(features.detach().to("cpu", torch.float64), real=real)
+        if real and self.shares_reference:
+            raise ValueError("the reference statistics are shared: update them through their owner")
+        (self.real if real else self.fake).update(features.detach().to("cpu", torch.float64))
 
     @property
     def num_real(self) -> int:
-        return int(self._metric.real_features_num_samples)
+        return self.real.num_samples
 
     @property
     def num_fake(self) -> int:
-        return int(self._metric.fake_features_num_samples)
+        return self.fake.num_samples
 
     def compute(self) -> MetricResult:
         if self.num_real < 2 or self.num_fake < 2:
@@ -141,22 +176,24 @@ class FrechetDistance:
                 "Frechet distance needs at least 2 images per set, got "
                 f"{self.num_real} real / {self.num_fake} reconstructed"
             )
-        m = self._metric
         # Under torch.distributed the sums are all-reduced across ranks first (no-op otherwise).
-        with m.sync_context():
-            n_real, n_fake = int(m.real_features_num_samples), int(m.fake_features_num_samples)
-            mu_real, cov_real = _mean_and_covariance(m.real_features_sum, m.real_features_cov_sum, n_real)
-            mu_fake, cov_fake = _mean_and_covariance(m.fake_features_sum, m.fake_features_cov_sum, n_fake)
+        with self.real.sync_context(), self.fake.sync_context():
+            n_real, n_fake = self.num_real, self.num_fake
+            mu_real, cov_real = _mean_and_covariance(self.real.total, self.real.outer, n_real)
+            mu_fake, cov_fake = _mean_and_covariance(self.fake.total, self.fake.outer, n_fake)
         value = frechet_distance(mu_real, cov_real, mu_fake, cov_fake)
         protocol = {
             **self._feature_protocol,
             "num_reference_images": n_real,
             "num_compared_images": n_fake,
-            "statistics": "mean + unbiased covariance (float64, torchmetrics FrechetInceptionDistance state)",
+            "statistics": "mean + unbiased covariance (float64 streaming sums)",
             "matrix_sqrt": "symmetric eigendecomposition",
             **self._protocol,
         }
         return MetricResult(value, protocol)
 
     def reset(self) -> None:
-        self._metric.reset()
+        """Clear the reconstructions' statistics, and the originals' unless they are shared."""
+        if not self.shares_reference:
+            self.real.reset()
+        self.fake.reset()

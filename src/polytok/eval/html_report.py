@@ -93,6 +93,7 @@ def _comparison_table(reports: Sequence[EvalReport]) -> str:
         ("image size", "image_size"),
         ("code shape", "code_shape"),
         ("residual levels", "num_levels"),
+        ("levels decoded to pixels", "pixel_depth"),
         ("codebook size", "codebook_size"),
     )
     for label, key in rows_info:
@@ -136,7 +137,7 @@ def _depth_table(report: EvalReport) -> str:
         )
         rows.append(f"<tr><th>{_esc(metric)}</th>{cells}</tr>")
     return (
-        '<table class="depth"><thead><tr><th>metric \\ decoded levels</th>'
+        '<table class="depth"><thead><tr><th>metric \\ levels (pixel rows: decoded)</th>'
         + head
         + "</tr></thead><tbody>"
         + "".join(rows)

@@ -117,3 +117,36 @@ class FeatureBank:
         if not self._features:
             raise RuntimeError("no features were added")
         return torch.cat(self._features), torch.cat(self._labels)
+
+
+def alternate_split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified, deterministic halves: within each class, images alternate between train and test.
+    Returns the (train, test) index tensors."""
+    rank = torch.zeros_like(labels)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        rank[members] = torch.arange(members.numel())
+    return (rank % 2 == 0).nonzero().flatten(), (rank % 2 == 1).nonzero().flatten()
+
+
+def probe_top1(bank: FeatureBank, features_name: str) -> MetricResult | str:
+    """Probe top-1 of the features in ``bank``, split by :func:`alternate_split`; or why it cannot be
+    fitted (``"skipped: ..."``)."""
+    if len(bank) == 0:
+        return "skipped: batches carry no 'label'"
+    features, labels = bank.tensors()
+    train, test = alternate_split(labels)
+    try:
+        probe = linear_probe(
+            features[train],
+            labels[train],
+            features[test],
+            labels[test],
+            protocol={
+                "split": "per class, alternate images train / test the probe",
+                "features": features_name,
+            },
+        )
+    except ValueError as err:
+        return f"skipped: {err}"
+    return probe["top1"]

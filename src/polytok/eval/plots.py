@@ -28,6 +28,15 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _decoded(reports: Sequence[EvalReport], metric: str) -> bool:
+    """Pixel figures record the levels decoded (``decoded_levels``), code figures the code levels read."""
+    return any(
+        "decoded_levels" in result.protocol
+        for report in reports
+        for result in report.depth_curves.get(metric, {}).values()
+    )
+
+
 def depth_curves_png(reports: Sequence[EvalReport]) -> bytes | None:
     """One panel per metric: value against the number of decoded residual levels, one line per report."""
     metrics: list[str] = []
@@ -48,7 +57,7 @@ def depth_curves_png(reports: Sequence[EvalReport]) -> bytes | None:
             ax.plot(xs, [curve[x].value for x in xs], marker="o", label=report.name)
         lower = metric.startswith(LOWER_IS_BETTER)
         ax.set_title(f"{metric} ({'lower' if lower else 'higher'} is better)", fontsize=9)
-        ax.set_xlabel("decoded levels")
+        ax.set_xlabel("levels decoded" if _decoded(reports, metric) else "code levels")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(reports) > 1:

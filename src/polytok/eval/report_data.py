@@ -18,9 +18,11 @@ from polytok.eval.result import MetricResult
 class EvalReport:
     """Everything ``evaluate_tokenizer`` measured.
 
-    ``metrics`` holds the headline figures (at the deepest evaluated depth); ``depth_curves`` maps a
-    metric name to ``{depth: MetricResult}`` for every evaluated number of residual levels.
-    ``samples["original"]`` is (n, 3, H, W) in [0, 1]; ``samples["reconstructions"][depth]`` likewise.
+    ``depth_curves`` maps a metric name to ``{levels: MetricResult}``: pixel figures per number of
+    levels decoded (their protocol says ``decoded_levels``), code figures per number of code levels read
+    (``code_levels``); ``depths`` lists every level count measured. ``metrics`` holds the headline
+    figures, each at the deepest level count of its kind. ``samples["original"]`` is (n, 3, H, W) in
+    [0, 1]; ``samples["reconstructions"][levels]`` likewise, for each decoded level count.
     """
 
     name: str

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from polytok.eval.frechet import FeatureMoments
 from polytok.eval.result import MetricResult
 from polytok.pretrained import EfficientNetLite, load_pretrained, pretrained_entry
+from polytok.pretrained.efficientnet_lite import EfficientNetLiteOutput
 
 # Display names of the networks, as they appear in the metric's label.
 _DISPLAY = {
@@ -105,52 +107,60 @@ def frechet_distance(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tenso
     return (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
 
 
-class FrechetStatistics(Metric):
+class FrechetStatistics:
     """Streaming float64 feature sums of two sets (``real`` = originals, else reconstructions).
 
     ``update(features (B, D), real)``; ``compute()`` -> the Frechet distance (float64 scalar). Only sums
-    are kept (D + D*D + 1 numbers per set), and they sync across DDP ranks like any torchmetrics state.
+    are kept (D + D*D + 1 numbers per set, as :class:`FeatureMoments`, which sync across DDP ranks).
+    ``reference``: the originals' moments shared with other statistics (one per depth) and filled by
+    their owner; ``update(..., real=True)`` is then refused.
     """
 
-    full_state_update = False
-    higher_is_better = False
-
-    def __init__(self, num_features: int, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, num_features: int, reference: FeatureMoments | None = None) -> None:
         self.num_features = int(num_features)
-        for prefix in ("real", "fake"):
-            self.add_state(
-                f"{prefix}_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum"
+        if reference is not None and reference.num_features != self.num_features:
+            raise ValueError(
+                f"reference moments have {reference.num_features} features, expected {self.num_features}"
             )
-            self.add_state(
-                f"{prefix}_outer",
-                torch.zeros(num_features, num_features, dtype=torch.float64),
-                dist_reduce_fx="sum",
-            )
-            self.add_state(f"{prefix}_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.shares_reference = reference is not None
+        self.real = reference if reference is not None else FeatureMoments(self.num_features)
+        self.fake = FeatureMoments(self.num_features)
 
     def update(self, features: Tensor, real: bool) -> None:
         if features.dim() != 2 or features.shape[1] != self.num_features:
             raise ValueError(f"features must be (B, {self.num_features}), got {tuple(features.shape)}")
-        x = features.detach().to(self.real_sum.device, torch.float64)
-        prefix = "real" if real else "fake"
-        setattr(self, f"{prefix}_sum", getattr(self, f"{prefix}_sum") + x.sum(dim=0))
-        setattr(self, f"{prefix}_outer", getattr(self, f"{prefix}_outer") + x.T @ x)
-        setattr(self, f"{prefix}_count", getattr(self, f"{prefix}_count") + x.shape[0])
+        if real and self.shares_reference:
+            raise ValueError("the reference moments are shared: update them through their owner")
+        (self.real if real else self.fake).update(features)
 
-    def _mean_cov(self, prefix: str) -> tuple[Tensor, Tensor]:
-        n = getattr(self, f"{prefix}_count").double()
-        mean = getattr(self, f"{prefix}_sum") / n
-        cov = (getattr(self, f"{prefix}_outer") - n * torch.outer(mean, mean)) / (n - 1)
+    @property
+    def real_count(self) -> int:
+        return self.real.num_samples
+
+    @property
+    def fake_count(self) -> int:
+        return self.fake.num_samples
+
+    @staticmethod
+    def _mean_cov(moments: FeatureMoments) -> tuple[Tensor, Tensor]:
+        n = moments.count.double()
+        mean = moments.total / n
+        cov = (moments.outer - n * torch.outer(mean, mean)) / (n - 1)
         return mean, cov
 
     def compute(self) -> Tensor:
-        if int(self.real_count) < 2 or int(self.fake_count) < 2:
+        if self.real_count < 2 or self.fake_count < 2:
             raise RuntimeError(
-                f"a Frechet distance needs at least 2 samples per set, got {int(self.real_count)} and "
-                f"{int(self.fake_count)}"
+                f"a Frechet distance needs at least 2 samples per set, got {self.real_count} and "
+                f"{self.fake_count}"
             )
-        return frechet_distance(*self._mean_cov("real"), *self._mean_cov("fake"))
+        with self.real.sync_context(), self.fake.sync_context():
+            return frechet_distance(*self._mean_cov(self.real), *self._mean_cov(self.fake))
+
+    def reset(self) -> None:
+        if not self.shares_reference:
+            self.real.reset()
+        self.fake.reset()
 
 
 class EfficientNetFrechetDistance:
@@ -160,6 +170,8 @@ class EfficientNetFrechetDistance:
         network: ``"efficientnet-lite0"`` (default), ``-lite1``, ``-lite2`` or a loaded network to share.
         size: resolution the images are resized to (bilinear, antialiased); default the network's own.
         weights_path: explicit weights file when ``network`` is a name.
+        reference: the originals' moments, shared (e.g. across depths) and filled by their owner; then
+            ``update_features`` takes only the reconstructions' features.
 
     ``update(originals, reconstructions)`` with (B, 3, H, W) in [0, 1]; ``compute()`` -> MetricResult whose
     protocol holds the label (``"rFD (EfficientNet-Lite0)"``) and how it was measured.
@@ -180,11 +192,12 @@ class EfficientNetFrechetDistance:
         network: str | EfficientNetLite = "efficientnet-lite0",
         size: int | None = None,
         weights_path: str | Path | None = None,
+        reference: FeatureMoments | None = None,
     ) -> None:
         self.net = _load_network(network, weights_path)
         self.size = int(size) if size is not None else self.net.default_size
         self.label = rfd_label(self.net.name)
-        self._metric = FrechetStatistics(self.net.embedding_dim)
+        self._metric = FrechetStatistics(self.net.embedding_dim, reference=reference)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
@@ -195,18 +208,25 @@ class EfficientNetFrechetDistance:
         _check_pair(originals, reconstructions)
         self.update_features(self.features(originals), self.features(reconstructions))
 
-    def update_features(self, original_features: Tensor, reconstruction_features: Tensor) -> None:
-        """Add precomputed pooled features (B, 1280) of originals and reconstructions."""
+    def update_features(self, original_features: Tensor | None, reconstruction_features: Tensor) -> None:
+        """Add precomputed pooled features (B, 1280) of originals and reconstructions; with a shared
+        ``reference`` the originals' are already in it, so ``original_features`` must be ``None``."""
         dim = self.net.embedding_dim
-        for name, feats in (("original", original_features), ("reconstruction", reconstruction_features)):
+        pairs = [("reconstruction", reconstruction_features)]
+        if original_features is not None:
+            pairs.insert(0, ("original", original_features))
+        elif not self._metric.shares_reference:
+            raise ValueError("original_features are required unless the reference moments are shared")
+        for name, feats in pairs:
             if feats.dim() != 2 or feats.shape[1] != dim:
                 raise ValueError(f"{name} features must be (B, {dim}), got {tuple(feats.shape)}")
-        self._metric.update(original_features, real=True)
+        if original_features is not None:
+            self._metric.update(original_features, real=True)
         self._metric.update(reconstruction_features, real=False)
 
     @property
     def num_images(self) -> int:
-        return int(self._metric.real_count)
+        return self._metric.real_count
 
     def protocol(self) -> str:
         entry = pretrained_entry(self.net.name)
@@ -214,7 +234,7 @@ class EfficientNetFrechetDistance:
             f"{self.label}: Frechet distance between {self.net.embedding_dim}-d global-average-pooled head "
             f"features of {entry.description} (weights: {entry.weights_package}); images float in [0, 1] "
             f"resized to {self.size}x{self.size} (bilinear, antialiased), normalised (mean 0.5, std 0.5); "
-            f"{self.num_images} originals vs {int(self._metric.fake_count)} reconstructions; "
+            f"{self.num_images} originals vs {self._metric.fake_count} reconstructions; "
             "float64 mean and covariance. Not rFID (no Inception-v3)."
         )
 
@@ -259,20 +279,38 @@ class SemanticFidelity:
         size: int | None = None,
         frechet: bool = True,
         weights_path: str | Path | None = None,
+        reference: FeatureMoments | None = None,
     ) -> None:
         self.net = _load_network(network, weights_path)
         self.size = int(size) if size is not None else self.net.default_size
         self.agreement = SemanticAgreement()
-        self.frechet = EfficientNetFrechetDistance(self.net, size=self.size) if frechet else None
+        self.frechet = (
+            EfficientNetFrechetDistance(self.net, size=self.size, reference=reference) if frechet else None
+        )
+
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> EfficientNetLiteOutput:
+        """(B, 3, H, W) in [0, 1] -> the network's output at ``size`` (``.logits``, ``.embedding``)."""
+        return self.net(images.float(), size=self.size)
 
     @torch.no_grad()
     def update(self, originals: Tensor, reconstructions: Tensor) -> None:
         _check_pair(originals, reconstructions)
-        orig = self.net(originals.float(), size=self.size)
-        recon = self.net(reconstructions.float(), size=self.size)
-        self.agreement.update(orig.logits, recon.logits)
-        if self.frechet is not None:
-            self.frechet.update_features(orig.embedding, recon.embedding)
+        self.update_outputs(self.classify(originals), self.classify(reconstructions))
+
+    def update_outputs(
+        self,
+        original: EfficientNetLiteOutput,
+        reconstruction: EfficientNetLiteOutput,
+        *,
+        reference_filled: bool = False,
+    ) -> None:
+        """Add the network outputs (from ``classify``) of originals and their reconstructions;
+        ``reference_filled``: the originals' embeddings are already in the shared reference moments."""
+        if self.frechet is not None:  # first: it refuses a shared reference before anything is added
+            originals = None if reference_filled else original.embedding
+            self.frechet.update_features(originals, reconstruction.embedding)
+        self.agreement.update(original.logits, reconstruction.logits)
 
     def compute(self) -> dict[str, MetricResult]:
         count = int(self.agreement.count)

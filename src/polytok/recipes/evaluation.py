@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polytok.eval import EvalReport, ZeroShotSpec, evaluate_tokenizer, write_report
+from polytok.eval import (
+    SEMANTIC_FIDELITY_SIZE,
+    EvalOptions,
+    EvalReport,
+    ZeroShotSpec,
+    evaluate_tokenizer,
+    write_report,
+)
 
 
 def zero_shot_spec(dataset: Any, task: str | None) -> ZeroShotSpec | None:
@@ -34,11 +41,15 @@ def evaluate_many(
     zero_shot_task: str | None = None,
     batch_size: int = 32,
     semantic_fidelity: bool = True,
-    semantic_fidelity_size: int | None = 128,
+    semantic_fidelity_size: int | None = None,
     linear_probe: bool = True,
     dataset_options: dict[str, Any] | None = None,
 ) -> list[EvalReport]:
-    """One :class:`EvalReport` per tokenizer on the same images, with the protocol written in each."""
+    """One :class:`EvalReport` per tokenizer on the same images, with the protocol written in each.
+
+    ``semantic_fidelity_size``: the classifier's input size; None means the library's
+    ``SEMANTIC_FIDELITY_SIZE`` (recorded in each report's protocol either way).
+    """
     from polytok.data import build_dataloader, build_dataset
 
     options = dict(dataset_options or {})
@@ -52,22 +63,19 @@ def evaluate_many(
         "resize": f"{image_size} px (built-in crops or short-side resize + centre crop)",
         "max_images": max_images,
     }
+    options = EvalOptions(
+        zero_shot=spec,
+        linear_probe_features=linear_probe,
+        max_images=max_images,
+        semantic_fidelity=semantic_fidelity,
+        semantic_fidelity_size=(
+            SEMANTIC_FIDELITY_SIZE if semantic_fidelity_size is None else semantic_fidelity_size
+        ),
+    )
     reports = []
     for tok, name in zip(tokenizers, names):
         loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False)
-        reports.append(
-            evaluate_tokenizer(
-                tok,
-                loader,
-                zero_shot=spec,
-                linear_probe_features=linear_probe,
-                max_images=max_images,
-                name=name,
-                protocol=protocol,
-                semantic_fidelity=semantic_fidelity,
-                semantic_fidelity_size=semantic_fidelity_size,
-            )
-        )
+        reports.append(evaluate_tokenizer(tok, loader, options, name=name, protocol=protocol))
     return reports
 
 

@@ -1,0 +1,24 @@
+"""Metric families: each one a small module with ``build(tokenizer, options, device, skipped)`` that
+returns a :class:`MetricFamily` (or None when it has nothing to measure). Pixel families first, then
+code families; the report lists figures in this order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polytok.eval.families import code_probe, frechet, pixel, semantic_fidelity, semantics
+from polytok.eval.families.base import DepthBatch, DepthResult, MetricFamily, Reads, RealBatch
+from polytok.eval.options import EvalOptions
+
+BUILDERS = (pixel.build, semantic_fidelity.build, frechet.build, semantics.build, code_probe.build)
+
+
+def build_families(
+    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+) -> list[MetricFamily]:
+    """The families ``options`` ask for; optional parts that cannot run record why in ``skipped``."""
+    families = [builder(tokenizer, options, device, skipped) for builder in BUILDERS]
+    return [family for family in families if family is not None]
+
+
+__all__ = ["DepthBatch", "DepthResult", "MetricFamily", "Reads", "RealBatch", "build_families"]

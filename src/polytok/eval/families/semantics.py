@@ -1,0 +1,110 @@
+"""Zero-shot accuracy and a linear probe on the tokenizer's semantic features of each code prefix
+(``tokenizer.semantic_features(codes)``, computed once per batch and depth for both)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
+from polytok.eval.linear_probe import FeatureBank, probe_top1
+from polytok.eval.options import EvalOptions, ZeroShotSpec
+from polytok.eval.zero_shot import ZeroShotClassifier, check_templates
+
+
+class SemanticFeatures:
+    """``class_embeddings`` (K, E): the zero-shot classes (None: no zero-shot); ``probe``: fit a probe."""
+
+    reads = "codes"
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        zero_shot: ZeroShotSpec | None,
+        class_embeddings: torch.Tensor | None,
+        probe: bool,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.zero_shot = zero_shot if class_embeddings is not None else None
+        self.class_embeddings = class_embeddings
+        self.probe = probe
+        self.active = True
+        self.skipped: dict[str, str] = {}
+        self.classifiers: dict[int, ZeroShotClassifier] = {}
+        self.banks: dict[int, FeatureBank] = {}
+
+    def prepare(self, batch: RealBatch) -> None:
+        pass
+
+    def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
+        if not self.active or batch.labels is None:
+            return
+        try:
+            embedding = self.tokenizer.semantic_features(depth.codes)
+        except ValueError as err:
+            if batch.seen:  # it worked before: a genuine failure
+                raise
+            self.skipped["semantics"] = f"skipped: {err}"
+            self.active, self.classifiers, self.banks = False, {}, {}
+            return
+        if self.zero_shot is not None:
+            if depth.levels not in self.classifiers:
+                self.classifiers[depth.levels] = ZeroShotClassifier(
+                    self.tokenizer.encode_text,
+                    self.zero_shot.class_names,
+                    self.zero_shot.templates,
+                    class_embeddings=self.class_embeddings,
+                )
+            self.classifiers[depth.levels].update(embedding, batch.labels)
+        if self.probe:
+            at_depth(self.banks, depth.levels, FeatureBank).update(embedding, batch.labels)
+
+    def compute(self) -> list[DepthResult]:
+        if not self.active:
+            return []
+        if self.zero_shot is not None and not self.classifiers:
+            self.skipped["zero-shot"] = "skipped: batches carry no 'label'"
+        if self.probe and not self.banks:
+            self.skipped["linear probe top-1"] = "skipped: batches carry no 'label'"
+        results = []
+        for levels in sorted(set(self.classifiers) | set(self.banks)):
+            figures = {}
+            if levels in self.classifiers:
+                accuracy = self.classifiers[levels].compute()
+                figures["zero-shot top-1"], figures["zero-shot top-5"] = accuracy["top1"], accuracy["top5"]
+            if levels in self.banks:
+                outcome = probe_top1(self.banks[levels], "semantic features of the code")
+                if isinstance(outcome, str):
+                    self.skipped["linear probe top-1"] = outcome
+                else:
+                    figures["linear probe top-1"] = outcome
+            results.append(DepthResult(levels, "codes", figures))
+        return results
+
+
+def _class_embeddings(tokenizer: Any, spec: ZeroShotSpec, skipped: dict[str, str]) -> torch.Tensor | None:
+    """The zero-shot class embeddings, shared by every depth; None (with the reason) without a text tower."""
+    if not hasattr(tokenizer, "encode_text"):
+        skipped["zero-shot"] = "skipped: the tokenizer has no encode_text()"
+        return None
+    check_templates(spec.class_names, spec.templates)
+    try:
+        return ZeroShotClassifier(tokenizer.encode_text, spec.class_names, spec.templates).class_embeddings
+    except ValueError as err:  # e.g. a preset without a text tower says so
+        skipped["zero-shot"] = f"skipped: {err}"
+        return None
+
+
+def build(
+    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+) -> SemanticFeatures | None:
+    if options.zero_shot is None and not options.linear_probe_features:
+        return None
+    if not hasattr(tokenizer, "semantic_features"):
+        skipped["semantics"] = "skipped: the tokenizer has no semantic_features()"
+        return None
+    embeddings = None
+    if options.zero_shot is not None:
+        embeddings = _class_embeddings(tokenizer, options.zero_shot, skipped)
+    return SemanticFeatures(tokenizer, options.zero_shot, embeddings, options.linear_probe_features)
