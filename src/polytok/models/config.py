@@ -52,12 +52,21 @@ class EncoderConfig:
 @dataclass
 class ProjectionConfig:
     """Map between the backbone width and the code width: "attention" (UniTok), "linear", "tanh_mlp"
-    (EvoTok's Linear-Tanh-Linear) or "identity" (widths must match)."""
+    (EvoTok's Linear-Tanh-Linear) or "identity" (widths must match).
+
+    For "attention": ``widening_attention`` "concat" (UniTok: heads of ``out_dim // heads`` channels,
+    concatenated) or "head_average" (heads of ``in_dim // heads`` channels averaged, then repeated: the
+    layout the shipped tiny checkpoints were trained with); ``mlp_norm`` gives the GeGLU MLP its own
+    inner LayerNorm (UniTok; False in the shipped tiny checkpoints). See
+    :class:`polytok.nn.AttentionProjection`.
+    """
 
     kind: Literal["attention", "linear", "tanh_mlp", "identity"] = "attention"
     heads: int | None = None
     mlp_ratio: float = 2.0
     hidden: int | None = None
+    widening_attention: Literal["concat", "head_average"] = "concat"
+    mlp_norm: bool = True
 
 
 @dataclass

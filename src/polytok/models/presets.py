@@ -123,13 +123,21 @@ _TINY_VIT_DECODER = {
     "pos_embed": True,
 }
 _MINILM = {"kind": "minilm-l6", "freeze": True}
+# The shipped unitok-tiny / polytok-tiny checkpoints were trained with the earlier projection layout:
+# head-averaged widening attention and GeGLU MLPs without their own LayerNorm (unitok-l uses UniTok's).
+_TINY_ATTENTION_PROJECTION = {
+    "kind": "attention",
+    "heads": 4,
+    "widening_attention": "head_average",
+    "mlp_norm": False,
+}
 
 UNITOK_TINY: dict[str, Any] = {
     "name": "unitok-tiny",
     "image_size": 64,
     "encoder": _TINY_HYBRID,
-    "projection": {"kind": "attention", "heads": 4},
-    "post_projection": {"kind": "attention", "heads": 4},
+    "projection": _TINY_ATTENTION_PROJECTION,
+    "post_projection": _TINY_ATTENTION_PROJECTION,
     "quantizer": {
         "kind": "mcq",
         "dim": 32,
@@ -184,8 +192,8 @@ POLYTOK_TINY: dict[str, Any] = {
     "name": "polytok-tiny",
     "image_size": 64,
     "encoder": _TINY_HYBRID,
-    "projection": {"kind": "attention", "heads": 4},
-    "post_projection": {"kind": "attention", "heads": 4},
+    "projection": _TINY_ATTENTION_PROJECTION,
+    "post_projection": _TINY_ATTENTION_PROJECTION,
     "quantizer": {
         "kind": "rvq",
         "dim": 32,

@@ -74,7 +74,14 @@ class TokenizerOutput:
 
 def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Module:
     if cfg.kind == "attention":
-        return AttentionProjection(in_dim, out_dim, cfg.heads, cfg.mlp_ratio)
+        return AttentionProjection(
+            in_dim,
+            out_dim,
+            cfg.heads,
+            cfg.mlp_ratio,
+            widening_attention=cfg.widening_attention,
+            mlp_norm=cfg.mlp_norm,
+        )
     if cfg.kind == "linear":
         return LinearProjection(in_dim, out_dim)
     if cfg.kind == "tanh_mlp":

@@ -22,16 +22,24 @@ class TransformerBlock(nn.Module):
         mlp: "geglu" (ViTamin: gated GELU, hidden = ratio * dim, inner LayerNorm) or "mlp" (GELU).
         mlp_ratio: hidden width over ``dim``.
         causal: causal attention (text towers).
+        norm_eps: epsilon of the two LayerNorms (1e-6 as in ViTamin; CLIP text towers use 1e-5).
     """
 
     def __init__(
-        self, dim: int, heads: int, *, mlp: MlpKind = "geglu", mlp_ratio: float = 2.0, causal: bool = False
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mlp: MlpKind = "geglu",
+        mlp_ratio: float = 2.0,
+        causal: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadAttention(dim, heads, causal=causal)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         if mlp == "geglu":
             self.mlp: nn.Module = GeGluMlp(dim, hidden, inner_norm=True)
         elif mlp == "mlp":
@@ -59,10 +67,14 @@ class Transformer(nn.Module):
         mlp: MlpKind = "geglu",
         mlp_ratio: float = 2.0,
         causal: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, causal=causal) for _ in range(depth)]
+            [
+                TransformerBlock(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, causal=causal, norm_eps=norm_eps)
+                for _ in range(depth)
+            ]
         )
         self.grad_checkpointing = False
 
