@@ -92,6 +92,60 @@ def unitok_fixtures(root: Path, out: Path) -> None:
                                     "pooled_index": ids.argmax(dim=-1)}, tower.state_dict(), cfg)
 
 
+def _load_file_module(path: Path, name: str):
+    """Import one official source file by path (EvoTok's package __init__ pulls in its whole model)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def evotok_fixtures(root: Path, out: Path) -> None:
+    vq_model = root / "evotok" / "tokenizer" / "vq_model"
+    vqkd = _load_file_module(vq_model / "vqkd_model.py", "evotok_vqkd_model")
+    pixel = _load_file_module(vq_model / "pixel_model.py", "evotok_pixel_model")
+
+    # Semantic decoder: EvoTok builds decoder_vqkd with the encoder's width (1024), 12 heads (so heads of
+    # 85 channels and an inner width of 1020), depth 3, patch size 1 on the code map, then
+    # decode_task_layer. Here width 48 with 5 heads keeps the inner width (45) off the width.
+    code_dim, grid, width, heads, depth, out_dim = 8, 4, 48, 5, 2, 40
+    torch.manual_seed(5)
+    semantic = nn.Module()
+    semantic.decoder_vqkd = vqkd.VisionTransformer(
+        img_size=grid, patch_size=1, in_chans=code_dim, num_classes=0, embed_dim=width, depth=depth,
+        num_heads=heads, mlp_ratio=4.0, qkv_bias=True, norm_layer="LayerNorm", init_values=0.0,
+        use_abs_pos_emb=True, use_mean_pooling=True,
+    )
+    semantic.decode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, out_dim))
+    semantic.eval()
+    perturb(semantic, 105)
+    x = torch.randn(2, code_dim, grid, grid)
+    with torch.no_grad():
+        y = semantic.decode_task_layer(semantic.decoder_vqkd(x, return_patch_tokens=True))
+    save(out, "evotok_semantic_decoder", {"input": x, "output": y}, semantic.state_dict(),
+         {"code_dim": code_dim, "grid": grid, "width": width, "heads": heads, "depth": depth,
+          "out_dim": out_dim})
+
+    # Pixel decoder: post_quant_conv (code width -> z_channels, 1 x 1) then the VQGAN decoder; EvoTok
+    # uses 32 -> 256, ch 128, ch_mult (1, 1, 2, 2, 4), 2 residual blocks per level.
+    cfg = {"code_dim": 8, "z_channels": 16, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}
+    torch.manual_seed(6)
+    decoder = nn.Module()
+    decoder.post_quant_conv = nn.Conv2d(cfg["code_dim"], cfg["z_channels"], 1)
+    decoder.decoder = pixel.Decoder(
+        z_channels=cfg["z_channels"], ch=cfg["ch"], ch_mult=cfg["ch_mult"],
+        num_res_blocks=cfg["num_res_blocks"],
+    )
+    decoder.eval()
+    perturb(decoder, 106)
+    x = torch.randn(2, cfg["code_dim"], 4, 4)
+    with torch.no_grad():
+        y = decoder.decoder(decoder.post_quant_conv(x))
+    save(out, "evotok_pixel_decoder", {"input": x, "output": y}, decoder.state_dict(), cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unitok", type=Path, help="checkout of github.com/FoundationVision/UniTok")
@@ -104,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if args.unitok:
         unitok_fixtures(args.unitok.resolve(), args.out)
+    if args.evotok:
+        evotok_fixtures(args.evotok.resolve(), args.out)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from polytok.convert.evotok import map_pixel_decoder, map_semantic_decoder
 from polytok.convert.state import StateMapper
 from polytok.convert.unitok import map_attention_projection, map_text_tower
-from polytok.models.config import TextTowerConfig
+from polytok.models.config import PixelDecoderConfig, TextTowerConfig
+from polytok.models.decoders import BeitSemanticDecoder, CNNPixelDecoder
 from polytok.models.text import TextTransformer
 from polytok.nn import AttentionProjection
 
@@ -92,3 +94,49 @@ def test_unitok_text_tower_matches_open_clip():
         pooled = tower.text_projection(tokens[rows, tensors["pooled_index"]])
     torch.testing.assert_close(tokens, tensors["tokens"], atol=ATOL, rtol=0)
     torch.testing.assert_close(pooled, tensors["pooled"], atol=ATOL, rtol=0)
+
+
+def test_evotok_semantic_decoder_matches_official():
+    tensors, official, cfg = load_fixture("evotok_semantic_decoder")
+    assert cfg["width"] % cfg["heads"]  # heads of width // heads channels do not fill the width
+    grid = (cfg["grid"], cfg["grid"])
+    decoder = BeitSemanticDecoder(
+        cfg["code_dim"], cfg["width"], cfg["depth"], cfg["heads"], cfg["out_dim"], grid
+    ).eval()
+    mapper = StateMapper(official, "fixture")
+    map_semantic_decoder(mapper, "decoder_vqkd", "decode_task_layer", "dst", cfg["depth"])
+    decoder.load_state_dict({k.removeprefix("dst."): v for k, v in mapper.finish().items()}, strict=True)
+    tokens = tensors["input"].flatten(2).transpose(1, 2)  # the code map as (B, N, code_dim)
+    with torch.no_grad():
+        out = decoder(tokens, grid)
+    torch.testing.assert_close(out, tensors["output"], atol=ATOL, rtol=0)
+
+
+def test_evotok_pixel_decoder_matches_official():
+    tensors, official, cfg = load_fixture("evotok_pixel_decoder")
+    pd_cfg = PixelDecoderConfig(
+        kind="cnn",
+        z_channels=cfg["z_channels"],
+        ch=cfg["ch"],
+        ch_mult=cfg["ch_mult"],
+        num_res_blocks=cfg["num_res_blocks"],
+    )
+    decoder = CNNPixelDecoder(pd_cfg, cfg["code_dim"]).eval()
+    mapper = StateMapper(official, "fixture")
+    map_pixel_decoder(mapper, "post_quant_conv", "decoder", "dst", len(cfg["ch_mult"]), cfg["num_res_blocks"])
+    decoder.load_state_dict({k.removeprefix("dst."): v for k, v in mapper.finish().items()}, strict=True)
+    code_map = tensors["input"]
+    with torch.no_grad():
+        out = decoder(code_map.flatten(2).transpose(1, 2), tuple(code_map.shape[-2:]))
+    torch.testing.assert_close(out, tensors["output"], atol=ATOL, rtol=0)
+
+
+def test_beit_semantic_decoder_resizes_its_learned_positions_for_another_grid():
+    torch.manual_seed(0)
+    decoder = BeitSemanticDecoder(8, 24, 1, 5, 16, grid=(4, 4)).eval()
+    assert decoder.positions((4, 4)) is decoder.pos_embed
+    wide = decoder.positions((4, 8))
+    assert wide.shape == (1, 1 + 32, 24)
+    torch.testing.assert_close(wide[:, 0], decoder.pos_embed[:, 0])  # the class token's position is kept
+    with torch.no_grad():
+        assert decoder(torch.randn(2, 32, 8), (4, 8)).shape == (2, 32, 16)

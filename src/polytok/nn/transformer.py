@@ -23,6 +23,7 @@ class TransformerBlock(nn.Module):
         mlp_ratio: hidden width over ``dim``.
         causal: causal attention (text towers).
         norm_eps: epsilon of the two LayerNorms (1e-6 as in ViTamin; CLIP text towers use 1e-5).
+        head_dim: channels per head when ``heads`` does not divide ``dim`` (see MultiHeadAttention).
     """
 
     def __init__(
@@ -34,11 +35,12 @@ class TransformerBlock(nn.Module):
         mlp_ratio: float = 2.0,
         causal: bool = False,
         norm_eps: float = 1e-6,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, heads, causal=causal)
+        self.attn = MultiHeadAttention(dim, heads, causal=causal, head_dim=head_dim)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         if mlp == "geglu":
             self.mlp: nn.Module = GeGluMlp(dim, hidden, inner_norm=True)
@@ -68,14 +70,11 @@ class Transformer(nn.Module):
         mlp_ratio: float = 2.0,
         causal: bool = False,
         norm_eps: float = 1e-6,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            [
-                TransformerBlock(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, causal=causal, norm_eps=norm_eps)
-                for _ in range(depth)
-            ]
-        )
+        options = dict(mlp=mlp, mlp_ratio=mlp_ratio, causal=causal, norm_eps=norm_eps, head_dim=head_dim)
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, **options) for _ in range(depth)])
         self.grad_checkpointing = False
 
     def forward(
