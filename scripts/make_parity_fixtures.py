@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -92,6 +94,122 @@ def unitok_fixtures(root: Path, out: Path) -> None:
                                     "pooled_index": ids.argmax(dim=-1)}, tower.state_dict(), cfg)
 
 
+def _code_margin(features: Tensor, codebook: Tensor, cosine: bool) -> float:
+    """Smallest gap between the best and second-best code over all vectors (float64): a fixture whose
+    codes could flip with float rounding is redrawn."""
+    f, c = features.detach().double(), codebook.detach().double()
+    if cosine:
+        score = F.normalize(f, dim=-1) @ F.normalize(c, dim=-1).T
+    else:
+        score = -torch.cdist(f, c).square()
+    top = score.topk(2, dim=-1).values
+    return float((top[:, 0] - top[:, 1]).min())
+
+
+def unitok_full_fixture(root: Path, out: Path) -> None:
+    """A whole UniTok model at reduced width, saved as the state dict ``trainer.unitok`` of a checkpoint
+    plus the ``args`` naming its architecture; outputs of its own inference methods."""
+    sys.path.insert(0, str(root))
+    try:
+        from models import vitamin
+        from models.quant import VectorQuantizerM
+        from models.unitok import UniTok
+        from models.vqvae import AttnProjection
+        from open_clip.model import _build_text_tower
+    finally:
+        sys.path.remove(str(root))
+
+    args = {
+        "model": "vitamin_reduced", "img_size": 64, "num_query": 0, "vocab_size": 64, "vocab_width": 16,
+        "num_codebooks": 4, "vocab_norm": True, "vq_beta": 0.25, "quant_proj": "attn", "embed_dim": 24,
+        "text_width": 32, "text_heads": 4, "text_layers": 2, "text_vocab_size": 259,
+        "text_context_length": 16, "dtype": "torch.float32",
+    }
+    arch = {"width": 64, "depth": 2, "heads": 4, "stem_width": 16, "stage_widths": [16, 32],
+            "stage_depths": [1, 2], "up_widths": [16, 8], "up_depths": [2, 1]}
+
+    def hybrid_vit() -> nn.Module:
+        # UniTok's timm.create_model(args.model, ...) with ViTamin-L's recipe at reduced width.
+        backbone = vitamin.MbConvStages(cfg=vitamin.VitCfg(
+            embed_dim=(*arch["stage_widths"], arch["width"]), depths=(*arch["stage_depths"], 1),
+            stem_width=arch["stem_width"],
+            conv_cfg=vitamin.VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d"))
+        return vitamin._create_vision_transformer_hybrid(
+            "vitamin_large", backbone=backbone, embed_dim=arch["width"], depth=arch["depth"],
+            num_heads=arch["heads"], mlp_layer=vitamin.GeGluMlp, mlp_ratio=2.0, class_token=False,
+            global_pool="", patch_size=1, fc_norm=False, drop_rate=0.0, num_classes=0, pos_embed="none",
+            reg_tokens=0, img_size=args["img_size"], drop_path_rate=0.0)
+
+    torch.manual_seed(7)
+    # UniTok.__init__ and ViTaminDecoder.__init__ take the architecture from a timm model name with
+    # hard-coded widths; the same submodules are assembled here at reduced width, and the official
+    # forward methods run on them.
+    model = UniTok.__new__(UniTok)
+    nn.Module.__init__(model)
+    model.num_query = 0
+    model.encoder = hybrid_vit()
+    model.encoder.pos_embed = nn.Parameter(torch.zeros(1, 1, arch["width"]), requires_grad=False)
+    heads = arch["width"] // args["vocab_width"]
+    model.quant_proj = AttnProjection(arch["width"], args["vocab_width"], heads)
+    model.quantizer = VectorQuantizerM(
+        vocab_size=args["vocab_size"], vocab_width=args["vocab_width"], beta=args["vq_beta"],
+        num_codebooks=args["num_codebooks"])
+    model.post_quant_proj = AttnProjection(args["vocab_width"], arch["width"], heads)
+    decoder = vitamin.ViTaminDecoder.__new__(vitamin.ViTaminDecoder)
+    nn.Module.__init__(decoder)
+    trunk = hybrid_vit()
+    decoder.num_query, decoder.grad_ckpt = 0, False
+    decoder.blocks, decoder.norm_pre, decoder.norm = trunk.blocks, trunk.norm_pre, trunk.norm
+    (w1, w2), (d1, d2) = arch["up_widths"], arch["up_depths"]
+    decoder.up_conv1 = vitamin.Upsample2d(arch["width"], w1)
+    decoder.up_conv2 = nn.Sequential(*[
+        vitamin.InvMbConvLNBlock(in_chs=w1, out_chs=w1, stride=2 if d == 0 else 1) for d in range(d1)])
+    decoder.up_conv3 = nn.Sequential(*[
+        vitamin.InvMbConvLNBlock(in_chs=w1 if d == 0 else w2, out_chs=w2, stride=2 if d == 0 else 1)
+        for d in range(d2)])
+    decoder.up_conv4 = vitamin.InvStem(in_chs=w2, out_chs=3)
+    model.decoder = decoder
+    text_cfg = {"width": args["text_width"], "heads": args["text_heads"], "layers": args["text_layers"],
+                "vocab_size": args["text_vocab_size"], "context_length": args["text_context_length"]}
+    model.text_encoder = _build_text_tower(args["embed_dim"], text_cfg)
+    model.fc_norm = nn.LayerNorm(arch["width"], eps=1e-6)
+    model.projection = nn.Linear(arch["width"], args["embed_dim"])
+    model.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+    model.eval()
+    perturb(model, 107)
+    with torch.no_grad():
+        for book in model.quantizer.codebooks:  # UniTok's vocab_init is a narrow uniform draw
+            book.codebook.weight.uniform_(-1.0, 1.0)
+
+    gen = torch.Generator().manual_seed(8)
+    for _attempt in range(20):
+        images = torch.rand(2, 3, args["img_size"], args["img_size"], generator=gen) * 2 - 1
+        with torch.no_grad():
+            feats = model.quant_proj(model.encoder(images))
+        chunks = feats.reshape(-1, args["num_codebooks"], args["vocab_width"] // args["num_codebooks"])
+        margin = min(
+            _code_margin(chunks[:, i], book.codebook.weight, cosine=True)
+            for i, book in enumerate(model.quantizer.codebooks)
+        )
+        if margin > 1e-3:
+            break
+    else:
+        raise RuntimeError("no input with code margins above 1e-3")
+    ids = torch.zeros(2, args["text_context_length"], dtype=torch.long)
+    ids[0, :6] = torch.randint(3, 259, (6,), generator=gen)
+    ids[1, :] = torch.randint(3, 259, (args["text_context_length"],), generator=gen)
+    with torch.no_grad():
+        codes = model.img_to_idx(images)
+        reconstruction = model.idx_to_img(codes)
+        image_embedding = model.encode_image(images)
+        text_embedding = model.encode_text(ids)
+    state = model.state_dict()
+    meta = {"args": args, "arch": arch, "code_margin": margin}
+    save(out, "unitok_model", {"images": images, "codes": codes, "reconstruction": reconstruction,
+                               "image_embedding": image_embedding, "text_ids": ids,
+                               "text_embedding": text_embedding}, state, meta)
+
+
 def _load_file_module(path: Path, name: str):
     """Import one official source file by path (EvoTok's package __init__ pulls in its whole model)."""
     import importlib.util
@@ -158,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if args.unitok:
         unitok_fixtures(args.unitok.resolve(), args.out)
+        unitok_full_fixture(args.unitok.resolve(), args.out)
     if args.evotok:
         evotok_fixtures(args.evotok.resolve(), args.out)
 
