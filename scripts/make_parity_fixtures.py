@@ -264,6 +264,80 @@ def evotok_fixtures(root: Path, out: Path) -> None:
     save(out, "evotok_pixel_decoder", {"input": x, "output": y}, decoder.state_dict(), cfg)
 
 
+def evotok_full_fixture(root: Path, out: Path) -> None:
+    """A whole EvoTok model at reduced width, saved as the ``model`` state dict of its training checkpoint
+    plus the ``args`` naming its architecture; outputs of its own encode and decode."""
+    import transformers
+
+    sys.path.insert(0, str(root / "evotok"))
+    try:
+        from tokenizer.quantizer.shared_rq_quantizer import SharedResidualQuantizer
+        from tokenizer.vq_model.evotok import EvoTok
+        from tokenizer.vq_model.pixel_model import Decoder
+        from tokenizer.vq_model.vqkd_model import ScalingLayerForSigLip, VisionTransformer
+    finally:
+        sys.path.remove(str(root / "evotok"))
+
+    args = {"vq_model": "EvoTok", "teacher": "siglip_reduced", "image_size": 16, "codebook_size": 16,
+            "codebook_embed_dim": 8, "vqgan_depth": 2, "vqkd_depth": 4, "vq_warmup": 2000,
+            "restart_unused_codes": True, "dropout_p": 0.0}
+    siglip = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+    arch = {"siglip": siglip, "decoder_heads": 3, "decoder_depth": 2, "z_channels": 16, "ch": 32,
+            "ch_mult": [1, 1, 2], "num_res_blocks": 1}
+    width, code_dim, grid = siglip["hidden_size"], args["codebook_embed_dim"], 16 // siglip["patch_size"]
+
+    torch.manual_seed(9)
+    # EvoTok.__init__ downloads SigLIP2 and fixes the widths; its submodules are built here at reduced
+    # width exactly as __init__ wires them, and the official encode / decode run on them.
+    model = EvoTok.__new__(EvoTok)
+    nn.Module.__init__(model)
+    model.teacher = "siglip_256"  # selects EvoTok's SigLIP code path in encode / decode
+    model.decoder = Decoder(ch_mult=arch["ch_mult"], z_channels=arch["z_channels"], ch=arch["ch"],
+                            num_res_blocks=arch["num_res_blocks"])
+    model.post_quant_conv = nn.Conv2d(code_dim, arch["z_channels"], 1)
+    model.encoder_vqkd = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**siglip))
+    model.decoder_vqkd = VisionTransformer(
+        img_size=grid, patch_size=1, in_chans=code_dim, num_classes=0, embed_dim=width,
+        depth=arch["decoder_depth"], num_heads=arch["decoder_heads"], mlp_ratio=4.0, qkv_bias=True,
+        norm_layer="LayerNorm", init_values=0.0, use_abs_pos_emb=True, use_mean_pooling=True)
+    model.encode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+    model.decode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+    model.scaling_layer = ScalingLayerForSigLip()
+    model.quantize = SharedResidualQuantizer(
+        args["codebook_size"], code_dim, code_depth=(args["vqgan_depth"], args["vqkd_depth"]),
+        restart_unused_codes=True, vq_warmup=args["vq_warmup"])
+    model.eval()
+    perturb(model, 109)
+
+    gen = torch.Generator().manual_seed(10)
+    for _attempt in range(50):
+        images = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1
+        with torch.no_grad():
+            x = model.scaling_layer(images)
+            hidden = model.encoder_vqkd(x, output_hidden_states=True).hidden_states[-2]
+            feats = model.encode_task_layer(hidden)
+        residual, margin = feats.reshape(-1, code_dim).double(), float("inf")
+        for book in model.quantize.codebooks:  # residual levels: each level's margin on its residual
+            codes = book.weight[:-1].detach().double()
+            margin = min(margin, _code_margin(residual, codes, cosine=False))
+            residual = residual - codes[torch.cdist(residual, codes).argmin(-1)]
+        if margin > 1e-3:
+            break
+    else:
+        raise RuntimeError("no input with code margins above 1e-3")
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # before encode touches usage buffers
+    # The usage record is 131072 x depth zeros at construction (2 MB here): left out of the file, the
+    # tests put the same zeros back.
+    assert not state.pop("quantize.codebook_used").any()
+    with torch.no_grad():
+        quant, _, info = model.encode(images)
+        semantic, pixels = model.decode(quant)
+    meta = {"args": args, "arch": arch, "code_margin": margin}
+    save(out, "evotok_model", {"images": images, "codes": info[2], "reconstruction": pixels,
+                               "semantic_tokens": semantic}, state, meta)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unitok", type=Path, help="checkout of github.com/FoundationVision/UniTok")
@@ -279,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         unitok_full_fixture(args.unitok.resolve(), args.out)
     if args.evotok:
         evotok_fixtures(args.evotok.resolve(), args.out)
+        evotok_full_fixture(args.evotok.resolve(), args.out)
 
 
 if __name__ == "__main__":

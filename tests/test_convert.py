@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from polytok.cli import main
 from polytok.convert.checkpoint import UntrustedCheckpointError, read_checkpoint
+from polytok.convert.cli import convert_checkpoint
 from polytok.models.tokenizer import Tokenizer
 from test_parity_official import ATOL, load_fixture
 
@@ -126,3 +127,87 @@ def test_cli_refuses_an_untrusted_file_in_one_line(tmp_path, capsys):
     torch.save({"args": {"scale": fractions.Fraction(1, 3)}}, path)
     code, _, err = run_cli(capsys, "unitok", path, tmp_path / "o")
     assert code == 2 and "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def evotok_target_config(arch: dict, args: dict) -> dict:
+    siglip = arch["siglip"]
+    return {
+        "name": "evotok-reduced",
+        "image_size": args["image_size"],
+        "encoder": {"kind": "siglip", "hf_config": siglip, "feature_layer": -2, "freeze_last_blocks": 1},
+        "projection": {"kind": "tanh_mlp", "hidden": siglip["hidden_size"]},
+        "post_projection": {"kind": "identity"},
+        "quantizer": {"kind": "rvq", "dim": args["codebook_embed_dim"], "levels": args["vqkd_depth"],
+                      "codebook_size": args["codebook_size"], "update": "ema", "decay": 0.99,
+                      "ema_warmup_steps": args["vq_warmup"], "dead_code_threshold": 1.0, "beta": 1.0},
+        "pixel_depth": args["vqgan_depth"],
+        "pixel_decoder": {"kind": "cnn", "z_channels": arch["z_channels"], "ch": arch["ch"],
+                          "ch_mult": arch["ch_mult"], "num_res_blocks": arch["num_res_blocks"]},
+        "semantic": {"kind": "distill", "decoder_width": siglip["hidden_size"],
+                     "decoder_depth": arch["decoder_depth"], "decoder_heads": arch["decoder_heads"],
+                     "decoder_layout": "beit", "feature_dim": siglip["hidden_size"], "teacher": None},
+    }
+
+
+@pytest.fixture(scope="module")
+def evotok_files(tmp_path_factory):
+    """The fixture's official EvoTok, saved as its rq_train.py save_ckpt saves it."""
+    tensors, official, meta = load_fixture("evotok_model")
+    state = dict(official)
+    state["quantize.codebook_used"] = torch.zeros(131072, meta["args"]["vqkd_depth"])  # left out of the file
+    root = tmp_path_factory.mktemp("evotok")
+    checkpoint = {"model": state, "optimizer": {}, "discriminator": {}, "optimizer_disc": {}, "steps": 0,
+                  "args": argparse.Namespace(**meta["args"])}
+    torch.save(checkpoint, root / "0500000.pt")
+    (root / "config.json").write_text(json.dumps(evotok_target_config(meta["arch"], meta["args"])))
+    return root, tensors, checkpoint
+
+
+def check_evotok_outputs(tok: Tokenizer, tensors: dict) -> None:
+    codes = tok.encode((tensors["images"] + 1) / 2)  # (B, h, w, levels)
+    assert torch.equal(codes, tensors["codes"])
+    official_pixels = tensors["reconstruction"].clamp(-1, 1)  # from the first vqgan_depth levels
+    torch.testing.assert_close(tok.decode(codes) * 2 - 1, official_pixels, atol=2 * ATOL, rtol=0)
+    torch.testing.assert_close(tok.semantic_tokens(codes), tensors["semantic_tokens"], atol=ATOL, rtol=0)
+
+
+def test_evotok_checkpoint_converts_to_the_official_function(evotok_files, tmp_path, capsys):
+    root, tensors, _ = evotok_files
+    out = tmp_path / "converted"
+    code, _, err = run_cli(capsys, "evotok", root / "0500000.pt", out, root / "config.json")
+    assert code == 0, err  # an argparse.Namespace in 'args' needs no trust
+    check_evotok_outputs(Tokenizer.from_pretrained(out).eval(), tensors)
+
+
+def test_evotok_siglip_keys_of_either_transformers_layout(evotok_files, tmp_path):
+    """The fixture holds transformers 4.x keys (`vision_model.` level); 5.x files have none."""
+    root, tensors, checkpoint = evotok_files
+    assert any(k.startswith("encoder_vqkd.vision_model.") for k in checkpoint["model"])
+    flat = {k.replace(".vision_model.", ".", 1): v for k, v in checkpoint["model"].items()}
+    torch.save(dict(checkpoint, model=flat), tmp_path / "v5.pt")
+    out = convert_checkpoint("evotok", tmp_path / "v5.pt", tmp_path / "out", config=root / "config.json")
+    check_evotok_outputs(Tokenizer.from_pretrained(out).eval(), tensors)
+
+
+def test_evotok_prefers_the_ema_weights(evotok_files, tmp_path):
+    root, tensors, checkpoint = evotok_files
+    scrambled = {k: v * 0.5 if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
+    torch.save(dict(checkpoint, model=scrambled, ema=checkpoint["model"]), tmp_path / "ema.pt")
+    out = convert_checkpoint("evotok", tmp_path / "ema.pt", tmp_path / "out", config=root / "config.json")
+    check_evotok_outputs(Tokenizer.from_pretrained(out).eval(), tensors)
+
+
+def test_evotok_args_are_read_not_assumed(evotok_files, tmp_path, capsys):
+    root, _, checkpoint = evotok_files
+    args = argparse.Namespace(**dict(vars(checkpoint["args"]), vqgan_depth=1))  # the parser's default
+    torch.save(dict(checkpoint, args=args), tmp_path / "depth1.pt")
+    code, _, err = run_cli(capsys, "evotok", tmp_path / "depth1.pt", tmp_path / "o", root / "config.json")
+    assert code == 2 and "vqgan_depth=1" in err and "pixel_depth=2" in err
+
+
+def test_evotok_checkpoint_missing_a_key_names_it(evotok_files, tmp_path, capsys):
+    root, _, checkpoint = evotok_files
+    state = {k: v for k, v in checkpoint["model"].items() if k != "post_quant_conv.weight"}
+    torch.save(dict(checkpoint, model=state), tmp_path / "broken.pt")
+    code, _, err = run_cli(capsys, "evotok", tmp_path / "broken.pt", tmp_path / "o", root / "config.json")
+    assert code == 2 and "missing key 'post_quant_conv.weight'" in err
