@@ -223,7 +223,6 @@ def _load_file_module(path: Path, name: str):
 def evotok_fixtures(root: Path, out: Path) -> None:
     vq_model = root / "evotok" / "tokenizer" / "vq_model"
     vqkd = _load_file_module(vq_model / "vqkd_model.py", "evotok_vqkd_model")
-    pixel = _load_file_module(vq_model / "pixel_model.py", "evotok_pixel_model")
 
     # Semantic decoder: EvoTok builds decoder_vqkd with the encoder's width (1024), 12 heads (so heads of
     # 85 channels and an inner width of 1020), depth 3, patch size 1 on the code map, then
@@ -245,23 +244,6 @@ def evotok_fixtures(root: Path, out: Path) -> None:
     save(out, "evotok_semantic_decoder", {"input": x, "output": y}, semantic.state_dict(),
          {"code_dim": code_dim, "grid": grid, "width": width, "heads": heads, "depth": depth,
           "out_dim": out_dim})
-
-    # Pixel decoder: post_quant_conv (code width -> z_channels, 1 x 1) then the VQGAN decoder; EvoTok
-    # uses 32 -> 256, ch 128, ch_mult (1, 1, 2, 2, 4), 2 residual blocks per level.
-    cfg = {"code_dim": 8, "z_channels": 16, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}
-    torch.manual_seed(6)
-    decoder = nn.Module()
-    decoder.post_quant_conv = nn.Conv2d(cfg["code_dim"], cfg["z_channels"], 1)
-    decoder.decoder = pixel.Decoder(
-        z_channels=cfg["z_channels"], ch=cfg["ch"], ch_mult=cfg["ch_mult"],
-        num_res_blocks=cfg["num_res_blocks"],
-    )
-    decoder.eval()
-    perturb(decoder, 106)
-    x = torch.randn(2, cfg["code_dim"], 4, 4)
-    with torch.no_grad():
-        y = decoder.decoder(decoder.post_quant_conv(x))
-    save(out, "evotok_pixel_decoder", {"input": x, "output": y}, decoder.state_dict(), cfg)
 
 
 def evotok_full_fixture(root: Path, out: Path) -> None:

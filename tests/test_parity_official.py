@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from polytok.convert.evotok import map_pixel_decoder, map_semantic_decoder
+from polytok.convert.evotok import map_semantic_decoder
 from polytok.convert.state import StateMapper
 from polytok.convert.unitok import map_attention_projection, map_text_tower
-from polytok.models.config import PixelDecoderConfig, TextTowerConfig
-from polytok.models.decoders import BeitSemanticDecoder, CNNPixelDecoder
+from polytok.models.config import TextTowerConfig
+from polytok.models.decoders import BeitSemanticDecoder
 from polytok.models.text import TextTransformer
 from polytok.nn import AttentionProjection
 
@@ -109,25 +109,6 @@ def test_evotok_semantic_decoder_matches_official():
     tokens = tensors["input"].flatten(2).transpose(1, 2)  # the code map as (B, N, code_dim)
     with torch.no_grad():
         out = decoder(tokens, grid)
-    torch.testing.assert_close(out, tensors["output"], atol=ATOL, rtol=0)
-
-
-def test_evotok_pixel_decoder_matches_official():
-    tensors, official, cfg = load_fixture("evotok_pixel_decoder")
-    pd_cfg = PixelDecoderConfig(
-        kind="cnn",
-        z_channels=cfg["z_channels"],
-        ch=cfg["ch"],
-        ch_mult=cfg["ch_mult"],
-        num_res_blocks=cfg["num_res_blocks"],
-    )
-    decoder = CNNPixelDecoder(pd_cfg, cfg["code_dim"]).eval()
-    mapper = StateMapper(official, "fixture")
-    map_pixel_decoder(mapper, "post_quant_conv", "decoder", "dst", len(cfg["ch_mult"]), cfg["num_res_blocks"])
-    decoder.load_state_dict({k.removeprefix("dst."): v for k, v in mapper.finish().items()}, strict=True)
-    code_map = tensors["input"]
-    with torch.no_grad():
-        out = decoder(code_map.flatten(2).transpose(1, 2), tuple(code_map.shape[-2:]))
     torch.testing.assert_close(out, tensors["output"], atol=ATOL, rtol=0)
 
 
