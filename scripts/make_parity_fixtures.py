@@ -106,9 +106,19 @@ def _code_margin(features: Tensor, codebook: Tensor, cosine: bool) -> float:
     return float((top[:, 0] - top[:, 1]).min())
 
 
-def unitok_full_fixture(root: Path, out: Path) -> None:
-    """A whole UniTok model at reduced width, saved as the state dict ``trainer.unitok`` of a checkpoint
-    plus the ``args`` naming its architecture; outputs of its own inference methods."""
+UNITOK_REDUCED_ARGS = {
+    "model": "vitamin_reduced", "img_size": 64, "num_query": 0, "vocab_size": 64, "vocab_width": 16,
+    "num_codebooks": 4, "vocab_norm": True, "vq_beta": 0.25, "quant_proj": "attn", "embed_dim": 24,
+    "text_width": 32, "text_heads": 4, "text_layers": 2, "text_vocab_size": 259,
+    "text_context_length": 16, "dtype": "torch.float32",
+}
+UNITOK_REDUCED_ARCH = {"width": 64, "depth": 2, "heads": 4, "stem_width": 16, "stage_widths": [16, 32],
+                       "stage_depths": [1, 2], "up_widths": [16, 8], "up_depths": [2, 1]}
+
+
+def build_official_unitok(root: Path, args: dict, arch: dict, seed: int) -> nn.Module:
+    """The official ``UniTok`` for ``args`` (its training arguments) and ``arch`` (the ViTamin widths that
+    its ``args.model`` name stands for), seeded, norms and biases perturbed, in eval mode."""
     sys.path.insert(0, str(root))
     try:
         from models import vitamin
@@ -118,15 +128,6 @@ def unitok_full_fixture(root: Path, out: Path) -> None:
         from open_clip.model import _build_text_tower
     finally:
         sys.path.remove(str(root))
-
-    args = {
-        "model": "vitamin_reduced", "img_size": 64, "num_query": 0, "vocab_size": 64, "vocab_width": 16,
-        "num_codebooks": 4, "vocab_norm": True, "vq_beta": 0.25, "quant_proj": "attn", "embed_dim": 24,
-        "text_width": 32, "text_heads": 4, "text_layers": 2, "text_vocab_size": 259,
-        "text_context_length": 16, "dtype": "torch.float32",
-    }
-    arch = {"width": 64, "depth": 2, "heads": 4, "stem_width": 16, "stage_widths": [16, 32],
-            "stage_depths": [1, 2], "up_widths": [16, 8], "up_depths": [2, 1]}
 
     def hybrid_vit() -> nn.Module:
         # UniTok's timm.create_model(args.model, ...) with ViTamin-L's recipe at reduced width.
@@ -140,7 +141,7 @@ def unitok_full_fixture(root: Path, out: Path) -> None:
             global_pool="", patch_size=1, fc_norm=False, drop_rate=0.0, num_classes=0, pos_embed="none",
             reg_tokens=0, img_size=args["img_size"], drop_path_rate=0.0)
 
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     # UniTok.__init__ and ViTaminDecoder.__init__ take the architecture from a timm model name with
     # hard-coded widths; the same submodules are assembled here at reduced width, and the official
     # forward methods run on them.
@@ -176,11 +177,18 @@ def unitok_full_fixture(root: Path, out: Path) -> None:
     model.projection = nn.Linear(arch["width"], args["embed_dim"])
     model.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
     model.eval()
-    perturb(model, 107)
+    perturb(model, seed + 100)
     with torch.no_grad():
         for book in model.quantizer.codebooks:  # UniTok's vocab_init is a narrow uniform draw
             book.codebook.weight.uniform_(-1.0, 1.0)
+    return model
 
+
+def unitok_full_fixture(root: Path, out: Path) -> None:
+    """A whole UniTok model at reduced width, saved as the state dict ``trainer.unitok`` of a checkpoint
+    plus the ``args`` naming its architecture; outputs of its own inference methods."""
+    args, arch = UNITOK_REDUCED_ARGS, UNITOK_REDUCED_ARCH
+    model = build_official_unitok(root, args, arch, seed=7)
     gen = torch.Generator().manual_seed(8)
     for _attempt in range(20):
         images = torch.rand(2, 3, args["img_size"], args["img_size"], generator=gen) * 2 - 1
@@ -246,9 +254,22 @@ def evotok_fixtures(root: Path, out: Path) -> None:
           "out_dim": out_dim})
 
 
-def evotok_full_fixture(root: Path, out: Path) -> None:
-    """A whole EvoTok model at reduced width, saved as the ``model`` state dict of its training checkpoint
-    plus the ``args`` naming its architecture; outputs of its own encode and decode."""
+EVOTOK_REDUCED_ARGS = {
+    "vq_model": "EvoTok", "teacher": "siglip_reduced", "image_size": 16, "codebook_size": 16,
+    "codebook_embed_dim": 8, "vqgan_depth": 2, "vqkd_depth": 4, "vq_warmup": 2000,
+    "restart_unused_codes": True, "dropout_p": 0.0,
+}
+EVOTOK_REDUCED_ARCH = {
+    "siglip": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+               "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6},
+    "decoder_heads": 3, "decoder_depth": 2, "z_channels": 16, "ch": 32, "ch_mult": [1, 1, 2],
+    "num_res_blocks": 1,
+}
+
+
+def build_official_evotok(root: Path, args: dict, arch: dict, seed: int) -> nn.Module:
+    """The official ``EvoTok`` for ``args`` and ``arch`` (the widths its ``--teacher`` stands for), with a
+    randomly initialised SigLIP tower, seeded, norms and biases perturbed, in eval mode."""
     import transformers
 
     sys.path.insert(0, str(root / "evotok"))
@@ -260,16 +281,10 @@ def evotok_full_fixture(root: Path, out: Path) -> None:
     finally:
         sys.path.remove(str(root / "evotok"))
 
-    args = {"vq_model": "EvoTok", "teacher": "siglip_reduced", "image_size": 16, "codebook_size": 16,
-            "codebook_embed_dim": 8, "vqgan_depth": 2, "vqkd_depth": 4, "vq_warmup": 2000,
-            "restart_unused_codes": True, "dropout_p": 0.0}
-    siglip = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
-              "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
-    arch = {"siglip": siglip, "decoder_heads": 3, "decoder_depth": 2, "z_channels": 16, "ch": 32,
-            "ch_mult": [1, 1, 2], "num_res_blocks": 1}
-    width, code_dim, grid = siglip["hidden_size"], args["codebook_embed_dim"], 16 // siglip["patch_size"]
-
-    torch.manual_seed(9)
+    siglip = arch["siglip"]
+    width, code_dim = siglip["hidden_size"], args["codebook_embed_dim"]
+    grid = args["image_size"] // siglip["patch_size"]
+    torch.manual_seed(seed)
     # EvoTok.__init__ downloads SigLIP2 and fixes the widths; its submodules are built here at reduced
     # width exactly as __init__ wires them, and the official encode / decode run on them.
     model = EvoTok.__new__(EvoTok)
@@ -290,11 +305,19 @@ def evotok_full_fixture(root: Path, out: Path) -> None:
         args["codebook_size"], code_dim, code_depth=(args["vqgan_depth"], args["vqkd_depth"]),
         restart_unused_codes=True, vq_warmup=args["vq_warmup"])
     model.eval()
-    perturb(model, 109)
+    perturb(model, seed + 100)
+    return model
 
+
+def evotok_full_fixture(root: Path, out: Path) -> None:
+    """A whole EvoTok model at reduced width, saved as the ``model`` state dict of its training checkpoint
+    plus the ``args`` naming its architecture; outputs of its own encode and decode."""
+    args, arch = EVOTOK_REDUCED_ARGS, EVOTOK_REDUCED_ARCH
+    model = build_official_evotok(root, args, arch, seed=9)
+    code_dim = args["codebook_embed_dim"]
     gen = torch.Generator().manual_seed(10)
     for _attempt in range(50):
-        images = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1
+        images = torch.rand(2, 3, args["image_size"], args["image_size"], generator=gen) * 2 - 1
         with torch.no_grad():
             x = model.scaling_layer(images)
             hidden = model.encoder_vqkd(x, output_hidden_states=True).hidden_states[-2]
