@@ -211,3 +211,11 @@ def test_evotok_checkpoint_missing_a_key_names_it(evotok_files, tmp_path, capsys
     torch.save(dict(checkpoint, model=state), tmp_path / "broken.pt")
     code, _, err = run_cli(capsys, "evotok", tmp_path / "broken.pt", tmp_path / "o", root / "config.json")
     assert code == 2 and "missing key 'post_quant_conv.weight'" in err
+
+
+def test_a_checkpoint_of_the_other_system_is_named(unitok_files, evotok_files, tmp_path, capsys):
+    unitok_root, evotok_root = unitok_files[0], evotok_files[0]
+    code, _, err = run_cli(capsys, "unitok", evotok_root / "0500000.pt", tmp_path / "o")
+    assert code == 2 and "looks like an EvoTok checkpoint" in err
+    code, _, err = run_cli(capsys, "evotok", unitok_root / "ckpt-last.pth", tmp_path / "o")
+    assert code == 2 and "polytok convert unitok" in err

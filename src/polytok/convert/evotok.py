@@ -177,6 +177,11 @@ def convert_evotok(checkpoint: dict[str, Any], cfg: TokenizerConfig) -> Tokenize
     """EvoTok's ``save_ckpt`` file (``model`` / ``ema`` / ``state_dict`` plus ``args``) -> Tokenizer."""
     from polytok.convert.unitok import fill_quantizer_statistics
 
+    if "trainer" in checkpoint:
+        raise ConversionError(
+            "EvoTok checkpoint: the file has a 'trainer' entry, the layout of UniTok's checkpoints "
+            "('polytok convert unitok')"
+        )
     tok = Tokenizer(cfg, load_backbone_weights=False)
     if cfg.pixel_decoder.kind != "cnn" or not cfg.pixel_decoder.z_channels:
         raise ConversionError("EvoTok checkpoint: the target needs a 'cnn' pixel decoder with z_channels")

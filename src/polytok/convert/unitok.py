@@ -187,11 +187,12 @@ def fill_quantizer_statistics(state: dict[str, Tensor], expected: dict[str, Tens
 
 def convert_unitok(checkpoint: dict[str, Any], cfg: TokenizerConfig) -> Tokenizer:
     """UniTok's ``torch.save({'args', 'epoch', 'iter', 'trainer': {..., 'unitok': state}})`` -> Tokenizer."""
-    args = args_of(checkpoint, "UniTok checkpoint")
-    check_unitok_args(args, cfg)
     trainer = checkpoint.get("trainer")
     if not isinstance(trainer, dict) or "unitok" not in trainer:
-        raise ConversionError("UniTok checkpoint: no 'trainer' -> 'unitok' state dict in the file")
+        evotok_like = "model" in checkpoint or "ema" in checkpoint
+        hint = "; it looks like an EvoTok checkpoint ('polytok convert evotok')" if evotok_like else ""
+        raise ConversionError(f"UniTok checkpoint: no 'trainer' -> 'unitok' state dict in the file{hint}")
+    check_unitok_args(args_of(checkpoint, "UniTok checkpoint"), cfg)
     mapper = StateMapper(tensors_of(trainer["unitok"], "trainer.unitok"), "UniTok checkpoint")
     map_unitok(mapper, cfg)
     target = mapper.finish()
