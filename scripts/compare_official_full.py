@@ -5,10 +5,11 @@
 Each official model is built at its published size with seeded random weights (LayerNorm weights and
 biases perturbed, as in the parity fixtures; EvoTok's SigLIP tower randomly initialised, nothing
 downloaded), converted with ``polytok.convert`` into the preset, and both run on the same random images
-and captions. Prints one JSON line per system: codes that differ, the largest pixel difference on the
-[0, 1] scale (decoding the official codes), and the largest difference / smallest cosine of the semantic
-outputs. The official code's extra packages are those of scripts/make_parity_fixtures.py (UniTok pins
-timm 1.0.8; EvoTok imports transformers 4.x); several GB of memory per system.
+and captions. Prints one JSON line per system: codes that differ, the largest difference of the unclamped
+decoder outputs ([-1, 1] scale, both decoding the official codes; with the outputs' standard deviation
+for scale), and the largest difference / smallest cosine of the semantic outputs. The official code's
+extra packages are those of scripts/make_parity_fixtures.py (UniTok pins timm 1.0.8; EvoTok imports
+transformers 4.x); several GB of memory per system.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def compare_unitok(root: Path, n_images: int, seed: int) -> dict:
     b, h, w, g = ours.shape
     ours = ours.reshape(b, h * w, g).transpose(1, 2)
     grid_codes = codes.transpose(1, 2).reshape(b, h, w, g)
-    pixels = (official.idx_to_img(codes) + 1) / 2
+    # Unclamped decoder outputs on the [-1, 1] scale (clamping would hide differences where it saturates).
+    pixels = official.decoder(official.post_quant_proj(official.quantizer.idx_to_f(codes)))
+    flat, grid = tok._flatten_codes(grid_codes)
+    our_pixels = tok.pixel_decoder(tok.post_projection(tok.quantizer.indices_to_codes(flat)), grid)
     image_emb = official.encode_image(images, normalize=True)
     text_emb = official.encode_text(ids, normalize=True)
     our_text = F.normalize(tok.text_tower(ids), dim=-1)
@@ -79,7 +83,8 @@ def compare_unitok(root: Path, n_images: int, seed: int) -> dict:
         "images": n_images,
         "codes_differing": int((codes != ours).sum()),
         "codes_total": codes.numel(),
-        "pixel_max_abs_diff": float((tok.decode(grid_codes) - pixels.clamp(0, 1)).abs().max()),
+        "pixel_std": float(pixels.std()),
+        "pixel_max_abs_diff": float((our_pixels - pixels).abs().max()),
         "image_embedding_max_abs_diff": float((tok.semantic_features(grid_codes) - image_emb).abs().max()),
         "text_embedding_max_abs_diff": float((our_text - text_emb).abs().max()),
         "seconds": round(time.perf_counter() - start, 1),
@@ -99,12 +104,15 @@ def compare_evotok(root: Path, n_images: int, seed: int) -> dict:
     semantic, pixels = official.decode(quant)
     ours = tok.encode((images + 1) / 2)
     tokens = tok.semantic_tokens(codes)
+    flat, grid = tok._flatten_codes(codes[..., : EVOTOK_L_ARGS["vqgan_depth"]])
+    our_pixels = tok.pixel_decoder(tok.quantizer.indices_to_codes(flat), grid)  # unclamped, [-1, 1] scale
     return {
         "system": "evotok-l",
         "images": n_images,
         "codes_differing": int((codes != ours).sum()),
         "codes_total": codes.numel(),
-        "pixel_max_abs_diff": float((tok.decode(codes) - ((pixels + 1) / 2).clamp(0, 1)).abs().max()),
+        "pixel_std": float(pixels.std()),
+        "pixel_max_abs_diff": float((our_pixels - pixels).abs().max()),
         "semantic_tokens_max_abs_diff": float((tokens - semantic).abs().max()),
         "semantic_tokens_min_cosine": float(F.cosine_similarity(tokens, semantic, dim=-1).min()),
         "seconds": round(time.perf_counter() - start, 1),
