@@ -112,11 +112,41 @@ def test_evotok_l_matches_published_architecture():
     vc = tok.encoder.model.config
     assert (vc.hidden_size, vc.num_hidden_layers, vc.patch_size) == (1024, 24, 16)
     assert tok.encoder.feature_layer == -2
-    assert (
-        len(tok.semantic_decoder.transformer.blocks) == 3
-        and tok.semantic_decoder.proj_out.out_features == 1024
-    )
+    # SiglipVisionModel (convolutional patch embedding), the layout the SigLIP2-256 weights are saved in.
+    transformers = pytest.importorskip("transformers")
+    assert type(tok.encoder.model) is transformers.SiglipVisionModel
+    assert tok.encoder.model.state_dict()["embeddings.patch_embedding.weight"].shape == (1024, 3, 16, 16)
+    # Semantic decoder as EvoTok's: class token, learned positions for 256 + 1 tokens, 12 heads of 85.
+    sem = tok.semantic_decoder
+    assert len(sem.transformer.blocks) == 3 and sem.pos_embed.shape == (1, 257, 1024)
+    attn = sem.transformer.blocks[0].attn
+    assert (attn.heads, attn.head_dim, attn.qkv.out_features) == (12, 85, 3 * 1020)
+    assert sem.head.fc1.out_features == 1024 and sem.head.fc2.out_features == 1024
+    # Pixel decoder: post_quant_conv 32 -> 256 before a CNN built for 256 latent channels.
+    assert tok.pixel_decoder.post_quant_conv.weight.shape == (256, 32, 1, 1)
+    assert tok.pixel_decoder.cnn.conv_in.in_channels == 256
     assert tok.pixel_decoder.factor == 16
+    # Training defaults of EvoTok's script: commitment weight 1, restart codes used < once per step.
+    q = tok.config.quantizer
+    assert (q.beta, q.dead_code_threshold, q.ema_warmup_steps) == (1.0, 1.0, 2000)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_semantic_tokens_per_position_where_the_preset_has_them(name):
+    tok = small(name).eval()
+    codes = tok.encode(images(2, 64, 96))
+    if tok.config.semantic.kind != "distill":
+        with pytest.raises(ValueError, match="no per-token semantic features"):
+            tok.semantic_tokens(codes)
+        return
+    tokens = tok.semantic_tokens(codes)
+    h, w = codes.shape[1:3]
+    assert tokens.shape == (2, h * w, tok.config.semantic.feature_dim)
+    with torch.no_grad():
+        out = tok(images(2, 64, 96))
+    torch.testing.assert_close(out.semantic_tokens, tokens, atol=1e-5, rtol=1e-5)
+    pooled = torch.nn.functional.normalize(tokens.mean(dim=1), dim=-1)
+    torch.testing.assert_close(tok.semantic_features(codes), pooled, atol=1e-5, rtol=1e-5)
 
 
 def test_evotok_l_missing_siglip_weights_is_a_clear_error(tmp_path):

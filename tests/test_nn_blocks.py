@@ -58,6 +58,11 @@ def test_causal_transformer_ignores_future_tokens():
 def test_attention_projection_matches_hand_computation():
     torch.manual_seed(0)
     proj = AttentionProjection(32, 8, heads=4)  # head dim 8 = out dim: heads are averaged
+    with torch.no_grad():  # norms off their defaults, or the MLP's own LayerNorm would be a no-op
+        for module in proj.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.add_(torch.randn_like(module.weight) * 0.3)
+                module.bias.add_(torch.randn_like(module.bias) * 0.3)
     x = torch.randn(2, 6, 32)
     a = proj.attn
     xa = F.layer_norm(x, (32,), proj.norm_attn.weight, proj.norm_attn.bias)
@@ -67,6 +72,7 @@ def test_attention_projection_matches_hand_computation():
     y = xl @ proj.linear.weight.T + proj.linear.bias + attn_out
     yn = F.layer_norm(y, (8,), proj.norm_mlp.weight, proj.norm_mlp.bias)
     m = proj.mlp
+    yn = F.layer_norm(yn, (8,), m.norm.weight, m.norm.bias, eps=1e-6)  # the MLP's own LayerNorm
     mlp = F.gelu(yn @ m.w0.weight.T + m.w0.bias, approximate="tanh") * (yn @ m.w1.weight.T + m.w1.bias)
     ref = y + mlp @ m.w2.weight.T + m.w2.bias
     torch.testing.assert_close(proj(x), ref, atol=1e-5, rtol=1e-5)
@@ -74,7 +80,7 @@ def test_attention_projection_matches_hand_computation():
 
 def test_attention_projection_widens_and_mixes_tokens():
     torch.manual_seed(0)
-    proj = AttentionProjection(8, 64)  # 8 heads of dim 1, repeated to 64 channels
+    proj = AttentionProjection(8, 64)  # 8 heads of 8 channels, concatenated to 64
     x = torch.randn(1, 5, 8)
     y = proj(x)
     assert y.shape == (1, 5, 64)

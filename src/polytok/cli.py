@@ -7,6 +7,7 @@ polytok eval MODEL --data shapes --report out/report.html
 polytok encode MODEL DATA --out tokens.npz    # a dataset to tokens for LLM training
 polytok decode MODEL tokens.npz --out-dir images/
 polytok reconstruct [MODEL] photo.png --out-dir out/   # MODEL defaults to the shipped unitok-tiny
+polytok convert unitok CHECKPOINT OUT_DIR      # an official UniTok / EvoTok checkpoint to polytok
 
 Bad input prints one line (polytok: error: ...) and exits with status 2; --debug shows the traceback.
 """
@@ -286,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=None, help="residual tokenizers: decode the first k levels")
     p.add_argument("--out-dir", default="out")
     p.set_defaults(func=_cmd_reconstruct)
+
+    from polytok.convert.cli import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 

@@ -50,12 +50,21 @@ class EncoderConfig:
 @dataclass
 class ProjectionConfig:
     """Map between the backbone width and the code width: "attention" (UniTok), "linear", "tanh_mlp"
-    (EvoTok's Linear-Tanh-Linear) or "identity" (widths must match)."""
+    (EvoTok's Linear-Tanh-Linear) or "identity" (widths must match).
+
+    For "attention": ``widening_attention`` "concat" (UniTok: heads of ``out_dim // heads`` channels,
+    concatenated) or "head_average" (heads of ``in_dim // heads`` channels averaged, then repeated: the
+    layout the shipped tiny checkpoints were trained with); ``mlp_norm`` gives the GeGLU MLP its own
+    inner LayerNorm (UniTok; False in the shipped tiny checkpoints). See
+    :class:`polytok.nn.AttentionProjection`.
+    """
 
     kind: Literal["attention", "linear", "tanh_mlp", "identity"] = "attention"
     heads: int | None = None
     mlp_ratio: float = 2.0
     hidden: int | None = None
+    widening_attention: Literal["concat", "head_average"] = "concat"
+    mlp_norm: bool = True
 
 
 @dataclass
@@ -89,7 +98,8 @@ class PixelDecoderConfig:
     (UniTok); "cnn": VQGAN-style CNN straight on the code vectors (EvoTok). ``pos_embed`` adds sin-cos
     positions before the "vit" blocks (UniTok has none; small models learn faster with them). Empty
     ``up_widths`` replace the conv upsampler by a linear patch head (each token -> one stride x stride
-    patch, as in ViT-VQGAN), the cheap choice on a CPU."""
+    patch, as in ViT-VQGAN), the cheap choice on a CPU. ``z_channels`` ("cnn"): a 1 x 1 convolution
+    from the code width to this many channels before the CNN (EvoTok's ``post_quant_conv``: 256)."""
 
     kind: Literal["vit", "cnn"] = field(default="vit", metadata=REQUIRED)
     width: int = 1024
@@ -104,6 +114,7 @@ class PixelDecoderConfig:
     num_res_blocks: int = 2
     norm_groups: int = 32
     pos_embed: bool = False
+    z_channels: int | None = None
     grad_checkpointing: bool = False
 
 
@@ -133,7 +144,9 @@ class SemanticConfig:
 
     kind "contrastive" (UniTok): mean pool -> LN -> Linear -> L2 norm, against ``text_tower`` with a
     learnable logit scale. kind "distill" (EvoTok): a ViT semantic decoder maps the code tokens to
-    ``feature_dim``-d features distilled onto a frozen ``teacher`` ("efficientnet-lite0" and the like
+    ``feature_dim``-d features (``decoder_layout`` "beit": EvoTok's, with a class token, learned positions
+    and a Linear-Tanh-Linear head; "sincos": sin-cos positions and one Linear out, the layout of the
+    shipped evotok-tiny checkpoint) distilled onto a frozen ``teacher`` ("efficientnet-lite0" and the like
     from :mod:`polytok.pretrained`, "encoder" for the pretrained image encoder's own weights, or None:
     supply a module with ``Tokenizer.set_teacher``). The teacher's input is resized so that its feature
     map ``teacher_feature_index`` falls on the token grid, or to ``teacher_input_size`` (its map then
@@ -145,6 +158,7 @@ class SemanticConfig:
     decoder_width: int = 1024
     decoder_depth: int = 3
     decoder_heads: int = 16
+    decoder_layout: Literal["beit", "sincos"] = "beit"
     feature_dim: int = 1024
     teacher: str | None = None
     teacher_feature_index: int = 3
@@ -202,7 +216,9 @@ def validate(cfg: TokenizerConfig) -> None:
     e, q, p, s = cfg.encoder, cfg.quantizer, cfg.pixel_decoder, cfg.semantic
     _positive(e, "encoder", ["width", "depth", "heads", "stem_width", "patch_size", "mlp_ratio"])
     _positive(q, "quantizer", ["dim", "codebook_size", "num_codebooks", "levels", "codebook_dim"])
-    _positive(p, "pixel_decoder", ["width", "depth", "heads", "ch", "num_res_blocks", "norm_groups"])
+    _positive(
+        p, "pixel_decoder", ["width", "depth", "heads", "ch", "num_res_blocks", "norm_groups", "z_channels"]
+    )
     _positive(cfg, "", ["image_size"])
     _positive(s, "semantic", ["teacher_input_size"])
     if e.kind == "hybrid_vit" and len(e.stage_widths) != len(e.stage_depths):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.models.config import PixelDecoderConfig
-from polytok.nn import ConvUpsampler, Transformer, VQGANDecoder, sincos_2d
+from polytok.nn import ConvUpsampler, TanhMlpProjection, Transformer, VQGANDecoder, sincos_2d
 
 
 def tokens_to_map(x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -65,23 +67,73 @@ class ViTPixelDecoder(nn.Module):
 
 
 class CNNPixelDecoder(nn.Module):
-    """EvoTok's pixel decoder: VQGAN-style CNN on the code map. (B, h*w, D) -> (B, 3, h*up, w*up)."""
+    """EvoTok's pixel decoder: VQGAN-style CNN on the code map. (B, h*w, D) -> (B, 3, h*up, w*up).
+
+    With ``cfg.z_channels`` a 1 x 1 convolution (EvoTok's ``post_quant_conv``, D -> z_channels) comes
+    first; it cannot be folded into the CNN's 3 x 3 input convolution, whose zero padding at the borders
+    sees the 1 x 1 convolution's bias as zeros.
+    """
 
     def __init__(self, cfg: PixelDecoderConfig, in_dim: int) -> None:
         super().__init__()
-        self.cnn = VQGANDecoder(in_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, norm_groups=cfg.norm_groups)
+        self.post_quant_conv: nn.Module = (
+            nn.Conv2d(in_dim, cfg.z_channels, 1) if cfg.z_channels else nn.Identity()
+        )
+        z_ch = cfg.z_channels or in_dim
+        self.cnn = VQGANDecoder(z_ch, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, norm_groups=cfg.norm_groups)
         self.factor = self.cnn.factor
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        return self.cnn(tokens_to_map(x, grid))
+        return self.cnn(self.post_quant_conv(tokens_to_map(x, grid)))
 
     def last_layer(self) -> Tensor:
         return self.cnn.conv_out.weight
 
 
+class BeitSemanticDecoder(nn.Module):
+    """EvoTok's semantic decoder (a BEiT-v2-style ViT on the code map).
+
+    Linear ``in_dim`` -> ``width`` per token (EvoTok's 1 x 1 patch embedding), a learned class token,
+    learned positions for the class token and the ``grid`` tokens (resized bicubically for another grid),
+    ``depth`` pre-norm blocks whose ``heads`` heads have ``width // heads`` channels each (EvoTok: 12
+    heads of 85, an inner width of 1020), LayerNorm on the patch tokens, then Linear-Tanh-Linear to the
+    teacher's ``out_dim``. (B, N, in_dim) -> (B, N, out_dim): the class token is dropped.
+    """
+
+    def __init__(
+        self, in_dim: int, width: int, depth: int, heads: int, out_dim: int, grid: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.grid = grid
+        self.proj_in = nn.Linear(in_dim, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, width))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.transformer = Transformer(width, depth, heads, mlp="mlp", mlp_ratio=4.0, head_dim=width // heads)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = TanhMlpProjection(width, out_dim, hidden=width)
+
+    def positions(self, grid: tuple[int, int]) -> Tensor:
+        """(1, 1 + h * w, width): the learned positions, the patch part resized to ``grid``."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        h0, w0 = self.grid
+        patch_map = patch_pos.reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
+        patch_map = F.interpolate(patch_map, size=grid, mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, patch_map.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = self.proj_in(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.positions(grid)
+        return self.head(self.norm(self.transformer(x)[:, 1:]))
+
+
 class SemanticDecoder(nn.Module):
-    """EvoTok's semantic decoder: Linear to ``width``, sin-cos positions, ``depth`` transformer blocks,
-    LN, Linear to the teacher's ``out_dim``. (B, N, in_dim) -> (B, N, out_dim)."""
+    """A lighter semantic decoder: Linear to ``width``, sin-cos positions, ``depth`` transformer blocks
+    (heads of ``width // heads``), LN, Linear to the teacher's ``out_dim``. (B, N, in_dim) -> (B, N, out_dim).
+    The layout the shipped evotok-tiny checkpoint was trained with (``semantic.decoder_layout: sincos``)."""
 
     def __init__(self, in_dim: int, width: int, depth: int, heads: int, out_dim: int) -> None:
         super().__init__()

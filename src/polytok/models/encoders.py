@@ -73,6 +73,20 @@ SIGLIP2_LARGE_256 = {
 }
 
 
+# The same tower in SigLIP's layout (convolutional patch embedding, learned positions for a fixed
+# 16 x 16 grid): the layout the SigLIP2-256 checkpoint is saved in and EvoTok builds.
+SIGLIP_LARGE_256 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 16,
+    "image_size": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+}
+
+
 def load_hf_vision_model(
     kind: str, hf_config: dict[str, Any] | None, weights: str | None, load_weights: bool = True
 ) -> nn.Module:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from polytok.models.encoders import SIGLIP2_LARGE_256
+from polytok.models.encoders import SIGLIP_LARGE_256
 
 _VITAMIN_L = {
     "kind": "hybrid_vit",
@@ -66,8 +66,8 @@ EVOTOK_L: dict[str, Any] = {
     "name": "evotok-l",
     "image_size": 256,
     "encoder": {
-        "kind": "siglip2",
-        "hf_config": dict(SIGLIP2_LARGE_256),
+        "kind": "siglip",  # SiglipVisionModel, as EvoTok loads the SigLIP2-256 checkpoint
+        "hf_config": dict(SIGLIP_LARGE_256),
         "weights": "google/siglip2-large-patch16-256",
         "feature_layer": -2,
         "freeze_last_blocks": 1,
@@ -82,16 +82,25 @@ EVOTOK_L: dict[str, Any] = {
         "update": "ema",
         "decay": 0.99,
         "ema_warmup_steps": 2000,
-        "dead_code_threshold": 0.01,
-        "beta": 0.25,
+        # EvoTok's training script: codes used less than once per step on average are restarted,
+        # and the commitment loss has weight 1.
+        "dead_code_threshold": 1.0,
+        "beta": 1.0,
     },
     "pixel_depth": 4,
-    "pixel_decoder": {"kind": "cnn", "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2},
+    "pixel_decoder": {
+        "kind": "cnn",
+        "z_channels": 256,
+        "ch": 128,
+        "ch_mult": [1, 1, 2, 2, 4],
+        "num_res_blocks": 2,
+    },
     "semantic": {
         "kind": "distill",
         "decoder_width": 1024,
         "decoder_depth": 3,
-        "decoder_heads": 16,
+        "decoder_heads": 12,
+        "decoder_layout": "beit",
         "feature_dim": 1024,
         "teacher": "encoder",
     },
@@ -123,13 +132,21 @@ _TINY_VIT_DECODER = {
     "pos_embed": True,
 }
 _MINILM = {"kind": "minilm-l6", "freeze": True}
+# The shipped unitok-tiny / polytok-tiny checkpoints were trained with the earlier projection layout:
+# head-averaged widening attention and GeGLU MLPs without their own LayerNorm (unitok-l uses UniTok's).
+_TINY_ATTENTION_PROJECTION = {
+    "kind": "attention",
+    "heads": 4,
+    "widening_attention": "head_average",
+    "mlp_norm": False,
+}
 
 UNITOK_TINY: dict[str, Any] = {
     "name": "unitok-tiny",
     "image_size": 64,
     "encoder": _TINY_HYBRID,
-    "projection": {"kind": "attention", "heads": 4},
-    "post_projection": {"kind": "attention", "heads": 4},
+    "projection": _TINY_ATTENTION_PROJECTION,
+    "post_projection": _TINY_ATTENTION_PROJECTION,
     "quantizer": {
         "kind": "mcq",
         "dim": 32,
@@ -173,6 +190,7 @@ EVOTOK_TINY: dict[str, Any] = {
         "decoder_width": 128,
         "decoder_depth": 2,
         "decoder_heads": 4,
+        "decoder_layout": "sincos",  # the shipped checkpoint's layout
         "feature_dim": 112,
         "teacher": "efficientnet-lite0",
         "teacher_feature_index": 3,
@@ -184,8 +202,8 @@ POLYTOK_TINY: dict[str, Any] = {
     "name": "polytok-tiny",
     "image_size": 64,
     "encoder": _TINY_HYBRID,
-    "projection": {"kind": "attention", "heads": 4},
-    "post_projection": {"kind": "attention", "heads": 4},
+    "projection": _TINY_ATTENTION_PROJECTION,
+    "post_projection": _TINY_ATTENTION_PROJECTION,
     "quantizer": {
         "kind": "rvq",
         "dim": 32,

@@ -96,8 +96,9 @@ class TextTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # LayerNorm epsilon 1e-5 throughout, as in CLIP's text tower.
         self.transformer = Transformer(
-            cfg.width, cfg.depth, cfg.heads, mlp="mlp", mlp_ratio=cfg.mlp_ratio, causal=True
+            cfg.width, cfg.depth, cfg.heads, mlp="mlp", mlp_ratio=cfg.mlp_ratio, causal=True, norm_eps=1e-5
         )
         self.ln_final = nn.LayerNorm(cfg.width)
         self.text_projection = nn.Linear(cfg.width, embed_dim, bias=False)
@@ -106,13 +107,17 @@ class TextTransformer(nn.Module):
     def tokenizer(self) -> ByteTextTokenizer | ClipBPETextTokenizer:
         return build_text_tokenizer(self.vocab, self.context_length)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def token_features(self, ids: Tensor) -> Tensor:
+        """(B, context_length) int64 ids -> (B, context_length, width) after the final LayerNorm."""
         if ids.dim() != 2 or ids.shape[1] != self.context_length or ids.dtype != torch.long:
             raise ValueError(
                 f"expected int64 token ids (B, {self.context_length}), got {tuple(ids.shape)} {ids.dtype}"
             )
         x = self.token_embedding(ids) + self.positional_embedding
-        x = self.ln_final(self.transformer(x))
+        return self.ln_final(self.transformer(x))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.token_features(ids)
         # The end token is the only one that has seen the whole caption (causal attention).
         is_eot = ids == self.eot_id
         if not bool(is_eot.any(dim=1).all()):

@@ -25,7 +25,12 @@ from torch import Tensor, nn
 
 from polytok.config import ConfigError, load_file, merge
 from polytok.models.config import ProjectionConfig, QuantizerConfig, TokenizerConfig
-from polytok.models.decoders import CNNPixelDecoder, SemanticDecoder, ViTPixelDecoder
+from polytok.models.decoders import (
+    BeitSemanticDecoder,
+    CNNPixelDecoder,
+    SemanticDecoder,
+    ViTPixelDecoder,
+)
 from polytok.models.encoders import HFSiglipEncoder, build_encoder
 from polytok.models.heads import ClipHead, pooled_embedding
 from polytok.models.inputs import images_to_tensor
@@ -69,7 +74,14 @@ class TokenizerOutput:
 
 def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Module:
     if cfg.kind == "attention":
-        return AttentionProjection(in_dim, out_dim, cfg.heads, cfg.mlp_ratio)
+        return AttentionProjection(
+            in_dim,
+            out_dim,
+            cfg.heads,
+            cfg.mlp_ratio,
+            widening_attention=cfg.widening_attention,
+            mlp_norm=cfg.mlp_norm,
+        )
     if cfg.kind == "linear":
         return LinearProjection(in_dim, out_dim)
     if cfg.kind == "tanh_mlp":
@@ -188,7 +200,7 @@ class Tokenizer(nn.Module):
         self.semantic_kind = s.kind
         self.clip_head: ClipHead | None = None
         self.text_tower: nn.Module | None = None
-        self.semantic_decoder: SemanticDecoder | None = None
+        self.semantic_decoder: BeitSemanticDecoder | SemanticDecoder | None = None
         self.teacher: FrozenTeacher | None = None
         if s.kind == "contrastive":
             self.clip_head = ClipHead(code_width, s.embed_dim)
@@ -196,9 +208,15 @@ class Tokenizer(nn.Module):
             # Shape (1,), not a 0-d scalar: FSDP cannot shard 0-d parameters.
             self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(s.logit_scale_init)))
         elif s.kind == "distill":
-            self.semantic_decoder = SemanticDecoder(
-                q.dim, s.decoder_width, s.decoder_depth, s.decoder_heads, s.feature_dim
-            )
+            if s.decoder_layout == "beit":
+                grid = (cfg.image_size // self.stride, cfg.image_size // self.stride)
+                self.semantic_decoder = BeitSemanticDecoder(
+                    q.dim, s.decoder_width, s.decoder_depth, s.decoder_heads, s.feature_dim, grid
+                )
+            else:
+                self.semantic_decoder = SemanticDecoder(
+                    q.dim, s.decoder_width, s.decoder_depth, s.decoder_heads, s.feature_dim
+                )
         if teacher is not None:
             self.set_teacher(teacher)
 
@@ -509,7 +527,12 @@ class Tokenizer(nn.Module):
 
     @torch.no_grad()
     def semantic_features(self, codes: Tensor) -> Tensor:
-        """Codes (B, h, w, *code_shape) -> (B, E) L2-normalised semantic embedding (all given levels)."""
+        """Codes (B, h, w, *code_shape) -> (B, E) L2-normalised semantic embedding (all given levels).
+
+        Contrastive presets: UniTok's CLIP image embedding. Distillation presets: the mean of
+        :meth:`semantic_tokens`, normalised; EvoTok itself defines no pooled embedding (its MLLM reads
+        the per-token features), this one is polytok's addition for retrieval and zero-shot probes.
+        """
         if self.semantic_kind == "none":
             raise ValueError("this tokenizer has no semantic branch (semantic.kind is 'none')")
         flat, grid = self._flatten_codes(codes)
@@ -517,6 +540,22 @@ class Tokenizer(nn.Module):
         embedding, _ = self._semantic(vectors, grid)
         assert embedding is not None
         return embedding
+
+    @torch.no_grad()
+    def semantic_tokens(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w, *code_shape) -> (B, h * w, feature_dim) per-token semantic features from all
+        given levels: the semantic decoder's output, the features EvoTok's MLLM reads.
+
+        Only distillation presets (``semantic.kind`` "distill") have per-token semantics; a contrastive
+        preset's semantics is the pooled embedding of :meth:`semantic_features`.
+        """
+        if self.semantic_decoder is None:
+            raise ValueError(
+                f"preset {self.config.name!r} has no per-token semantic features (semantic.kind is "
+                f"{self.semantic_kind!r}; only 'distill' has them); use semantic_features for an embedding"
+            )
+        flat, grid = self._flatten_codes(codes)
+        return self.semantic_decoder(self.quantizer.indices_to_codes(flat), grid)
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """list of B strings -> (B, E) L2-normalised text embedding (contrastive presets)."""

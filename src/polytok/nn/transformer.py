@@ -22,16 +22,26 @@ class TransformerBlock(nn.Module):
         mlp: "geglu" (ViTamin: gated GELU, hidden = ratio * dim, inner LayerNorm) or "mlp" (GELU).
         mlp_ratio: hidden width over ``dim``.
         causal: causal attention (text towers).
+        norm_eps: epsilon of the two LayerNorms (1e-6 as in ViTamin; CLIP text towers use 1e-5).
+        head_dim: channels per head when ``heads`` does not divide ``dim`` (see MultiHeadAttention).
     """
 
     def __init__(
-        self, dim: int, heads: int, *, mlp: MlpKind = "geglu", mlp_ratio: float = 2.0, causal: bool = False
+        self,
+        dim: int,
+        heads: int,
+        *,
+        mlp: MlpKind = "geglu",
+        mlp_ratio: float = 2.0,
+        causal: bool = False,
+        norm_eps: float = 1e-6,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = MultiHeadAttention(dim, heads, causal=causal)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = MultiHeadAttention(dim, heads, causal=causal, head_dim=head_dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         if mlp == "geglu":
             self.mlp: nn.Module = GeGluMlp(dim, hidden, inner_norm=True)
         elif mlp == "mlp":
@@ -59,11 +69,12 @@ class Transformer(nn.Module):
         mlp: MlpKind = "geglu",
         mlp_ratio: float = 2.0,
         causal: bool = False,
+        norm_eps: float = 1e-6,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, causal=causal) for _ in range(depth)]
-        )
+        options = dict(mlp=mlp, mlp_ratio=mlp_ratio, causal=causal, norm_eps=norm_eps, head_dim=head_dim)
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, **options) for _ in range(depth)])
         self.grad_checkpointing = False
 
     def forward(

@@ -1,0 +1,73 @@
+"""``polytok convert {unitok,evotok} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from polytok.convert.checkpoint import read_checkpoint
+from polytok.convert.state import ConversionError
+
+DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l"}
+
+
+def convert_checkpoint(
+    system: str, checkpoint: str | Path, out_dir: str | Path, *, config=None, trusted: bool = False
+) -> Path:
+    """Read ``checkpoint`` (of ``system`` "unitok" or "evotok"), convert it into ``config`` (default: the
+    system's large preset; a TokenizerConfig, a dict or a config file) and ``save_pretrained`` it."""
+    from polytok.models.config import TokenizerConfig
+
+    if system not in DEFAULT_PRESETS:
+        raise ValueError(f"unknown system {system!r}; expected one of {sorted(DEFAULT_PRESETS)}")
+    if config is None:
+        from polytok.models.registry import get_preset_dict
+
+        cfg = TokenizerConfig.from_dict(get_preset_dict(DEFAULT_PRESETS[system]))
+    elif isinstance(config, TokenizerConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = TokenizerConfig.from_dict(config)
+    else:
+        cfg = TokenizerConfig.from_file(config)
+    obj = read_checkpoint(checkpoint, trusted=trusted)
+    if system == "unitok":
+        from polytok.convert.unitok import convert_unitok
+
+        tok = convert_unitok(obj, cfg)
+    else:
+        from polytok.convert.evotok import convert_evotok
+
+        tok = convert_evotok(obj, cfg)
+    return tok.save_pretrained(out_dir)
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an official UniTok / EvoTok checkpoint to polytok")
+    p.add_argument("system", choices=sorted(DEFAULT_PRESETS), help="which official code wrote the file")
+    p.add_argument("checkpoint", help="the official torch checkpoint (.pth / .pt)")
+    p.add_argument("out_dir", help="directory for config.json + model.safetensors")
+    p.add_argument("--config", default=None, help="target tokenizer config file (default: the large preset)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle a file weights_only loading refuses (runs code from the file: trusted files only)",
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    try:
+        out = convert_checkpoint(
+            args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint
+        )
+    except (ConversionError, ValueError, TypeError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"polytok: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"converted": str(out), "system": args.system}))
+    return 0
