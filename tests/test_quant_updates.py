@@ -245,3 +245,58 @@ def test_a_nan_latent_on_one_rank_skips_the_step_on_both(tmp_path) -> None:
     single = make_trainer(tmp_path / "single", Objective(nan_loss_steps=[2]), batch=8)
     single.fit()
     assert_same_state(ranks[0]["states"][-1], codebook_state(single), exact=False)
+
+
+class GradCodebookModel(nn.Module):
+    """Codes trained by the codebook loss: a parameter that FSDP shards between forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.quantizer = MultiCodebookQuantizer(
+            dim=DIM, num_codebooks=2, codebook_size=8, kmeans_init=True, dead_code_threshold=0.5
+        )
+        self.decoder = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor):
+        out = self.quantizer(x)
+        return self.decoder(out.quantized), out
+
+
+def _strategy_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        config = TrainConfig(
+            max_steps=3,
+            batch_size=4,
+            precision="fp32",
+            device="cpu",
+            progress=False,
+            out_dir=out_dir,
+            save_every=0,
+            shuffle=False,
+            strategy=strategy,
+            optim=OptimConfig(lr=1e-2, warmup_steps=0),
+        )
+        trainer = Trainer(GradCodebookModel(), Objective(), TensorDataset(clustered(48, seed=7)), config)
+        trainer.fit()
+        embed = trainer.raw_model.quantizer.codebooks[0].embed.detach()
+        embed = embed.full_tensor() if hasattr(embed, "full_tensor") else embed
+        torch.save(embed.clone(), os.path.join(out_dir, f"{strategy}{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_sharded_grad_codebooks_take_kmeans_init_and_restarts_like_ddp(tmp_path) -> None:
+    """Updates are applied between forwards, where FSDP holds a "grad" codebook sharded: they are
+    written shard by shard, so FSDP ends with the codes of DDP (k-means init and restarts included)."""
+    for strategy in ("ddp", "fsdp"):
+        mp.spawn(
+            _strategy_worker, args=(str(tmp_path / f"init-{strategy}"), str(tmp_path), strategy), nprocs=2
+        )
+    ddp, fsdp = (torch.load(tmp_path / f"{s}0.pt", weights_only=True) for s in ("ddp", "fsdp"))
+    assert torch.equal(fsdp, torch.load(tmp_path / "fsdp1.pt", weights_only=True))
+    torch.testing.assert_close(fsdp, ddp, rtol=1e-5, atol=1e-6)
+    initial = GradCodebookModel().quantizer.codebooks[0].embed.detach()
+    assert (ddp - initial).abs().max() > 1.0  # k-means moved the codes onto the data (4 apart)

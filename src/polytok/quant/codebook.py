@@ -119,7 +119,22 @@ class Codebook(nn.Module):
 
     def codes(self) -> Tensor:
         """(G, K, d) current codes (unit-norm when cosine)."""
-        return F.normalize(self.embed, dim=-1) if self.normalize else self.embed
+        embed = self._embed_full()
+        return F.normalize(embed, dim=-1) if self.normalize else embed
+
+    def _embed_full(self) -> Tensor:
+        """``embed`` as one tensor. FSDP keeps a "grad" codebook sharded outside forward (when updates are
+        applied): then every rank gathers it (collective; every rank applies the same updates)."""
+        return self.embed.full_tensor() if hasattr(self.embed, "full_tensor") else self.embed
+
+    def _set_codes(self, new: Tensor) -> None:
+        """Write (G, K, d) codes, identical on every rank, into ``embed`` (each rank its shard under FSDP)."""
+        target = self.embed.data
+        if hasattr(target, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            new = distribute_tensor(new.to(target.device), target.device_mesh, target.placements)
+        target.copy_(new)
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Codes for indices ``(..., G)`` -> ``(..., G, d)``; differentiable w.r.t. the codes."""
@@ -195,7 +210,7 @@ class Codebook(nn.Module):
             if self.normalize:
                 means = F.normalize(means, dim=-1)
             centroids = torch.where((counts > 0).unsqueeze(-1), means, centroids)
-        self.embed.data.copy_(centroids)
+        self._set_codes(centroids)
         if self.update_mode == "ema":
             self.cluster_size.fill_(1.0)
             self.embed_sum.copy_(centroids)
@@ -299,7 +314,7 @@ class Codebook(nn.Module):
         # The j-th dead code of group g takes the j-th sample of group g.
         rank_in_group = dead.long().cumsum(-1) - 1
         picked = torch.gather(samples, 1, rank_in_group.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.dim))
-        self.embed.data.copy_(torch.where(dead.unsqueeze(-1), picked, self.embed.data))
+        self._set_codes(torch.where(dead.unsqueeze(-1), picked, self._embed_full().detach()))
         if self.update_mode == "ema":
             self.cluster_size.masked_fill_(dead, 1.0)
             self.embed_sum.copy_(torch.where(dead.unsqueeze(-1), picked, self.embed_sum))
