@@ -233,9 +233,10 @@ class LevelledQuantizer(nn.Module):
         mean a corrupt quantizer state: a ValueError in every mode. One host sync for both checks.
         """
         limit = self.magnitude_limit
-        bad = ~(x.detach().abs().amax(-1) <= limit)  # NaN compares False: caught too
+        inf = float("inf")
+        bad = ~(torch.linalg.vector_norm(x.detach(), inf, dim=-1) <= limit)  # NaN compares False: caught
         books = list(self.codebooks)
-        codes_bad = torch.stack([~(book.embed.detach().abs().amax() <= limit) for book in books])
+        codes_bad = torch.stack([~(torch.linalg.vector_norm(b.embed.detach(), inf) <= limit) for b in books])
         any_bad, any_codes_bad = torch.stack([bad.any(), codes_bad.any()]).tolist()
         if any_codes_bad:
             raise ValueError(

@@ -8,8 +8,10 @@ one forward and one optimiser step.
 A loop that accumulates gradients over micro-batches, or skips steps whose loss is not finite, defers
 them: forwards then only record statistics (no collective), and after the optimiser step ``commit()``
 sums them over ranks once and applies them, so the codebooks see the whole step and count optimiser
-steps; a skipped step calls ``discard()`` and leaves every codebook bit-identical. The Trainer does this
-itself. In a loop of your own::
+steps; a skipped step calls ``discard()`` and leaves every codebook bit-identical. With k-means
+initialisation the first step's forwards still quantize with the initial codes; its commit initialises
+from all of its micro-batches and redoes the step's statistics with the new codes, which leaves the state
+an in-forward initialisation would have left. The Trainer does all this itself. In a loop of your own::
 
     updates = CodebookUpdates(model)          # every quantizer inside ``model`` now defers
     for batch in loader:
