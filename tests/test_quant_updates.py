@@ -300,3 +300,34 @@ def test_fsdp_sharded_grad_codebooks_take_kmeans_init_and_restarts_like_ddp(tmp_
     torch.testing.assert_close(fsdp, ddp, rtol=1e-5, atol=1e-6)
     initial = GradCodebookModel().quantizer.codebooks[0].embed.detach()
     assert (ddp - initial).abs().max() > 1.0  # k-means moved the codes onto the data (4 apart)
+
+
+def _collective_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import polytok.quant.distributed as qdist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    calls = []
+    real = qdist.dist.all_reduce
+    qdist.dist.all_reduce = lambda *a, **kw: (calls.append(1), real(*a, **kw))[1]  # count, then do it
+    try:
+        torch.manual_seed(0)
+        q = ResidualQuantizer(dim=DIM, levels=3, codebook_size=16, num_codebooks=2, update="ema")
+        CodebookUpdates(q)
+        counts = []
+        for step in range(2):
+            for micro in clustered(4, seed=10 * step + rank).chunk(2):
+                q(micro)
+            counts.append(len(calls))
+            q.commit_codebook_updates()
+            counts.append(len(calls))
+        torch.save(torch.tensor(counts), os.path.join(out_dir, f"calls{rank}.pt"))
+    finally:
+        qdist.dist.all_reduce = real
+        dist.destroy_process_group()
+
+
+def test_forwards_run_no_collective_and_a_commit_one(tmp_path) -> None:
+    """Deferred forwards never wait for other ranks; each commit is one all-reduce for all levels."""
+    mp.spawn(_collective_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"calls{rank}.pt").tolist() == [0, 1, 1, 2]
