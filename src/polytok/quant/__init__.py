@@ -6,15 +6,18 @@ from polytok.quant.core import LevelledQuantizer, QuantizerOutput
 from polytok.quant.mcq import MultiCodebookQuantizer
 from polytok.quant.residual import ResidualQuantizer
 from polytok.quant.search import nearest_codes, nearest_codes_reference
+from polytok.quant.updates import CodebookUpdates, codebook_owners
 from polytok.quant.vq import VectorQuantizer
 
 __all__ = [
     "Codebook",
+    "CodebookUpdates",
     "LevelledQuantizer",
     "MultiCodebookQuantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
     "VectorQuantizer",
+    "codebook_owners",
     "nearest_codes",
     "nearest_codes_reference",
 ]

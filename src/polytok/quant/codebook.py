@@ -3,23 +3,41 @@
 ``Codebook`` holds G independent codebooks of K codes of d dims (G = 1 for plain VQ, G = C for
 multi-codebook quantization) and owns: the nearest-code search, code lookup, learning by gradient or by
 EMA k-means, k-means initialisation from the first batch, dead-code restart and usage statistics. All
-statistics are per-code counts built with ``bincount``/``index_add_`` (never a one-hot matrix) and are
-summed over ranks when distributed, so every rank keeps an identical codebook.
+statistics are per-code counts built with ``index_add_`` (never a one-hot matrix) and are summed over
+ranks when distributed, so every rank keeps an identical codebook. Training statistics are recorded
+first and applied (or discarded) later, once per optimiser step; see ``polytok.quant.updates``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytok.quant.distributed import all_reduce_sum_, sample_global_rows
+from polytok.quant.distributed import all_reduce_sum_, global_row_offsets, sample_global_rows
 from polytok.quant.search import nearest_codes
 
 UpdateMode = Literal["grad", "ema"]
+
+
+@dataclass
+class _Pending:
+    """What one rank recorded for one codebook since its last update."""
+
+    counts: Tensor  # (G, K) float32
+    sums: Tensor | None  # (G * K, d) float32, EMA codebooks only
+    rows: dict[int, list[Tensor]] = field(default_factory=dict)  # source -> (M_i, G, d) restart candidates
+    num_rows: int = 0
+
+    @staticmethod
+    def empty(book: Codebook, device: torch.device) -> _Pending:
+        g, k, d = book.groups, book.codebook_size, book.dim
+        sums = torch.zeros(g * k, d, device=device) if book.update_mode == "ema" else None
+        return _Pending(torch.zeros(g, k, device=device), sums)
 
 
 class Codebook(nn.Module):
@@ -34,11 +52,12 @@ class Codebook(nn.Module):
             are a buffer).
         decay: EMA decay for the k-means statistics and the usage counters.
         eps: Laplace smoothing of the EMA cluster sizes.
-        ema_warmup_steps: training steps before EMA updates start; until then the codes stay as
-            initialised while the encoder adapts (commitment loss only).
+        ema_warmup_steps: applied updates (optimiser steps under the Trainer) before EMA updates start;
+            until then the codes stay as initialised while the encoder adapts (commitment loss only).
         kmeans_init: initialise from the first training batch with k-means (``kmeans_iters`` Lloyd steps).
         dead_code_threshold: a code whose (bias-corrected) EMA assignment count per step falls below this
-            is restarted from a random input vector of the current batch (0 disables restarts).
+            is restarted from a random input vector of the current step (0 disables restarts). The step's
+            matched vectors are then held until the update is applied.
         init_std: standard deviation of the random initial codes (before normalisation if cosine).
         sync_distributed: sum statistics over ranks when torch.distributed is initialised.
         seed: seed of the generator that draws restart / k-means samples identically on every rank.
@@ -92,12 +111,30 @@ class Codebook(nn.Module):
         self.register_buffer("usage_ema", torch.zeros(groups, codebook_size))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Statistics recorded since the last update: a plain attribute, so never saved, loaded or
+        # broadcast with the buffers (DDP broadcasts buffers at every forward).
+        self._pending: _Pending | None = None
 
     # -- lookup and search ------------------------------------------------------------------------
 
     def codes(self) -> Tensor:
         """(G, K, d) current codes (unit-norm when cosine)."""
-        return F.normalize(self.embed, dim=-1) if self.normalize else self.embed
+        embed = self._embed_full()
+        return F.normalize(embed, dim=-1) if self.normalize else embed
+
+    def _embed_full(self) -> Tensor:
+        """``embed`` as one tensor. FSDP keeps a "grad" codebook sharded outside forward (when updates are
+        applied): then every rank gathers it (collective; every rank applies the same updates)."""
+        return self.embed.full_tensor() if hasattr(self.embed, "full_tensor") else self.embed
+
+    def _set_codes(self, new: Tensor) -> None:
+        """Write (G, K, d) codes, identical on every rank, into ``embed`` (each rank its shard under FSDP)."""
+        target = self.embed.data
+        if hasattr(target, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            new = distribute_tensor(new.to(target.device), target.device_mesh, target.placements)
+        target.copy_(new)
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Codes for indices ``(..., G)`` -> ``(..., G, d)``; differentiable w.r.t. the codes."""
@@ -111,80 +148,138 @@ class Codebook(nn.Module):
         return idx.transpose(0, 1)
 
     # -- training-time updates --------------------------------------------------------------------
+    #
+    # A training step first *records* what this rank matched (``record``: counts, EMA sums and, for
+    # dead-code restarts, the matched vectors; no collective), possibly over several micro-batches, then
+    # the owning quantizer either *applies* the rank-summed statistics (``apply_pending``) or throws them
+    # away (``discard_pending``). Nothing in the state dict changes until then.
 
     def _generator(self, salt: int) -> torch.Generator:
         # Same seed on every rank (steps is identical everywhere), different for each step and purpose.
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps) * 7_919 + salt)
 
+    def _flat_indices(self, indices: Tensor) -> Tensor:
+        """(M, G) indices -> (M * G,) rows of the (G * K) stacked codebooks."""
+        return (indices + torch.arange(self.groups, device=indices.device) * self.codebook_size).reshape(-1)
+
     @torch.no_grad()
-    def maybe_kmeans_init(self, x: Tensor) -> None:
-        """K-means initialisation from the first training batch ``x`` (M, G, d), synced over ranks."""
+    def count(self, indices: Tensor) -> Tensor:
+        """(G, K) float32 assignment counts of ``indices`` (M, G) on this rank.
+
+        ``index_add_`` rather than ``bincount``: an index out of range is an error, never an allocation
+        sized by the index.
+        """
+        flat = self._flat_indices(indices)
+        counts = torch.zeros(self.groups * self.codebook_size, device=indices.device)
+        counts.index_add_(0, flat, torch.ones(flat.shape, device=indices.device))
+        return counts.view(self.groups, self.codebook_size)
+
+    def _local_sums(self, x: Tensor, indices: Tensor) -> Tensor:
+        """(G * K, d) float32 sums of the vectors ``x`` (M, G, d) assigned ``indices`` (M, G)."""
+        sums = torch.zeros(self.groups * self.codebook_size, self.dim, device=x.device)
+        return sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).float())
+
+    def _global_counts_and_sums(self, x: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-code counts (G, K) and vector sums (G, K, d) summed over ranks (one collective)."""
+        g, k, d = self.groups, self.codebook_size, self.dim
+        packed = torch.cat([self.count(indices).view(g * k, 1), self._local_sums(x, indices)], dim=-1)
+        all_reduce_sum_(packed, self.sync_distributed)
+        return packed[:, 0].reshape(g, k), packed[:, 1:].reshape(g, k, d)
+
+    @torch.no_grad()
+    def kmeans_initialize(self, x: Tensor) -> None:
+        """K-means initialisation from ``x`` (M, G, d), the rows of every rank (collective).
+
+        A no-op once initialised, and while the batch of all ranks is empty.
+        """
         if bool(self.initialized):
             return
         data = x.detach().float().transpose(0, 1)  # (G, M, d)
         if self.normalize:
             data = F.normalize(data, dim=-1)
-        centroids = sample_global_rows(data, self.codebook_size, self._generator(1), self.sync_distributed)
+        offsets = global_row_offsets(data.shape[1], data.device, self.sync_distributed)
+        if offsets[1] == 0:
+            return
+        centroids = sample_global_rows(
+            data, self.codebook_size, self._generator(1), self.sync_distributed, offsets=offsets
+        )
         for _ in range(self.kmeans_iters):
             assign = nearest_codes(data, centroids, cosine=self.normalize)
-            counts, sums = self._counts_and_sums(data.transpose(0, 1), assign.transpose(0, 1))
-            filled = counts > 0
+            counts, sums = self._global_counts_and_sums(data.transpose(0, 1), assign.transpose(0, 1))
             means = sums / counts.clamp(min=1).unsqueeze(-1)
             if self.normalize:
                 means = F.normalize(means, dim=-1)
-            centroids = torch.where(filled.unsqueeze(-1), means, centroids)
-        self.embed.data.copy_(centroids)
+            centroids = torch.where((counts > 0).unsqueeze(-1), means, centroids)
+        self._set_codes(centroids)
         if self.update_mode == "ema":
             self.cluster_size.fill_(1.0)
             self.embed_sum.copy_(centroids)
         self.initialized.fill_(True)
 
-    def _counts_and_sums(
-        self, x: Tensor, indices: Tensor, with_sums: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
-        """Global per-code counts (G, K) and vector sums (G, K, d) of ``x`` (M, G, d) assigned ``indices``."""
-        g, k, d = self.groups, self.codebook_size, self.dim
-        flat = (indices + torch.arange(g, device=indices.device) * k).reshape(-1)
-        counts = torch.bincount(flat, minlength=g * k).float().view(g, k)
-        sums = None
-        if with_sums:
-            sums = torch.zeros(g * k, d, device=x.device).index_add_(0, flat, x.reshape(-1, d).float())
-            sums = sums.view(g, k, d)
-            # One collective for both: fewer round trips, and every rank always makes the same calls.
-            packed = torch.cat([counts.unsqueeze(-1), sums], dim=-1)
-            all_reduce_sum_(packed, self.sync_distributed)
-            counts, sums = packed[..., 0].contiguous(), packed[..., 1:].contiguous()
-        else:
-            all_reduce_sum_(counts, self.sync_distributed)
-        return counts, sums
-
     @torch.no_grad()
-    def update(self, inputs: list[Tensor], indices: list[Tensor]) -> dict[str, Tensor]:
-        """One training-step update from the vectors this codebook quantized.
+    def record(self, source: int, x: Tensor, indices: Tensor, counts: Tensor | None = None) -> None:
+        """Add vectors this codebook matched to the pending statistics of this rank (no collective).
 
         Args:
-            inputs: list of (M_i, G, d) vectors that were matched (normalised if cosine); several entries
-                when one codebook serves several residual levels.
-            indices: list of (M_i, G) chosen indices.
-        Returns:
-            Detached statistics of this step: ``usage`` and ``perplexity`` (G,), ``restarts`` (scalar).
+            source: which use of the codebook the rows come from (the residual level). Restart candidates
+                are ordered by source, then by call, so k calls equal one call on their concatenation.
+            x: (M, G, d) matched vectors (normalised if cosine).
+            indices: (M, G) chosen codes.
+            counts: ``count(indices)`` when the caller has it already.
         """
-        x = torch.cat([t.detach().float() for t in inputs], 0)
-        idx = torch.cat(indices, 0)
-        ema = self.update_mode == "ema"
-        counts, sums = self._counts_and_sums(x, idx, with_sums=ema)
+        if self._pending is None:
+            self._pending = _Pending.empty(self, x.device)
+        pending = self._pending
+        pending.counts += self.count(indices) if counts is None else counts
+        if pending.sums is not None:
+            pending.sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).float())
+        if self.dead_code_threshold > 0:
+            pending.rows.setdefault(source, []).append(x.detach().float())
+        pending.num_rows += x.shape[0]
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows recorded on this rank since the last apply / discard."""
+        return 0 if self._pending is None else self._pending.num_rows
+
+    def payload_size(self) -> int:
+        g, k, d = self.groups, self.codebook_size, self.dim
+        return g * k * (1 + d if self.update_mode == "ema" else 1)
+
+    def pending_payload(self, device: torch.device) -> Tensor:
+        """Pending statistics of this rank, flat float32 [counts (G*K), EMA sums (G*K*d)]."""
+        if self._pending is None:
+            return torch.zeros(self.payload_size(), device=device)
+        parts = [self._pending.counts.reshape(-1)]
+        if self._pending.sums is not None:
+            parts.append(self._pending.sums.reshape(-1))
+        return torch.cat(parts)
+
+    def discard_pending(self) -> None:
+        self._pending = None
+
+    @torch.no_grad()
+    def apply_pending(self, payload: Tensor, offsets: tuple[int, int]) -> int:
+        """One training-step update from ``payload`` (``pending_payload`` summed over ranks).
+
+        Moves the usage counters, takes the EMA k-means step (after the warm-up), restarts dead codes
+        from the recorded vectors and advances ``steps``. Collective when codes are restarted.
+
+        Args:
+            payload: flat statistics of every rank, laid out as ``pending_payload``.
+            offsets: (offset of this rank's recorded rows in the rank-ordered global batch, total rows).
+        Returns:
+            The number of restarted codes.
+        """
+        g, k, d = self.groups, self.codebook_size, self.dim
+        counts = payload[: g * k].view(g, k)
         self.usage_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        if ema and int(self.steps) >= self.ema_warmup_steps:
-            self._ema_step(counts, sums)
-        restarts = self._restart_dead_codes(x)
+        if self.update_mode == "ema" and int(self.steps) >= self.ema_warmup_steps:
+            self._ema_step(counts, payload[g * k :].view(g, k, d))
+        restarts = self._restart_dead_codes(offsets)
         self.steps += 1
-        probs = counts / counts.sum(-1, keepdim=True).clamp(min=1)
-        entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
-        return {
-            "usage": (counts > 0).float().mean(-1),
-            "perplexity": entropy.exp(),
-            "restarts": restarts,
-        }
+        self._pending = None
+        return restarts
 
     def _ema_step(self, counts: Tensor, sums: Tensor) -> None:
         d = self.decay
@@ -199,30 +294,41 @@ class Codebook(nn.Module):
         new = self.embed_sum / smoothed.unsqueeze(-1)
         self.embed.copy_(F.normalize(new, dim=-1) if self.normalize else new)
 
-    def _restart_dead_codes(self, x: Tensor) -> Tensor:
+    def _restart_dead_codes(self, offsets: tuple[int, int]) -> int:
         if self.dead_code_threshold <= 0:
-            return torch.zeros((), device=x.device)
+            return 0
         # Bias-corrected like Adam's moments: the counter starts at 0, and without the correction every
         # code would look dead during the first ~1 / (1 - decay) steps. `steps` is not yet incremented.
         correction = 1.0 - self.decay ** (int(self.steps) + 1)
         dead = self.usage_ema < self.dead_code_threshold * correction  # same on all ranks: synced counts
         n_dead = int(dead.sum())
         if n_dead == 0:
-            return torch.zeros((), device=x.device)
+            return 0
         per_group = int(dead.sum(-1).max())
-        samples = sample_global_rows(x.transpose(0, 1), per_group, self._generator(2), self.sync_distributed)
+        x = self._pending_rows_tensor()
+        samples = sample_global_rows(
+            x.transpose(0, 1), per_group, self._generator(2), self.sync_distributed, offsets=offsets
+        )
         if self.normalize:
             samples = F.normalize(samples, dim=-1)
         # The j-th dead code of group g takes the j-th sample of group g.
         rank_in_group = dead.long().cumsum(-1) - 1
         picked = torch.gather(samples, 1, rank_in_group.clamp(min=0).unsqueeze(-1).expand(-1, -1, self.dim))
-        self.embed.data.copy_(torch.where(dead.unsqueeze(-1), picked, self.embed.data))
+        self._set_codes(torch.where(dead.unsqueeze(-1), picked, self._embed_full().detach()))
         if self.update_mode == "ema":
             self.cluster_size.masked_fill_(dead, 1.0)
             self.embed_sum.copy_(torch.where(dead.unsqueeze(-1), picked, self.embed_sum))
         # A restarted code starts at the threshold: if no input picks it next step it is restarted again.
         self.usage_ema.masked_fill_(dead, self.dead_code_threshold * correction)
-        return torch.tensor(float(n_dead), device=x.device)
+        return n_dead
+
+    def _pending_rows_tensor(self) -> Tensor:
+        """(M, G, d) recorded vectors of this rank, by source then call (empty when none)."""
+        rows = self._pending.rows if self._pending is not None else {}
+        parts = [t for source in sorted(rows) for t in rows[source]]
+        if not parts:
+            return torch.zeros(0, self.groups, self.dim, device=self.embed.device)
+        return torch.cat(parts, 0)
 
     # -- statistics -------------------------------------------------------------------------------
 

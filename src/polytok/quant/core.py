@@ -7,6 +7,7 @@ and the combination has both. The public classes only choose L and C and how ind
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.quant.codebook import Codebook, UpdateMode
-from polytok.quant.distributed import all_reduce_sum_
+from polytok.quant.distributed import all_reduce_sum_, world_and_rank
 from polytok.quant.gradients import entropy_loss, rotation_trick, straight_through
 
 
@@ -26,9 +27,12 @@ class QuantizerOutput:
     Attributes:
         quantized: (B, N, D) quantized vectors, value of the codes, gradient to the input (STE or rotation).
         indices: int64 codes; (B, N) VQ, (B, N, C) MCQ, (B, N, L) residual, (B, N, L, C) residual MCQ.
-            Residual levels skipped by quantize-dropout hold -1.
+            Residual levels skipped by quantize-dropout hold -1, and so do (training only) positions whose
+            input could not be searched (NaN, Inf or beyond ``magnitude_limit``; their vectors are NaN).
         loss: scalar codebook + commitment (+ entropy) loss, already weighted.
-        stats: detached statistics of this step (per level x codebook usage and perplexity, losses).
+        stats: detached statistics of this call (training: per level x codebook ``usage`` and
+            ``perplexity`` of this rank's batch, ``skipped_update``; ``restarts`` when updates are applied
+            in forward; the losses).
     """
 
     quantized: Tensor
@@ -42,6 +46,16 @@ class QuantizerOutput:
         if self._prefix_fn is None:
             raise RuntimeError("this output carries no prefixes")
         return self._prefix_fn(depth)
+
+
+# Row counts cross ranks as (n // 2^22, n % 2^22) in the float32 payload: each part exact.
+_ROW_SPLIT = 1 << 22
+_FP32_MAX = torch.finfo(torch.float32).max
+
+
+def _mean_square(a: Tensor, b: Tensor) -> Tensor:
+    """``F.mse_loss``, but 0 (still attached to the graph) for empty inputs instead of NaN."""
+    return F.mse_loss(a, b) if a.numel() else (a - b).sum()
 
 
 def _check_finite(name: str, t: Tensor) -> None:
@@ -68,6 +82,11 @@ class LevelledQuantizer(nn.Module):
         sync_distributed: keep codebooks identical across ranks when torch.distributed is initialised.
         Other keywords go to every ``Codebook`` (decay, eps, ema_warmup_steps, kmeans_init, kmeans_iters,
         dead_code_threshold, init_std, seed).
+
+    Codebook updates (EMA, k-means init, dead-code restarts, counters) are applied at the end of each
+    training forward unless ``defer_codebook_updates`` is set (the Trainer sets it through
+    ``polytok.quant.CodebookUpdates``); then forwards only record them and ``commit_codebook_updates()``
+    applies them once per optimiser step, or ``discard_codebook_updates()`` drops them.
     """
 
     def __init__(
@@ -143,6 +162,14 @@ class LevelledQuantizer(nn.Module):
 
         self.codebooks = nn.ModuleList([make(0)] if shared_codebook else [make(i) for i in range(levels)])
         self.register_buffer("_dropout_steps", torch.zeros((), dtype=torch.long))
+        self.kmeans_init = kmeans_init
+        # |values| of inputs and codes up to this keep every fp32 score and residual finite: a dot
+        # product of d terms, L levels of residuals (sqrt(FP32_MAX / 8) ~ 6.5e18, divided by sqrt(d (L+1))).
+        self.magnitude_limit = math.sqrt(_FP32_MAX / (8 * codebook_dim * (levels + 1)))
+        # See polytok.quant.updates: False applies codebook updates at the end of every training forward;
+        # True (set by the Trainer) only records them until commit_codebook_updates / discard_...
+        self.defer_codebook_updates = False
+        self._reset_pending()
 
     # -- shapes -----------------------------------------------------------------------------------
 
@@ -198,14 +225,34 @@ class LevelledQuantizer(nn.Module):
         if not self.training:
             _check_finite("quantizer input", z)
 
-    def _update_allowed(self, z: Tensor) -> bool:
-        """Training only: whether every rank's input is finite (one scalar all-reduce when distributed).
+    def _unsearchable_rows(self, x: Tensor) -> tuple[Tensor, bool]:
+        """Rows of ``x`` (M, C, d) that cannot be searched: (M, C) bool, and whether there is any.
 
-        A non-finite latent in training is not an error: its loss is non-finite and the trainer skips the
-        step, so the codebooks must skip it too, on every rank alike or the collectives would not match.
+        A row is unsearchable when it holds NaN or Inf, or values so large that fp32 distances overflow
+        (the search would then see NaN scores and return no valid code). Codes beyond the same limit
+        mean a corrupt quantizer state: a ValueError in every mode. One host sync for both checks.
         """
-        bad = (~torch.isfinite(z).all()).float().reshape(1)
-        return float(all_reduce_sum_(bad, self.sync_distributed)) == 0.0
+        limit = self.magnitude_limit
+        inf = float("inf")
+        bad = ~(torch.linalg.vector_norm(x.detach(), inf, dim=-1) <= limit)  # NaN compares False: caught
+        books = list(self.codebooks)
+        codes_bad = torch.stack([~(torch.linalg.vector_norm(b.embed.detach(), inf) <= limit) for b in books])
+        any_bad, any_codes_bad = torch.stack([bad.any(), codes_bad.any()]).tolist()
+        if any_codes_bad:
+            raise ValueError(
+                f"codebook {int(codes_bad.float().argmax())} holds NaN, Inf or values beyond "
+                f"{limit:.3g} in magnitude: the quantizer state is corrupt"
+            )
+        return bad, bool(any_bad)
+
+    def _describe_unsearchable(self, x: Tensor) -> str:
+        x = x.detach()
+        if not torch.isfinite(x).all():
+            return "quantizer input contains NaN or Inf values (after the input projection)"
+        return (
+            f"quantizer input has values up to {float(x.abs().max()):.3g} in magnitude; beyond "
+            f"{self.magnitude_limit:.3g} fp32 distances overflow"
+        )
 
     def _check_indices(self, indices: Tensor) -> Tensor:
         if not isinstance(indices, Tensor) or indices.dtype not in (
@@ -235,20 +282,33 @@ class LevelledQuantizer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def _dropout_depth(self) -> int:
-        """Number of levels to quantize this step (all unless quantize-dropout fires)."""
-        if not self.training or self.quantize_dropout <= 0 or self.num_levels == 1:
+    def _step_depth(self) -> int:
+        """Number of levels quantized in the current step (all unless quantize-dropout fires).
+
+        Seeded by a counter that advances with every applied codebook update, so it is identical on every
+        rank (same codebook collectives) and for every micro-batch of one optimiser step.
+        """
+        if self.quantize_dropout <= 0 or self.num_levels == 1:
             return self.num_levels
-        # Seeded by a step counter that is identical on every rank, so all ranks drop the same levels
-        # and enter the same codebook collectives.
         g = torch.Generator().manual_seed(self.seed * 7_777 + int(self._dropout_steps))
-        self._dropout_steps += 1
         if float(torch.rand((), generator=g)) >= self.quantize_dropout:
             return self.num_levels
         return int(torch.randint(1, self.num_levels + 1, (), generator=g))
 
+    def _needs_kmeans_init(self, depth: int) -> bool:
+        """Whether a codebook of the first ``depth`` levels awaits k-means init (same on every rank)."""
+        if not self.kmeans_init:
+            return False
+        flags = torch.stack([self.codebook_for_level(level).initialized for level in range(depth)])
+        return not bool(flags.all())
+
     def forward(self, z: Tensor) -> QuantizerOutput:
-        """Quantize ``z`` (B, N, D) -> :class:`QuantizerOutput`. Distances always in fp32."""
+        """Quantize ``z`` (B, N, D) -> :class:`QuantizerOutput`. Distances always in fp32.
+
+        Eval mode: a ValueError for input that is not finite (or too large to search). Training mode: such
+        rows get NaN vectors and index -1, the loss is NaN, ``stats["skipped_update"]`` is 1 and the
+        codebook update of the step is skipped on every rank (the trainer skips the step for its NaN loss).
+        """
         self._check_input(z)
         b, n, _ = z.shape
         out_dtype = z.dtype
@@ -256,33 +316,42 @@ class LevelledQuantizer(nn.Module):
         z_in = self.project_in(z)
         with torch.autocast(device_type=device_type, enabled=False):
             x = z_in.float().reshape(b * n, self.num_codebooks, self.codebook_dim)  # (M, C, d)
+            bad, any_bad = self._unsearchable_rows(x)
+            if any_bad and not self.training:
+                raise ValueError(self._describe_unsearchable(x))
             if self.normalize:
                 x = F.normalize(x, dim=-1)
-            depth = self._dropout_depth()
-            update = self.training and self._update_allowed(x)
-            residual = x
+            # The search and the losses see finite rows only; the output marks the bad ones afterwards.
+            clean = x.masked_fill(bad.unsqueeze(-1), 0.0) if any_bad else x
+            training = self.training
+            depth = self._step_depth() if training else self.num_levels
+            if training and self._needs_kmeans_init(depth):
+                if self.defer_codebook_updates:
+                    if not any_bad:  # initialised when the step is committed, from all its micro-batches
+                        self._init_inputs.append(clean.detach())
+                elif self._finite_on_every_rank(any_bad):
+                    self._init_levels(clean.detach(), depth)
+            residual = clean
             cumulative: list[Tensor] = []
             all_idx: list[Tensor] = []
-            matched: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+            level_counts: list[Tensor] = []
             commit = x.new_zeros(())
             codebook_loss = x.new_zeros(())
             ent = x.new_zeros(())
-            total = torch.zeros_like(x)
+            total = torch.zeros_like(clean)
             for level in range(depth):
                 book = self.codebook_for_level(level)
-                if update:
-                    book.maybe_kmeans_init(residual)
                 idx = book.search(residual)  # (M, C)
                 q = book.lookup(idx)  # (M, C, d)
-                commit = commit + F.mse_loss(residual, q.detach())
+                commit = commit + _mean_square(residual, q.detach())
                 if self.update == "grad":
-                    codebook_loss = codebook_loss + F.mse_loss(q, residual.detach())
-                if self.training and self.entropy_weight > 0:
+                    codebook_loss = codebook_loss + _mean_square(q, residual.detach())
+                if training and self.entropy_weight > 0 and residual.shape[0] > 0:
                     ent = ent + entropy_loss(self._similarity(residual, book) / self.entropy_temperature)
-                if update:
-                    inputs, chosen = matched.setdefault(id(book), ([], []))
-                    inputs.append(residual.detach())
-                    chosen.append(idx)
+                if training:
+                    level_counts.append(book.count(idx))
+                    if not any_bad:
+                        book.record(level, residual.detach(), idx, level_counts[-1])
                 total = total + q.detach()  # codes learn from their own loss only, as in VQ-VAE
                 cumulative.append(total)
                 all_idx.append(idx)
@@ -290,16 +359,23 @@ class LevelledQuantizer(nn.Module):
             # EvoTok averages the commitment over all cumulative prefixes: |z - sum_{l<=k} q_l|^2 equals
             # the level-k residual error, so the per-level mean is exactly that average.
             loss = (self.beta * commit + codebook_loss) / depth + self.entropy_weight * ent / depth
-            stats = self._update_codebooks(matched) if update else {}
-            if self.training:
-                stats["skipped_update"] = torch.tensor(0.0 if update else 1.0)
+            stats: dict[str, Tensor] = {}
+            if any_bad:
+                loss = loss + float("nan")  # never a finite loss for a step that cannot be kept
+                cumulative = [t.masked_fill(bad.unsqueeze(-1), float("nan")) for t in cumulative]
+            if training:
+                stats.update(self._finish_training_call(level_counts, any_bad))
             indices = torch.stack(all_idx, dim=1)  # (M, depth, C)
+            if any_bad:
+                indices = indices.masked_fill(bad.unsqueeze(1), -1)
             if depth < self.num_levels:
                 pad = indices.new_full((b * n, self.num_levels - depth, self.num_codebooks), -1)
                 indices = torch.cat([indices, pad], dim=1)
             stats["commitment"] = (commit / depth).detach()
             if self.update == "grad":
                 stats["codebook_loss"] = (codebook_loss / depth).detach()
+
+        inner = self.num_codebooks * self.codebook_dim
 
         def pass_gradient(q_total: Tensor) -> Tensor:
             if not (torch.is_grad_enabled() and x.requires_grad):
@@ -308,7 +384,7 @@ class LevelledQuantizer(nn.Module):
                 q_out = rotation_trick(x, q_total)
             else:
                 q_out = straight_through(x, q_total)
-            return self.project_out(q_out.reshape(b, n, -1).to(z_in.dtype)).to(out_dtype)
+            return self.project_out(q_out.reshape(b, n, inner).to(z_in.dtype)).to(out_dtype)
 
         def prefix(k: int) -> Tensor:
             if not 1 <= k <= depth:
@@ -329,21 +405,121 @@ class LevelledQuantizer(nn.Module):
             return dots
         return 2 * dots - codes.pow(2).sum(-1) - x.pow(2).sum(-1, keepdim=True)
 
-    def _update_codebooks(self, matched: dict[int, tuple[list[Tensor], list[Tensor]]]) -> dict[str, Tensor]:
-        usage, perplexity, restarts = [], [], []
-        for level in range(self.num_levels if not self.shared_codebook else 1):
-            book = self.codebooks[level]
-            if id(book) not in matched:  # level dropped this step: no update (same on every rank)
-                continue
-            s = book.update(*matched[id(book)])
-            usage.append(s["usage"])
-            perplexity.append(s["perplexity"])
-            restarts.append(s["restarts"])
-        return {
-            "usage": torch.stack(usage),  # (levels updated, C)
-            "perplexity": torch.stack(perplexity),
-            "restarts": torch.stack(restarts).sum(),
-        }
+    def _finish_training_call(self, level_counts: list[Tensor], any_bad: bool) -> dict[str, Tensor]:
+        """Statistics of this call, and the codebook update when it is not deferred."""
+        self._pending_calls += 1
+        self._pending_bad = self._pending_bad or any_bad
+        # Always the same keys (ranks average their logs key by key); NaN for a call that cannot count.
+        counts = torch.stack(level_counts)  # (levels, C, K) of this call on this rank
+        probs = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+        entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+        stats = {"usage": (counts > 0).float().mean(-1), "perplexity": entropy.exp()}
+        if any_bad:
+            stats = {key: torch.full_like(value, float("nan")) for key, value in stats.items()}
+        if self.defer_codebook_updates:
+            stats["skipped_update"] = torch.tensor(float(any_bad))
+        else:
+            applied = self.commit_codebook_updates()
+            stats["restarts"] = applied["restarts"]
+            stats["skipped_update"] = applied["skipped"]
+        return stats
+
+    # -- codebook updates -------------------------------------------------------------------------
+
+    def _finite_on_every_rank(self, any_bad: bool) -> bool:
+        flag = torch.tensor([float(any_bad)], device=self.codebooks[0].embed.device)
+        return float(all_reduce_sum_(flag, self.sync_distributed)) == 0.0
+
+    @torch.no_grad()
+    def _init_levels(self, x: Tensor, depth: int) -> list[tuple[int, Tensor, Tensor]]:
+        """K-means-initialise the waiting codebooks of the first ``depth`` levels (collective).
+
+        Level by level, each from the residual the initialised levels before it leave, as a forward pass
+        would see it. Returns every level's (level, residual (M, C, d), indices (M, C)).
+        """
+        residual = x
+        levels = []
+        for level in range(depth):
+            book = self.codebook_for_level(level)
+            book.kmeans_initialize(residual)
+            idx = book.search(residual)
+            levels.append((level, residual, idx))
+            residual = residual - book.lookup(idx)
+        return levels
+
+    @torch.no_grad()
+    def commit_codebook_updates(self) -> dict[str, Tensor]:
+        """Apply the codebook statistics recorded since the last commit, summed over ranks.
+
+        Collective: call it on every rank, for the same steps (the trainer calls it after each kept
+        optimiser step). The pending statistics of all codebooks travel in one all-reduce (k-means
+        initialisation and dead-code restarts add their own, identically on every rank). Nothing is
+        applied when some rank recorded a non-finite input or no rank recorded anything.
+
+        Returns:
+            ``restarts``: codes restarted; ``skipped``: 1.0 when nothing was applied.
+        """
+        books = list(self.codebooks)
+        device = books[0].embed.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            depth = self._step_depth()
+            if self._needs_kmeans_init(depth):
+                header = torch.tensor([float(self._pending_bad), float(self._pending_calls)], device=device)
+                all_reduce_sum_(header, self.sync_distributed)
+                bad, calls = header.tolist()
+                if bad > 0 or calls == 0:
+                    return self._skip_commit()
+                # Initialise from every micro-batch of the step, then redo the step's statistics with the
+                # new codes: the same state as when the codes had been initialised before the step.
+                x = (
+                    torch.cat(self._init_inputs)
+                    if self._init_inputs
+                    else torch.zeros(0, self.num_codebooks, self.codebook_dim, device=device)
+                )
+                for book in books:
+                    book.discard_pending()
+                for level, residual, idx in self._init_levels(x, depth):
+                    self.codebook_for_level(level).record(level, residual, idx)
+            world, rank = world_and_rank(self.sync_distributed)
+            rows = torch.zeros(len(books), world, 2, device=device)
+            for i, book in enumerate(books):
+                rows[i, rank, 0], rows[i, rank, 1] = divmod(book.pending_rows, _ROW_SPLIT)
+            header = torch.tensor([float(self._pending_bad), float(self._pending_calls)], device=device)
+            packed = torch.cat([header, rows.reshape(-1), *[book.pending_payload(device) for book in books]])
+            all_reduce_sum_(packed, self.sync_distributed)
+            bad, calls = packed[:2].tolist()
+            if bad > 0 or calls == 0:
+                return self._skip_commit()
+            split = packed[2 : 2 + rows.numel()].view_as(rows).round().long().cpu()
+            per_rank = (split[..., 0] * _ROW_SPLIT + split[..., 1]).tolist()  # (books, world) exact ints
+            start, restarts, applied = 2 + rows.numel(), 0, False
+            for book, counts in zip(books, per_rank):
+                payload = packed[start : start + book.payload_size()]
+                start += book.payload_size()
+                if sum(counts) == 0:  # not reached this step (quantize-dropout) or empty everywhere
+                    book.discard_pending()
+                    continue
+                restarts += book.apply_pending(payload, (sum(counts[:rank]), sum(counts)))
+                applied = True
+            self._reset_pending()
+            if applied:
+                self._dropout_steps += 1
+        return {"restarts": torch.tensor(float(restarts)), "skipped": torch.tensor(0.0 if applied else 1.0)}
+
+    def discard_codebook_updates(self) -> None:
+        """Forget the statistics recorded since the last commit (a skipped step); no collective."""
+        for book in self.codebooks:
+            book.discard_pending()
+        self._reset_pending()
+
+    def _skip_commit(self) -> dict[str, Tensor]:
+        self.discard_codebook_updates()
+        return {"restarts": torch.tensor(0.0), "skipped": torch.tensor(1.0)}
+
+    def _reset_pending(self) -> None:
+        self._pending_calls = 0
+        self._pending_bad = False
+        self._init_inputs = []
 
     # -- codes from indices -----------------------------------------------------------------------
 

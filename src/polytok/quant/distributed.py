@@ -29,8 +29,15 @@ def broadcast_(tensor: Tensor, src: int = 0, enabled: bool = True) -> Tensor:
     return tensor
 
 
-def _global_offsets(local_rows: int, device: torch.device, enabled: bool) -> tuple[int, int]:
-    """(offset of this rank's rows in the rank-ordered global batch, total global rows)."""
+def world_and_rank(enabled: bool = True) -> tuple[int, int]:
+    """(world size, rank) of the group the statistics are summed over; (1, 0) when not distributed."""
+    if not is_distributed(enabled):
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()
+
+
+def global_row_offsets(local_rows: int, device: torch.device, enabled: bool = True) -> tuple[int, int]:
+    """(offset of this rank's rows in the rank-ordered global batch, total global rows); collective."""
     if not is_distributed(enabled):
         return 0, local_rows
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -40,7 +47,13 @@ def _global_offsets(local_rows: int, device: torch.device, enabled: bool) -> tup
     return int(sizes[:rank].sum()), int(sizes.sum())
 
 
-def sample_global_rows(x: Tensor, count: int, generator: torch.Generator, enabled: bool = True) -> Tensor:
+def sample_global_rows(
+    x: Tensor,
+    count: int,
+    generator: torch.Generator,
+    enabled: bool = True,
+    offsets: tuple[int, int] | None = None,
+) -> Tensor:
     """Draw ``count`` rows per group uniformly from the batch concatenated over ranks in rank order.
 
     Every rank draws the same global row numbers from an identically seeded generator, contributes the
@@ -51,11 +64,14 @@ def sample_global_rows(x: Tensor, count: int, generator: torch.Generator, enable
         x: (G, M, d) local rows per group.
         count: rows to draw per group (with replacement).
         generator: CPU generator seeded identically on every rank.
+        offsets: ``global_row_offsets`` of ``x`` when already known (saves one collective).
     Returns:
         (G, count, d) float32.
     """
     groups, local_rows, d = x.shape
-    offset, total = _global_offsets(local_rows, x.device, enabled)
+    offset, total = offsets if offsets is not None else global_row_offsets(local_rows, x.device, enabled)
+    if total == 0:
+        raise ValueError("cannot sample rows from an empty batch")
     picks = torch.randint(total, (groups, count), generator=generator).to(x.device)
     out = torch.zeros(groups, count, d, dtype=torch.float32, device=x.device)
     mine = (picks >= offset) & (picks < offset + local_rows)

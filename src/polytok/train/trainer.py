@@ -4,8 +4,10 @@
     trainer.fit()
 
 Per optimiser step: ``grad_accum_steps`` micro-batches (gradient sync only on the last one), bf16 autocast,
-backward, global-norm clipping, AdamW step(s), lr schedule, optional weight EMA. A step whose loss or
-gradient norm is not finite on any rank is skipped on every rank (no update), counted and logged.
+backward, global-norm clipping, AdamW step(s), codebook updates, lr schedule, optional weight EMA. A step
+whose loss or gradient norm is not finite on any rank is skipped on every rank (no update, codebooks
+included), counted and logged. Quantizers only record codebook statistics in forward; they are applied
+once per kept optimiser step (see ``polytok.quant.updates``).
 Checkpoints hold everything needed to continue bit-exactly (see ``checkpoint.py``) with the same world
 size. Random augmentations inside the dataset continue exactly with ``num_workers=0`` (they draw from the
 restored process RNG); with worker processes, derive their randomness from the sample index instead.
@@ -43,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import Dataset
 
 from polytok.config import to_dict
+from polytok.quant.updates import CodebookUpdates
 from polytok.train import checkpoint as ckpt
 from polytok.train.batches import TrainBatches
 from polytok.train.distributed import (
@@ -157,6 +160,8 @@ class Trainer:
         self.model = torch.compile(self.wrapped_model) if config.compile else self.wrapped_model
         self.optimizer = build_adamw(self.raw_model.named_parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.max_steps)
+        # Quantizers record codebook statistics per micro-batch; they are applied once per kept step.
+        self.codebook_updates = CodebookUpdates(self.raw_model)
 
         # optional discriminator with its own optimiser and schedule
         self.raw_disc = self.disc = self.disc_optimizer = self.disc_scheduler = None
@@ -339,12 +344,14 @@ class Trainer:
         ok = all_true(bool(finite.item()), self.dist)  # same decision on every rank
         if ok:
             self.optimizer.step()
+            self.codebook_updates.commit()  # collective, like the decision above: same on every rank
             if disc_updated:
                 self.disc_optimizer.step()
             if self.ema is not None and self.step >= cfg.ema_start_step:
                 self.ema.update(self.raw_model, decay=0.0 if self.step == cfg.ema_start_step else None)
         else:
             self.skipped_steps += 1
+            self.codebook_updates.discard()
             self.optimizer.zero_grad(set_to_none=True)
             if self.disc_optimizer is not None:
                 self.disc_optimizer.zero_grad(set_to_none=True)
