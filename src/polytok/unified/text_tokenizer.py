@@ -25,7 +25,12 @@ class TextTokenizer:
     """
 
     def __init__(self, backend) -> None:
-        self.backend = backend
+        from tokenizers import Tokenizer as Backend
+
+        # a private copy without the padding / truncation a tokenizer file may carry (BERT's pads to 128)
+        self.backend = Backend.from_str(backend.to_str())
+        self.backend.no_padding()
+        self.backend.no_truncation()
 
     @property
     def vocab_size(self) -> int:
