@@ -4,10 +4,12 @@ checkpoints and the recorded tokenizer."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
+import polytok
 from polytok.unified import (
     CodeLayout,
     TokenizerMismatchError,
@@ -89,6 +91,30 @@ def test_shapes_for_every_layout(name, embedding) -> None:
     assert out.image_targets == 2 * 9 * layout.generation_depth
     # the i2t row reads every level, the t2i rows the pixel prefix
     assert batch.input_levels.tolist() == [layout.pixel_levels, layout.levels, layout.pixel_levels]
+
+
+@pytest.mark.parametrize("embedding", ["learned", "codebook"])
+def test_input_embedding_reads_exactly_the_levels_asked(embedding) -> None:
+    model = tiny_model("evotok-tiny", input_embedding=embedding)
+    full = model.layout.to_levels(random_codes(model, 2))  # (2, 9, 8, 1)
+    for k in (1, 4, 8):
+        base = model.embed_image(full, k)
+        later, earlier = full.clone(), full.clone()
+        later[:, :, k:] = (later[:, :, k:] + 1) % model.layout.codebook_size
+        earlier[:, :, k - 1] = (earlier[:, :, k - 1] + 1) % model.layout.codebook_size
+        torch.testing.assert_close(model.embed_image(later, k), base, rtol=0, atol=0)
+        assert (model.embed_image(earlier, k) - base).abs().min() > 0
+    # per-row levels: a row reading 2 levels equals that row embedded alone with 2
+    mixed = model.embed_image(full, torch.tensor([2, 8]))
+    torch.testing.assert_close(mixed[0], model.embed_image(full[:1], 2)[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(mixed[1], model.embed_image(full[1:], 8)[0], rtol=0, atol=1e-12)
+    if embedding == "codebook":  # the projector reads the tokenizer's partial reconstruction
+        quant = tokenizer("evotok-tiny").quantizer
+        partial = sum(
+            quant.codebook_for_level(level).lookup(full[:, :, level]).double() for level in range(3)
+        )
+        partial = partial.flatten(-2)  # (2, 9, d): levels 0..2 summed, in float64
+        torch.testing.assert_close(model.embed_image(full, 3), model.image_embed.projector(partial))
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -290,6 +316,19 @@ def test_bad_configuration_is_one_clear_error() -> None:
     model = tiny_model("vq")
     with pytest.raises(ValueError, match="task"):
         model.format.training_batch(random_codes(model, 1), [[1]], ["caption"])
+
+
+def test_sequences_must_fit_the_backbone() -> None:
+    backbone = {**tiny_config().backbone, "max_position_embeddings": 32}
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        tiny_model("vq", backbone=backbone, max_caption_tokens=20)
+
+
+def test_nothing_outside_the_package_imports_it() -> None:
+    root = Path(polytok.__file__).parent
+    for path in root.rglob("*.py"):
+        if "unified" not in path.relative_to(root).parts:
+            assert "polytok.unified" not in path.read_text(), path
 
 
 # -- checkpoints and the recorded tokenizer ---------------------------------------------------------

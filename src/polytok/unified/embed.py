@@ -38,10 +38,10 @@ class CodeVectors(nn.Module):
         return v.flatten(-2)
 
 
-def _level_mask(levels: Tensor | int, num_levels: int, like: Tensor) -> Tensor:
-    """(B,) or int levels read -> (B, 1, L, 1) float mask of the levels < levels[b]."""
+def _level_mask(levels: Tensor | int, num_levels: int, batch: int, like: Tensor) -> Tensor:
+    """(B,) or int levels read -> (B, 1, L, 1) mask (dtype of ``like``) of the levels < levels[b]."""
     if isinstance(levels, int):
-        levels = torch.full((like.shape[0],), levels, device=like.device)
+        levels = torch.full((batch,), levels, device=like.device)
     keep = torch.arange(num_levels, device=like.device)[None, :] < levels.to(like.device)[:, None]
     return keep[:, None, :, None].to(like.dtype)
 
@@ -84,12 +84,16 @@ class ImageInputEmbedding(nn.Module):
         num_levels, books = codes.shape[2:]
         if self.kind == "learned":
             k = self.layout.codebook_size
-            slot = torch.arange(num_levels * books, device=codes.device).view(num_levels, books)
-            emb = self.table(codes + slot * k)  # (B, N, L', C, hidden)
-            mask = _level_mask(levels, num_levels, emb)[..., None]  # (B, 1, L', 1, 1)
-            return (emb * mask).sum(dim=(2, 3))
+            slot = torch.arange(books, device=codes.device) * k
+            mask = _level_mask(levels, num_levels, codes.shape[0], self.table.weight)  # (B, 1, L', 1)
+            total = None
+            for level in range(num_levels):  # one level at a time: memory of one (B, N, C, hidden)
+                emb = self.table(codes[:, :, level] + slot + level * books * k).sum(dim=2)
+                emb = emb * mask[:, :, level]
+                total = emb if total is None else total + emb
+            return total
         per_level = self.code_vectors[0].level_vectors(codes)  # (B, N, L', C*d)
-        mask = _level_mask(levels, num_levels, per_level)
+        mask = _level_mask(levels, num_levels, codes.shape[0], per_level)
         partial = (per_level * mask).sum(dim=2)
         return self.projector(partial.to(self.projector[1].weight.dtype))
 
@@ -127,7 +131,7 @@ class SubCodeEmbedding(nn.Module):
         books = self.layout.codebooks
         vectors = self.code_vectors[0].vectors  # (L, C, K, d)
         level, book = slot // books, slot % books
-        v = vectors[level, book][slot[None, :], codes]  # (M, s, d)
+        v = vectors[level[None, :], book[None, :], codes]  # (M, s, d), without copying the codebooks
         d = vectors.shape[-1]
         weight = self.proj.weight.view(self.proj.out_features, books, d)[:, book]  # (W, s, d)
         return torch.einsum("msd,wsd->msw", v.to(weight.dtype), weight)

@@ -108,6 +108,14 @@ class UnifiedModel(nn.Module):
         )
         self.backbone = build_backbone(config.backbone, self.special.vocab_size, backbone_config)
         hidden = int(self.backbone.config.hidden_size)
+        longest = layout.num_positions + config.max_caption_tokens + 6  # the longest sequence of the format
+        max_positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        if max_positions is not None and longest > max_positions:
+            raise ValueError(
+                f"sequences reach {longest} tokens ({layout.num_positions} image positions + "
+                f"{config.max_caption_tokens} caption tokens + 6 special) but the backbone's "
+                f"max_position_embeddings is {max_positions}"
+            )
         needs_vectors = "codebook" in (config.input_embedding, config.depth_embedding)
         if needs_vectors and code_vectors is None:
             raise ValueError(
