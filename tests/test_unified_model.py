@@ -304,6 +304,25 @@ def test_qwen2_backbone_and_frozen_layers() -> None:
     assert model.depth_head.input_proj.weight.grad is not None
 
 
+def test_pretrained_backbone_by_local_path(tmp_path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    keys = {**tiny_config().backbone, "vocab_size": 40}  # fewer rows than text + special tokens
+    torch.manual_seed(5)
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**keys))
+    llm.save_pretrained(tmp_path / "llm")
+    model = tiny_model("unitok-tiny", backbone=str(tmp_path / "llm"))
+    assert model.backbone.get_input_embeddings().num_embeddings == model.special.vocab_size
+    saved = llm.state_dict()
+    for name, value in model.backbone.state_dict().items():
+        if "embed_tokens" in name or "lm_head" in name:  # the old rows are kept, new rows added
+            assert torch.equal(value[:40].float(), saved[name].float())
+        else:
+            assert torch.equal(value.float(), saved[name].float()), name
+    out = model(_batch(model, ["t2i", "i2t"]))
+    assert torch.isfinite(out.loss)
+
+
 def test_bad_configuration_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match="input_embedding"):
         UnifiedConfig(input_embedding="table")
