@@ -1,0 +1,108 @@
+"""Configuration of the unified model: a plain dataclass with defaults and named presets."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+EmbeddingKind = Literal["learned", "codebook"]
+DepthConditioning = Literal["running_sum", "previous"]
+
+# A Llama-style causal LM small enough for tests and CPU runs; the vocabulary size is set from the text
+# tokenizer plus the special tokens when the model is built.
+TINY_BACKBONE: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
+
+
+@dataclass
+class UnifiedConfig:
+    """How the unified model is built and trained.
+
+    Attributes:
+        backbone: a ``transformers`` causal-LM config as a dict (``model_type`` plus its keys; the vocab
+            size is filled in) or the local path of a pretrained causal LM.
+        backbone_trainable: False freezes the backbone's layers (its token embeddings and LM head, which
+            hold the new special tokens, stay trainable).
+        input_embedding: image positions' input: "learned" (one new table per sub-code, summed) or
+            "codebook" (the tokenizer's frozen code vectors summed over the levels read, then an MLP).
+        projector_hidden: hidden width of the "codebook" MLP projector (default: the backbone width).
+        depth_embedding: how earlier sub-codes enter the depth head: "learned" tables or "codebook"
+            (frozen code vectors through a linear map).
+        depth_conditioning: "running_sum" (step (l, c) reads the sum of all sub-codes of levels < l plus
+            sub-code (l, c-1): the previous sub-code for MCQ, the partial reconstruction for RVQ, both for
+            residual MCQ) or "previous" (only the sub-code just before).
+        depth_width, depth_layers, depth_heads, depth_mlp_ratio: the depth head's causal transformer.
+        shared_classifier: one classifier for all sub-codes (else one per sub-code).
+        understanding_levels: levels the captioning direction reads (None: all levels).
+        caption_dropout: probability of training text-to-image on the empty caption (for guidance).
+        image_loss_weight, text_loss_weight: weights of the mean image and mean text cross-entropies.
+        max_caption_tokens: captions are cut to this many text tokens.
+        text_vocab_size: vocabulary size of a text tokenizer trained on the captions.
+    """
+
+    backbone: dict[str, Any] | str = field(default_factory=lambda: copy.deepcopy(TINY_BACKBONE))
+    backbone_trainable: bool = True
+    input_embedding: EmbeddingKind = "learned"
+    projector_hidden: int | None = None
+    depth_embedding: EmbeddingKind = "learned"
+    depth_conditioning: DepthConditioning = "running_sum"
+    depth_width: int = 64
+    depth_layers: int = 2
+    depth_heads: int = 4
+    depth_mlp_ratio: float = 4.0
+    shared_classifier: bool = False
+    understanding_levels: int | None = None
+    caption_dropout: float = 0.1
+    image_loss_weight: float = 1.0
+    text_loss_weight: float = 1.0
+    max_caption_tokens: int = 64
+    text_vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("input_embedding", ("learned", "codebook")),
+            ("depth_embedding", ("learned", "codebook")),
+            ("depth_conditioning", ("running_sum", "previous")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.depth_width % self.depth_heads:
+            raise ValueError(
+                f"depth_width {self.depth_width} is not divisible by depth_heads {self.depth_heads}"
+            )
+        if min(self.depth_layers, self.max_caption_tokens) < 1:
+            raise ValueError("depth_layers and max_caption_tokens must be >= 1")
+        if isinstance(self.backbone, dict) and "model_type" not in self.backbone:
+            raise ValueError("a backbone config dict needs 'model_type' (e.g. 'llama' or 'qwen2')")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+
+def unified_preset(name: str) -> UnifiedConfig:
+    """A named configuration: "tiny" (CPU-sized, for tests) or "small" (the sampling benchmark)."""
+    if name == "tiny":
+        return UnifiedConfig()
+    if name == "small":
+        backbone = {
+            **TINY_BACKBONE,
+            "hidden_size": 256,
+            "intermediate_size": 768,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 1024,
+        }
+        return UnifiedConfig(backbone=backbone, depth_width=128, depth_layers=2, depth_heads=4)
+    raise ValueError(f"unknown unified preset {name!r}; expected 'tiny' or 'small'")

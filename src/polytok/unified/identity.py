@@ -1,0 +1,48 @@
+"""The identity of an image tokenizer: its config and a hash of its weights.
+
+A unified model records the identity of the tokenizer its codes came from and refuses to decode with
+another: codes of one tokenizer mean nothing to a different one, even with the same layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+
+class TokenizerMismatchError(ValueError):
+    """A tokenizer other than the one the unified model was trained on."""
+
+
+@torch.no_grad()
+def tokenizer_identity(tokenizer: Any) -> dict[str, str]:
+    """{"name", "config_sha256", "weights_sha256"} of a polytok ``Tokenizer``.
+
+    The weights hash covers every stored tensor (``checkpoint_state_dict``): names, dtypes, shapes, bytes.
+    """
+    config = tokenizer.config.to_dict()
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256()
+    for name, tensor in sorted(tokenizer.checkpoint_state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"name": str(config.get("name")), "config_sha256": config_hash, "weights_sha256": h.hexdigest()}
+
+
+def check_identity(expected: dict[str, str] | None, tokenizer: Any) -> None:
+    """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` is the recorded one."""
+    if expected is None:
+        raise TokenizerMismatchError("this unified model records no image tokenizer; it cannot decode codes")
+    got = tokenizer_identity(tokenizer)
+    if got != expected:
+        what = "config" if got["config_sha256"] != expected["config_sha256"] else "weights"
+        raise TokenizerMismatchError(
+            f"the unified model was trained on tokenizer {expected['name']!r} (weights sha256 "
+            f"{expected['weights_sha256'][:12]}), got {got['name']!r} with a different {what} "
+            f"(weights sha256 {got['weights_sha256'][:12]}); decode with the tokenizer the model was "
+            "trained on"
+        )

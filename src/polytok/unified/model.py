@@ -1,0 +1,318 @@
+"""The unified model: one causal LM over text tokens and image codes, captioning and generating images.
+
+    text positions  : backbone token embeddings       -> backbone -> LM head        (text loss)
+    image positions : ImageInputEmbedding(codes)      -> backbone -> DepthHead      (image loss)
+
+The backbone is any ``transformers`` causal LM, built from a config or loaded from a local path, fed
+``inputs_embeds``. Checkpoints (``save_pretrained``) hold ``unified.json`` (config, code layout, the
+identity of the image tokenizer), ``backbone_config.json``, ``text_tokenizer.json`` and
+``model.safetensors``; everything is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polytok.unified.config import UnifiedConfig
+from polytok.unified.depth_head import DepthHead
+from polytok.unified.embed import CodeVectors, ImageInputEmbedding
+from polytok.unified.identity import check_identity, tokenizer_identity
+from polytok.unified.layout import CodeLayout, tokenizer_code_vectors
+from polytok.unified.sequence import IGNORE, SequenceBatch, SequenceFormat, SpecialTokens
+from polytok.unified.text_tokenizer import TextTokenizer
+
+META_NAME = "unified.json"
+BACKBONE_CONFIG_NAME = "backbone_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "polytok-unified/1"
+
+
+@dataclass
+class UnifiedOutput:
+    """Losses of one batch: ``loss`` = image weight x image CE + text weight x text CE, each CE the mean
+    over its targets (0 when the batch has none)."""
+
+    loss: Tensor
+    image_loss: Tensor
+    text_loss: Tensor
+    image_targets: int
+    text_targets: int
+
+
+def build_backbone(spec: dict[str, Any] | str, vocab_size: int, backbone_config: Any = None) -> nn.Module:
+    """A ``transformers`` causal LM whose vocabulary holds at least ``vocab_size`` tokens.
+
+    ``spec``: config keys with ``model_type`` (random init) or a local path (pretrained weights).
+    ``backbone_config``: a ready config (checkpoint loading; no weights are read).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if backbone_config is not None:
+        return AutoModelForCausalLM.from_config(backbone_config)
+    if isinstance(spec, dict):
+        keys = {**spec, "vocab_size": vocab_size}
+        try:
+            config = AutoConfig.for_model(**keys)
+        except ValueError as exc:
+            raise ValueError(
+                f"backbone model_type {spec.get('model_type')!r} is not a transformers model: {exc}"
+            ) from exc
+        return AutoModelForCausalLM.from_config(config)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"backbone path {path} is not a folder with a transformers causal LM")
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    if model.get_input_embeddings().num_embeddings < vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+class UnifiedModel(nn.Module):
+    """Captioning and text-to-image generation over the codes of one image tokenizer.
+
+    Args:
+        config: the :class:`UnifiedConfig`.
+        layout: the image tokenizer's :class:`CodeLayout`.
+        text_tokenizer: the :class:`TextTokenizer` of the captions.
+        code_vectors: the tokenizer's code vectors (L, C, K, d), needed by the "codebook" embeddings.
+        tokenizer_id: the image tokenizer's identity (see ``polytok.unified.identity``).
+        backbone_config: a ready ``transformers`` config to build the backbone from (checkpoints).
+
+    Use :meth:`from_tokenizer` to build one for a polytok ``Tokenizer``.
+    """
+
+    def __init__(
+        self,
+        config: UnifiedConfig,
+        layout: CodeLayout,
+        text_tokenizer: TextTokenizer,
+        *,
+        code_vectors: Tensor | None = None,
+        tokenizer_id: dict[str, str] | None = None,
+        backbone_config: Any = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.layout, self.text_tokenizer = config, layout, text_tokenizer
+        self.tokenizer_id = tokenizer_id
+        self.special = SpecialTokens.after(text_tokenizer.vocab_size)
+        self.format = SequenceFormat(
+            layout, self.special, config.understanding_levels, config.max_caption_tokens
+        )
+        self.backbone = build_backbone(config.backbone, self.special.vocab_size, backbone_config)
+        hidden = int(self.backbone.config.hidden_size)
+        longest = layout.num_positions + config.max_caption_tokens + 6  # the longest sequence of the format
+        max_positions = getattr(self.backbone.config, "max_position_embeddings", None)
+        if max_positions is not None and longest > max_positions:
+            raise ValueError(
+                f"sequences reach {longest} tokens ({layout.num_positions} image positions + "
+                f"{config.max_caption_tokens} caption tokens + 6 special) but the backbone's "
+                f"max_position_embeddings is {max_positions}"
+            )
+        needs_vectors = "codebook" in (config.input_embedding, config.depth_embedding)
+        if needs_vectors and code_vectors is None:
+            raise ValueError(
+                "the 'codebook' embeddings need the tokenizer's code vectors (from_tokenizer passes them)"
+            )
+        self.code_vectors = CodeVectors(code_vectors) if needs_vectors else None
+        self.image_embed = ImageInputEmbedding(
+            layout, hidden, config.input_embedding, self.code_vectors, config.projector_hidden
+        )
+        self.depth_head = DepthHead(layout, hidden, config, self.code_vectors)
+        if not config.backbone_trainable:
+            self.backbone.requires_grad_(False)
+            self.backbone.get_input_embeddings().requires_grad_(True)  # rows of the new special tokens
+            self.backbone.get_output_embeddings().requires_grad_(True)
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer: Any,
+        text_tokenizer: TextTokenizer,
+        config: UnifiedConfig | None = None,
+        *,
+        grid: tuple[int, int] | None = None,
+    ) -> UnifiedModel:
+        """A new model for the codes of polytok ``Tokenizer`` ``tokenizer`` (its identity is recorded)."""
+        config = config or UnifiedConfig()
+        vectors = None
+        if "codebook" in (config.input_embedding, config.depth_embedding):
+            vectors = tokenizer_code_vectors(tokenizer)
+        return cls(
+            config,
+            CodeLayout.from_tokenizer(tokenizer, grid),
+            text_tokenizer,
+            code_vectors=vectors,
+            tokenizer_id=tokenizer_identity(tokenizer),
+        )
+
+    # -- pieces used by training and sampling -----------------------------------------------------
+
+    @property
+    def base(self) -> nn.Module:
+        """The backbone without its LM head: inputs_embeds -> last hidden states."""
+        return self.backbone.base_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    def embed_text(self, token_ids: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, hidden)."""
+        return self.backbone.get_input_embeddings()(token_ids)
+
+    def embed_image(self, codes: Tensor, levels: Tensor | int) -> Tensor:
+        """(B, n, L', C) codes, the levels read -> (B, n, hidden)."""
+        return self.image_embed(codes, levels).to(self.dtype)
+
+    def text_logits(self, hidden: Tensor) -> Tensor:
+        """(..., hidden) -> (..., vocab) logits of the next text token."""
+        return self.backbone.get_output_embeddings()(hidden)
+
+    def run_backbone(
+        self,
+        embeds: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cache: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """(B, T, hidden) inputs -> (last hidden states (B, T, hidden), the updated KV cache or None).
+
+        ``attention_mask`` covers the cached tokens and the new ones, (B, past + T).
+        """
+        out = self.base(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+    def embed_sequence(self, batch: SequenceBatch) -> Tensor:
+        """Inputs of a :class:`SequenceBatch`: (B, T, hidden), image positions from their codes."""
+        emb = self.embed_text(batch.token_ids)
+        image = self.embed_image(batch.image_codes, batch.input_levels)  # (B, N, hidden)
+        n = self.layout.num_positions
+        pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
+        return emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def _image_logits(self, batch: SequenceBatch, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced depth-head logits of the text -> image rows: ((R, N, S, K), targets (R, N, S))."""
+        rows = batch.image_target.nonzero().flatten()
+        n, s = self.layout.num_positions, self.layout.generation_depth
+        # img_i is predicted from the state of the token before it: <boi> for img_0
+        pos = batch.image_start[rows, None] - 1 + torch.arange(n, device=hidden.device)
+        h = hidden[rows[:, None], pos]  # (R, N, hidden)
+        targets = batch.image_codes[rows, :, : self.layout.pixel_levels].reshape(len(rows), n, s)
+        logits = self.depth_head(h.reshape(-1, h.shape[-1]), targets.reshape(-1, s)[:, : s - 1])
+        return logits.reshape(len(rows), n, s, -1), targets
+
+    def image_logits(self, batch: SequenceBatch) -> Tensor:
+        """Teacher-forced logits (R, N, S, K) of the pixel prefix of the R text -> image rows of ``batch``."""
+        hidden, _ = self.run_backbone(self.embed_sequence(batch), batch.attention_mask, batch.position_ids)
+        return self._image_logits(batch, hidden)[0]
+
+    def forward(self, batch: SequenceBatch) -> UnifiedOutput:
+        """Losses of a mixed batch; only the target part of each sequence is predicted."""
+        hidden, _ = self.run_backbone(self.embed_sequence(batch), batch.attention_mask, batch.position_ids)
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        text_loss, image_loss = zero, zero
+        text_sel = batch.text_targets != IGNORE
+        n_text = int(text_sel.sum())
+        if n_text:
+            logits = self.text_logits(hidden[text_sel]).float()
+            text_loss = F.cross_entropy(logits, batch.text_targets[text_sel])
+        n_image = 0
+        if bool(batch.image_target.any()):
+            logits, targets = self._image_logits(batch, hidden)
+            n_image = targets.numel()
+            image_loss = F.cross_entropy(logits.float().reshape(n_image, -1), targets.reshape(-1))
+        loss = self.config.image_loss_weight * image_loss + self.config.text_loss_weight * text_loss
+        return UnifiedOutput(loss, image_loss, text_loss, n_image, n_text)
+
+    # -- images through the recorded tokenizer ----------------------------------------------------
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """TokenizerMismatchError unless ``tokenizer`` is the one this model was trained on."""
+        check_identity(self.tokenizer_id, tokenizer)
+
+    def decode_images(self, codes: Tensor, tokenizer: Any) -> Tensor:
+        """Generated codes (B, h, w, *pixel code shape) -> images (B, 3, H, W) by the recorded tokenizer."""
+        self.check_tokenizer(tokenizer)
+        return tokenizer.decode(codes.to(tokenizer.device))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_model
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (WEIGHTS_NAME + ".tmp")
+        save_model(self, str(tmp))
+        os.replace(tmp, out / WEIGHTS_NAME)
+        self.text_tokenizer.save(out)
+        _write_atomic(out / BACKBONE_CONFIG_NAME, self.backbone.config.to_json_string())
+        meta = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "layout": self.layout.to_dict(),
+            "tokenizer": self.tokenizer_id,
+            "code_vectors": list(self.code_vectors.vectors.shape) if self.code_vectors is not None else None,
+        }
+        _write_atomic(out / META_NAME, json.dumps(meta, indent=2))  # last: a complete checkpoint has it
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> UnifiedModel:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+        from transformers import AutoConfig
+
+        root = Path(directory)
+        meta_path = root / META_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root} is not a unified model checkpoint: {META_NAME} is missing")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+        backbone_config = AutoConfig.for_model(**json.loads((root / BACKBONE_CONFIG_NAME).read_text()))
+        shape = meta["code_vectors"]
+        model = cls(
+            UnifiedConfig(**meta["config"]),
+            CodeLayout.from_dict(meta["layout"]),
+            TextTokenizer.load(root),
+            code_vectors=torch.zeros(shape) if shape is not None else None,
+            tokenizer_id=meta["tokenizer"],
+            backbone_config=backbone_config,
+        )
+        try:
+            load_model(model, str(root / WEIGHTS_NAME), strict=True, device=str(map_location))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"cannot read {root / WEIGHTS_NAME}: truncated or corrupt ({exc})") from exc
+        except RuntimeError as exc:  # names the missing and unexpected tensors
+            raise ValueError(f"checkpoint {root} does not match its config: {exc}") from exc
+        return model.to(map_location)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
