@@ -273,7 +273,7 @@ def _strategy_worker(rank: int, init_file: str, out_dir: str, strategy: str) -> 
             precision="fp32",
             device="cpu",
             progress=False,
-            out_dir=out_dir,
+            out_dir=os.path.join(out_dir, f"run-{strategy}"),  # a run directory of its own per strategy
             save_every=0,
             shuffle=False,
             strategy=strategy,

@@ -29,14 +29,14 @@ class _Pending:
     """What one rank recorded for one codebook since its last update."""
 
     counts: Tensor  # (G, K) float32
-    sums: Tensor | None  # (G * K, d) float32, EMA codebooks only
+    sums: Tensor | None  # (G * K, d) float64 (see _local_sums), EMA codebooks only
     rows: dict[int, list[Tensor]] = field(default_factory=dict)  # source -> (M_i, G, d) restart candidates
     num_rows: int = 0
 
     @staticmethod
     def empty(book: Codebook, device: torch.device) -> _Pending:
         g, k, d = book.groups, book.codebook_size, book.dim
-        sums = torch.zeros(g * k, d, device=device) if book.update_mode == "ema" else None
+        sums = torch.zeros(g * k, d, dtype=torch.float64, device=device) if book.update_mode == "ema" else None
         return _Pending(torch.zeros(g, k, device=device), sums)
 
 
@@ -175,14 +175,19 @@ class Codebook(nn.Module):
         return counts.view(self.groups, self.codebook_size)
 
     def _local_sums(self, x: Tensor, indices: Tensor) -> Tensor:
-        """(G * K, d) float32 sums of the vectors ``x`` (M, G, d) assigned ``indices`` (M, G)."""
-        sums = torch.zeros(self.groups * self.codebook_size, self.dim, device=x.device)
-        return sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).float())
+        """(G * K, d) float64 sums of the vectors ``x`` (M, G, d) assigned ``indices`` (M, G).
+
+        float64 holds a sum of float32 vectors exactly unless their magnitudes span about 2^25, so the
+        statistics do not depend on the order of the rows: one batch, its micro-batches and its ranks'
+        shares give the same codebooks on any machine."""
+        sums = torch.zeros(self.groups * self.codebook_size, self.dim, dtype=torch.float64, device=x.device)
+        return sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).double())
 
     def _global_counts_and_sums(self, x: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Per-code counts (G, K) and vector sums (G, K, d) summed over ranks (one collective)."""
         g, k, d = self.groups, self.codebook_size, self.dim
-        packed = torch.cat([self.count(indices).view(g * k, 1), self._local_sums(x, indices)], dim=-1)
+        counts = self.count(indices).view(g * k, 1).double()
+        packed = torch.cat([counts, self._local_sums(x, indices)], dim=-1)
         all_reduce_sum_(packed, self.sync_distributed)
         return packed[:, 0].reshape(g, k), packed[:, 1:].reshape(g, k, d)
 
@@ -206,7 +211,7 @@ class Codebook(nn.Module):
         for _ in range(self.kmeans_iters):
             assign = nearest_codes(data, centroids, cosine=self.normalize)
             counts, sums = self._global_counts_and_sums(data.transpose(0, 1), assign.transpose(0, 1))
-            means = sums / counts.clamp(min=1).unsqueeze(-1)
+            means = (sums / counts.clamp(min=1).unsqueeze(-1)).float()
             if self.normalize:
                 means = F.normalize(means, dim=-1)
             centroids = torch.where((counts > 0).unsqueeze(-1), means, centroids)
@@ -232,7 +237,7 @@ class Codebook(nn.Module):
         pending = self._pending
         pending.counts += self.count(indices) if counts is None else counts
         if pending.sums is not None:
-            pending.sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).float())
+            pending.sums.index_add_(0, self._flat_indices(indices), x.reshape(-1, self.dim).double())
         if self.dead_code_threshold > 0:
             pending.rows.setdefault(source, []).append(x.detach().float())
         pending.num_rows += x.shape[0]
@@ -247,10 +252,10 @@ class Codebook(nn.Module):
         return g * k * (1 + d if self.update_mode == "ema" else 1)
 
     def pending_payload(self, device: torch.device) -> Tensor:
-        """Pending statistics of this rank, flat float32 [counts (G*K), EMA sums (G*K*d)]."""
+        """Pending statistics of this rank, flat float64 [counts (G*K), EMA sums (G*K*d)]."""
         if self._pending is None:
-            return torch.zeros(self.payload_size(), device=device)
-        parts = [self._pending.counts.reshape(-1)]
+            return torch.zeros(self.payload_size(), dtype=torch.float64, device=device)
+        parts = [self._pending.counts.reshape(-1).double()]
         if self._pending.sums is not None:
             parts.append(self._pending.sums.reshape(-1))
         return torch.cat(parts)
@@ -272,10 +277,10 @@ class Codebook(nn.Module):
             The number of restarted codes.
         """
         g, k, d = self.groups, self.codebook_size, self.dim
-        counts = payload[: g * k].view(g, k)
+        counts = payload[: g * k].view(g, k).float()  # integers: exact in float32 below 2^24 per code
         self.usage_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.update_mode == "ema" and int(self.steps) >= self.ema_warmup_steps:
-            self._ema_step(counts, payload[g * k :].view(g, k, d))
+            self._ema_step(counts, payload[g * k :].view(g, k, d).float())
         restarts = self._restart_dead_codes(offsets)
         self.steps += 1
         self._pending = None

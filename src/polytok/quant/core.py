@@ -485,7 +485,8 @@ class LevelledQuantizer(nn.Module):
             for i, book in enumerate(books):
                 rows[i, rank, 0], rows[i, rank, 1] = divmod(book.pending_rows, _ROW_SPLIT)
             header = torch.tensor([float(self._pending_bad), float(self._pending_calls)], device=device)
-            packed = torch.cat([header, rows.reshape(-1), *[book.pending_payload(device) for book in books]])
+            payloads = [book.pending_payload(device) for book in books]
+            packed = torch.cat([header.double(), rows.reshape(-1).double(), *payloads])
             all_reduce_sum_(packed, self.sync_distributed)
             bad, calls = packed[:2].tolist()
             if bad > 0 or calls == 0:
