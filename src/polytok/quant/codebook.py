@@ -36,7 +36,8 @@ class _Pending:
     @staticmethod
     def empty(book: Codebook, device: torch.device) -> _Pending:
         g, k, d = book.groups, book.codebook_size, book.dim
-        sums = torch.zeros(g * k, d, dtype=torch.float64, device=device) if book.update_mode == "ema" else None
+        ema = book.update_mode == "ema"
+        sums = torch.zeros(g * k, d, dtype=torch.float64, device=device) if ema else None
         return _Pending(torch.zeros(g, k, device=device), sums)
 
 
