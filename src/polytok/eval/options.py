@@ -50,6 +50,10 @@ class EvalOptions:
             EfficientNet-Lite0 between originals and reconstructions (``pretrained`` extra), with the
             network's input resized to ``semantic_fidelity_size``.
         num_samples: originals (and their reconstructions per depth) kept for the report.
+        attribute_fidelity: on built-in ``shapes`` images, the shapes judge's accuracy per attribute
+            (shape, colour, count, size, position, and all at once) on each decoded depth, reported as
+            ``attr[name]`` with the judge's accuracy on the originals in the protocol. ``"auto"``: when
+            the batches carry shapes attributes; ``True``: an error if they do not.
     """
 
     depths: Sequence[int] | None = None
@@ -64,6 +68,7 @@ class EvalOptions:
     semantic_fidelity: bool = False
     semantic_fidelity_size: int = SEMANTIC_FIDELITY_SIZE
     num_samples: int = 6
+    attribute_fidelity: Toggle = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.zero_shot, dict):

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from polytok.eval.families import code_probe, frechet, pixel, semantic_fidelity, semantics
+from polytok.eval.families import attributes, code_probe, frechet, pixel, semantic_fidelity, semantics
 from polytok.eval.families.base import DepthBatch, DepthResult, MetricFamily, Reads, RealBatch
 from polytok.eval.options import EvalOptions
 
-BUILDERS = (pixel.build, semantic_fidelity.build, frechet.build, semantics.build, code_probe.build)
+BUILDERS = (
+    pixel.build,
+    attributes.build,
+    semantic_fidelity.build,
+    frechet.build,
+    semantics.build,
+    code_probe.build,
+)
 
 
 def build_families(
