@@ -511,8 +511,9 @@ class Tokenizer(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def _external_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of frozen third-party modules that are rebuilt instead of stored."""
+    def frozen_state_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen third-party modules that are rebuilt instead of stored (by
+        ``save_pretrained``, the training engine's checkpoints and its weight EMA)."""
         prefixes = ["teacher."]
         if isinstance(self.text_tower, PretrainedTextTower) and self.text_tower.frozen:
             prefixes.append("text_tower.encoder.")
@@ -520,7 +521,7 @@ class Tokenizer(nn.Module):
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
         """The tensors ``save_pretrained`` stores (everything except rebuilt frozen modules)."""
-        skip = self._external_prefixes()
+        skip = self.frozen_state_prefixes()
         return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -100,6 +100,7 @@ def train_tokenizer(config: RunConfig):
 
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     tokenizer = build_tokenizer(config.model)
+    tokenizer.load_teacher()  # now, not at the first forward: the engine's EMA and wrapping must see it
     dataset = build_training_dataset(config.data)
     objective = build_objective(tokenizer, config.loss, config.train.max_steps)
     if config.train.last_layer is None:
