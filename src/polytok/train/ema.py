@@ -47,16 +47,19 @@ class ModelEMA:
     def update(self, model: nn.Module, decay: float | None = None) -> None:
         """shadow <- decay * shadow + (1 - decay) * weights (``decay=0`` copies the weights)."""
         d = self.decay if decay is None else decay
-        floats_s, floats_m = [], []
+        # one fused lerp per kind: under FSDP parameters are DTensors, buffers plain tensors, and a
+        # foreach op takes no mixture
+        floats: dict[bool, tuple[list[Tensor], list[Tensor]]] = {}
         for name, t in self._tracked(model):
             s = self._shadow_of(name)
             if s.is_floating_point():
-                floats_s.append(s)
-                floats_m.append(t.detach().float())
+                shadows, weights = floats.setdefault(hasattr(s, "device_mesh"), ([], []))
+                shadows.append(s)
+                weights.append(t.detach().float())
             else:
                 s.copy_(t)
-        if floats_s:
-            torch._foreach_lerp_(floats_s, floats_m, 1.0 - d)
+        for shadows, weights in floats.values():
+            torch._foreach_lerp_(shadows, weights, 1.0 - d)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Full (gathered) fp32 tensors on the CPU; collective under FSDP: call on every rank."""
