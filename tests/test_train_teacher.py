@@ -119,3 +119,22 @@ def test_evotok_tiny_killed_and_resumed_ends_bit_identical(tmp_path):
     exported = load_safetensors(killed / "tokenizer" / "model.safetensors")
     for key, value in load_safetensors(full / "tokenizer" / "model.safetensors").items():
         assert torch.equal(exported[key], value), key
+
+
+def test_evotok_tiny_under_fsdp_with_ema_exports_the_gathered_weights(tmp_path):
+    """Two processes, FSDP: the teacher is part of the sharded model but not of the checkpoints, the EMA
+    averages sharded parameters and plain buffers, and the export gathers the shards."""
+    out = tmp_path / "fsdp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = ["train.max_steps=2", "train.save_every=1", "train.ema_decay=0.9", "train.strategy=fsdp"]
+    cmd = [*launcher, "-m", "polytok.cli", "train", str(CONFIG), *SMALL, *run, f"train.out_dir={out}"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    final = out / "checkpoints" / "step_00000002"
+    ema = load_safetensors(final / "ema.safetensors")
+    _assert_trainable_state_only(load_safetensors(final / "model.safetensors"))
+    _assert_trainable_state_only(ema)
+    exported = load_safetensors(out / "tokenizer" / "model.safetensors")
+    assert set(exported) == set(ema)
+    for key, value in exported.items():
+        assert torch.equal(value, ema[key].to(value.dtype)), key

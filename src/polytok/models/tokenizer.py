@@ -536,27 +536,7 @@ class Tokenizer(nn.Module):
         complete, and the next save removes the partial leftovers. A directory holding other files than a
         saved tokenizer's is refused (ValueError) rather than replaced.
         """
-        from safetensors.torch import save_file
-
-        from polytok import storage
-
-        out = Path(directory)
-        _check_replaceable(out)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
-        staging = storage.staging_dir(out)
-        try:
-            save_file(
-                state,
-                str(staging / WEIGHTS_NAME),
-                metadata={"format": "pt", "polytok_preset": self.config.name},
-            )
-            (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
-            storage.write_manifest(staging)
-            storage.publish(staging, out)
-        finally:
-            if staging.exists():  # an exception before the rename: nothing was published
-                shutil.rmtree(staging, ignore_errors=True)
-        return out
+        return save_tokenizer_state(self.config, self.checkpoint_state_dict(), directory)
 
     @classmethod
     def from_pretrained(
@@ -612,6 +592,32 @@ class Tokenizer(nn.Module):
                     f"expected {tuple(v.shape)}"
                 )
         self.load_state_dict(state, strict=False)
+
+
+def save_tokenizer_state(
+    config: TokenizerConfig, state: dict[str, Tensor], directory: str | os.PathLike
+) -> Path:
+    """``save_pretrained`` for weights held apart from a model, e.g. gathered from FSDP shards:
+    ``state`` is ``checkpoint_state_dict()`` of a tokenizer built from ``config``."""
+    from safetensors.torch import save_file
+
+    from polytok import storage
+
+    out = Path(directory)
+    _check_replaceable(out)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    staging = storage.staging_dir(out)
+    try:
+        save_file(
+            tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_preset": config.name}
+        )
+        (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+        storage.write_manifest(staging)
+        storage.publish(staging, out)
+    finally:
+        if staging.exists():  # an exception before the rename: nothing was published
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 _SAVED_FILES = {CONFIG_NAME, WEIGHTS_NAME, "manifest.json", "pytorch_model.bin"}

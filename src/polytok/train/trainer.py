@@ -437,7 +437,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a complete checkpoint for the current step (collective: call on every rank)."""
-        model_sd = self._stored(get_model_state_dict(self.raw_model, options=_FULL))
+        model_sd = self.stored_model_state()
         optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=_FULL)
         disc_sd = disc_optim_sd = None
         if self.raw_disc is not None:
@@ -475,6 +475,11 @@ class Trainer:
             ckpt.prune_checkpoints(self.ckpt_root, self.config.keep_last)
         barrier(self.dist)
         return final
+
+    def stored_model_state(self) -> dict[str, Tensor]:
+        """The model's full weights as checkpoints store them, on the CPU (frozen rebuilt modules left
+        out). Collective under FSDP, where it gathers the shards: call on every rank."""
+        return self._stored(get_model_state_dict(self.raw_model, options=_FULL))
 
     def _stored(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` without the frozen modules the model rebuilds (older checkpoints may hold them)."""
