@@ -17,10 +17,9 @@ import torch
 from polytok.hub import SHIPPED_DIR, list_shipped
 from polytok.models.tokenizer import Tokenizer
 from polytok.train import checkpoint as ckpt
+from save_crash_worker import tokenizer, write_checkpoint
 
 WORKER = Path(__file__).with_name("save_crash_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-from save_crash_worker import tokenizer, write_checkpoint  # noqa: E402
 
 
 def _env() -> dict[str, str]:
