@@ -187,10 +187,16 @@ def test_half_written_files_are_reported(saved):
     _, ck = saved
     data = (ck / "model.safetensors").read_bytes()
     (ck / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match=r"model\.safetensors has .*truncated"):  # caught by the manifest
+        Tokenizer.from_pretrained(ck)
+    (ck / "manifest.json").unlink()  # without one, the reader itself refuses the file
+    with (
+        pytest.warns(UserWarning, match="not verified"),
+        pytest.raises(ValueError, match="truncated or corrupt"),
+    ):
         Tokenizer.from_pretrained(ck)
     (ck / "config.json").write_text('{"name": "mini", "encoder": {')
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.warns(UserWarning, match="not verified"), pytest.raises(ValueError, match="not valid JSON"):
         Tokenizer.from_pretrained(ck)
 
 
@@ -198,6 +204,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(saved):
     from safetensors.torch import load_file, save_file
 
     _, ck = saved
+    (ck / "manifest.json").unlink()  # weights edited by hand: no checksums to check against
     state = load_file(str(ck / "model.safetensors"))
     state["extra.weight"] = torch.zeros(1)
     dropped = state.pop("pixel_decoder.cnn.conv_out.bias")
@@ -221,6 +228,7 @@ class _Evil:
 def test_pickles_only_with_weights_only(saved, capsys):
     tok, ck = saved
     (ck / "model.safetensors").unlink()
+    (ck / "manifest.json").unlink()  # a directory written by other tools: no manifest
     torch.save({"x": _Evil()}, ck / "pytorch_model.bin")
     with pytest.raises(ValueError, match="weights_only=True"):
         Tokenizer.from_pretrained(ck)

@@ -239,7 +239,11 @@ def test_save_load_roundtrip_identical(name, tmp_path):
     x = images(2, seed=2)
     codes = tok.encode(x)
     tok.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.safetensors",
+    ]
     tok2 = Tokenizer.from_pretrained(tmp_path / "ckpt").eval()
     assert torch.equal(tok2.encode(x), codes)
     assert torch.equal(tok2.decode(codes), tok.decode(codes))

@@ -24,7 +24,7 @@ def test_the_three_tiny_presets_are_shipped_small_and_safe():
     assert tuple(list_shipped()) == SHIPPED
     for name in SHIPPED:
         files = sorted(p.name for p in (SHIPPED_DIR / name).iterdir())
-        assert files == ["config.json", "model.safetensors"], name  # no pickles
+        assert files == ["config.json", "manifest.json", "model.safetensors"], name  # no pickles
         assert (SHIPPED_DIR / name / "model.safetensors").stat().st_size < 10 * 2**20
 
 

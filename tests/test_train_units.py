@@ -265,6 +265,24 @@ def test_ema_matches_hand_computation():
         ModelEMA(model, decay=1.0)
 
 
+def test_ema_skips_excluded_prefixes_and_constants_and_names_a_module_added_later():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    model.register_buffer("mean", torch.ones(3), persistent=False)  # a constant, not in state_dict()
+    model.add_module("frozen", nn.Linear(2, 2))
+    ema = ModelEMA(model, decay=0.5, exclude=("frozen.",))
+    assert set(ema.state_dict()) == {k for k in model.state_dict() if not k.startswith("frozen.")}
+    with torch.no_grad():
+        model.frozen.weight.add_(1.0)  # never averaged, never written back
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    before = model.frozen.weight.detach().clone()
+    ema.copy_to(model)
+    assert torch.equal(model.frozen.weight, before)
+    model.add_module("late", nn.Linear(2, 2))  # e.g. a teacher built at the first forward
+    with pytest.raises(ValueError, match=r"'late\.weight'.*before the Trainer"):
+        ema.update(model)
+
+
 # --------------------------------------------------------------------------------------------------------
 # checkpoints
 

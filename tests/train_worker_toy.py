@@ -65,12 +65,14 @@ class ToyModel(nn.Module):
         self.out = nn.Linear(width, dim)
         # shape (1,), not (): FSDP shards no 0-dim parameters
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
+        # a float buffer beside the parameters: under FSDP a plain tensor among DTensors (weight EMA)
+        self.register_buffer("out_scale", torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
         for block in self.blocks:
             h = block(h)
-        return self.out(h)
+        return self.out(h) * self.out_scale
 
 
 class ToyDisc(nn.Module):

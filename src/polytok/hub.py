@@ -16,7 +16,9 @@ def list_shipped() -> list[str]:
     """Names of the trained checkpoints shipped inside the package."""
     if not SHIPPED_DIR.is_dir():
         return []
-    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
+    from polytok.storage import is_aside
+
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file() and not is_aside(p))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = False):
@@ -26,10 +28,12 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
     """
     from polytok.models.registry import list_presets
     from polytok.models.tokenizer import Tokenizer
+    from polytok.storage import resolve
 
     path = Path(name_or_path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
+    found = resolve(path) or path  # the previous version, if a save was interrupted while replacing it
+    if found.is_dir():
+        if not (found / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a save_pretrained directory")
         return Tokenizer.from_pretrained(path)
     name = str(name_or_path)

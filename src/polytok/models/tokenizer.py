@@ -4,9 +4,10 @@
     codes[:pixel_depth] -> post-projection -> pixel decoder -> image
     codes[all]          -> semantic branch (CLIP head against a text tower, or a distilled ViT decoder)
 
-Checkpoints (``save_pretrained``) hold ``config.json`` and ``model.safetensors``. Frozen third-party
-networks (a distillation teacher, a frozen pretrained text encoder) are not stored: they are rebuilt from
-their package or weights path when first needed, which keeps checkpoints small and licences separate.
+Checkpoints (``save_pretrained``) hold ``config.json``, ``model.safetensors`` and ``manifest.json`` (their
+checksums, verified on load). Frozen third-party networks (a distillation teacher, a frozen pretrained
+text encoder) are not stored: they are rebuilt from their package or weights path when first needed,
+which keeps checkpoints small and licences separate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,8 +570,9 @@ class Tokenizer(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def _external_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of frozen third-party modules that are rebuilt instead of stored."""
+    def frozen_state_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen third-party modules that are rebuilt instead of stored (by
+        ``save_pretrained``, the training engine's checkpoints and its weight EMA)."""
         prefixes = ["teacher."]
         if isinstance(self.text_tower, PretrainedTextTower) and self.text_tower.frozen:
             prefixes.append("text_tower.encoder.")
@@ -576,27 +580,19 @@ class Tokenizer(nn.Module):
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
         """The tensors ``save_pretrained`` stores (everything except rebuilt frozen modules)."""
-        skip = self._external_prefixes()
+        skip = self.frozen_state_prefixes()
         return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+        """Write ``config.json``, ``model.safetensors`` and ``manifest.json`` (their sizes and sha256)
+        into ``directory``, replacing what is there.
 
-        Files are written to temporary names and renamed, so an interrupted save never leaves a
-        half-written ``model.safetensors`` behind.
+        The files are written into ``<directory>.tmp-<unique>``, fsync'ed and the directory is renamed
+        whole (see ``polytok.storage``): a crash at any moment leaves the old or the new checkpoint
+        complete, and the next save removes the partial leftovers. A directory holding other files than a
+        saved tokenizer's is refused (ValueError) rather than replaced.
         """
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
-        tmp_w = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp_w), metadata={"format": "pt", "polytok_preset": self.config.name})
-        os.replace(tmp_w, out / WEIGHTS_NAME)
-        tmp_c = out / (CONFIG_NAME + ".tmp")
-        tmp_c.write_text(json.dumps(self.config.to_dict(), indent=2))
-        os.replace(tmp_c, out / CONFIG_NAME)
-        return out
+        return save_tokenizer_state(self.config, self.checkpoint_state_dict(), directory)
 
     @classmethod
     def from_pretrained(
@@ -610,17 +606,19 @@ class Tokenizer(nn.Module):
 
         Weights come from ``model.safetensors``; a pickled ``pytorch_model.bin`` is read only with
         ``torch.load(weights_only=True)``. Missing or unexpected tensors raise ValueError naming them.
+        The files are checked against the sizes and sha256 in ``manifest.json`` first
+        (``polytok.storage.ChecksumError``, a ValueError, on a mismatch); a directory without a manifest
+        (written before polytok stored checksums) loads unverified, with a warning. The model is moved to
+        ``map_location``.
         """
-        root = Path(directory)
-        if not root.is_dir():
-            raise FileNotFoundError(f"checkpoint directory not found: {root}")
+        root = _find_saved(Path(directory))
         config_path = root / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"checkpoint config missing: expected {config_path}")
         tok = cls(TokenizerConfig.from_file(config_path), load_backbone_weights=False, teacher=teacher)
-        state = _read_weights(root, map_location)
+        state = _read_weights(root, "cpu")
         tok.load_checkpoint_state(state, source=str(root))
-        return tok
+        return tok.to(map_location)
 
     def load_checkpoint_state(self, state: dict[str, Tensor], source: str = "state dict") -> None:
         """Load tensors stored by ``save_pretrained``; every stored tensor must match by name and shape."""
@@ -646,6 +644,76 @@ class Tokenizer(nn.Module):
                     f"expected {tuple(v.shape)}"
                 )
         self.load_state_dict(state, strict=False)
+
+
+def save_tokenizer_state(
+    config: TokenizerConfig, state: dict[str, Tensor], directory: str | os.PathLike
+) -> Path:
+    """``save_pretrained`` for weights held apart from a model, e.g. gathered from FSDP shards:
+    ``state`` is ``checkpoint_state_dict()`` of a tokenizer built from ``config``."""
+    from safetensors.torch import save_file
+
+    from polytok import storage
+
+    out = Path(directory)
+    _check_replaceable(out)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    staging = storage.staging_dir(out)
+    try:
+        save_file(
+            tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_preset": config.name}
+        )
+        (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+        storage.write_manifest(staging)
+        storage.publish(staging, out)
+    finally:
+        if staging.exists():  # an exception before the rename: nothing was published
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+_SAVED_FILES = {CONFIG_NAME, WEIGHTS_NAME, "manifest.json", "pytorch_model.bin"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but a saved tokenizer: the whole directory is swapped for the new one."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot save a tokenizer to {out}: it is a file, not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _SAVED_FILES)
+        if foreign:
+            raise ValueError(
+                f"refusing to save a tokenizer into {out}: saving replaces the whole directory, and it "
+                f"holds other files ({', '.join(foreign[:5])}); choose an empty or new directory"
+            )
+
+
+def _find_saved(directory: Path) -> Path:
+    """The ``save_pretrained`` directory to read, its files verified against its manifest.
+
+    After a crash in the middle of replacing it, the previous version is read from ``<directory>.old-*``.
+    """
+    from polytok import storage
+
+    root = storage.resolve(directory)
+    if root is None or not root.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    if root != directory:
+        warnings.warn(
+            f"{directory} is missing; reading {root.name}, the version an interrupted save left",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    manifest = storage.read_manifest(root)
+    if manifest is None:
+        warnings.warn(
+            f"{root} has no {storage.MANIFEST} (saved by an older polytok): its files are not verified",
+            UserWarning,
+            stacklevel=3,
+        )
+    else:
+        storage.verify_files(root, manifest)
+    return root
 
 
 def _read_weights(root: Path, map_location: str | torch.device) -> dict[str, Tensor]:

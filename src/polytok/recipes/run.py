@@ -102,9 +102,11 @@ def train_tokenizer(config: RunConfig):
     import torch
 
     from polytok.data import collate
+    from polytok.models.tokenizer import save_tokenizer_state
 
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     tokenizer = build_tokenizer(config.model)
+    tokenizer.load_teacher()  # now, not at the first forward: the engine's EMA and wrapping must see it
     dataset = build_training_dataset(config.data)
     objective = build_objective(tokenizer, config.loss, config.train.max_steps)
     if config.train.last_layer is None:
@@ -116,9 +118,10 @@ def train_tokenizer(config: RunConfig):
         trainer.fit()  # resumes first when train.resume is set
         if trainer.ema is not None:
             trainer.ema.copy_to(trainer.raw_model)
+        state = trainer.stored_model_state()  # on every rank: under FSDP it gathers the shards
         if trainer.dist.rank == 0:
             export = Path(config.export_dir or Path(config.train.out_dir) / "tokenizer")
-            tokenizer.save_pretrained(export)
+            save_tokenizer_state(tokenizer.config, state, export)
     finally:
         trainer.close()
     return tokenizer

@@ -10,15 +10,17 @@ Layout of one checkpoint (a directory ``<root>/step_00001000``)::
     manifest.json              written last: step and the size + sha256 of every file above
 
 Every file is written to a temporary file in the same directory, fsync'ed and moved into place with
-``os.replace``; the files are gathered in ``.step_XXXXXXXX.partial`` and the directory is renamed to its
-final name only once complete. A checkpoint without a manifest, or with a file whose size or checksum
-differs from it, is reported as ``CheckpointError``; ``find_latest_checkpoint`` then falls back to the
-previous complete one. Pickled files are loaded with ``weights_only=True``.
+``os.replace``; the files are gathered in ``.step_XXXXXXXX.partial`` and the directory takes its final
+name only once complete (``polytok.storage.publish``: saving a step again swaps the directories so that
+a complete one always exists, at ``step_XXXXXXXX`` or, after a crash mid-swap, ``step_XXXXXXXX.old-*``,
+which ``list_checkpoints`` finds). Partial directories a crash left behind are removed by the next save.
+A checkpoint without a manifest, or with a file whose size or checksum differs from it, is reported as
+``CheckpointError``; ``find_latest_checkpoint`` then falls back to the previous complete one. Pickled
+files are loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,9 +36,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from polytok import storage
+from polytok.storage import fsync_dir, sha256_file
+
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_PREVIOUS_STEP_DIR = re.compile(r"^step_(\d{8,})\.old-\d+-[0-9a-f]+$")  # left by a crash mid-swap
+_PARTIAL_DIR = re.compile(r"^\.step_\d{8,}\.partial$")
 FORMAT_VERSION = 1
 
 
@@ -46,20 +53,6 @@ class CheckpointError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------
 # low-level atomic writes
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or file creation inside ``path`` durable (no-op where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -104,14 +97,6 @@ def atomic_save_safetensors(tensors: Mapping[str, Tensor], path: str | Path) -> 
     fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # RNG states (plain types + tensors, so that weights_only loading works)
 
@@ -154,16 +139,21 @@ def step_dir_name(step: int) -> str:
 
 
 def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every finalised checkpoint directory under ``root``, oldest first."""
+    """(step, directory) of every finalised checkpoint directory under ``root``, oldest first.
+
+    A step whose directory a crash left only as ``step_XXXXXXXX.old-*`` (the previous version, mid-swap)
+    is listed with that directory.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    found = []
+    steps = set()
     for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
+        m = _STEP_DIR.match(child.name) or _PREVIOUS_STEP_DIR.match(child.name)
         if m and child.is_dir():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
+            steps.add(int(m.group(1)))
+    found = [(step, storage.resolve(root / step_dir_name(step))) for step in steps]
+    return sorted((step, path) for step, path in found if path is not None)
 
 
 def partial_dir(root: str | Path, step: int) -> Path:
@@ -171,10 +161,19 @@ def partial_dir(root: str | Path, step: int) -> Path:
 
 
 def begin_checkpoint(root: str | Path, step: int) -> Path:
-    """Create an empty staging directory for ``step`` (call on one rank, then synchronise)."""
+    """Create an empty staging directory for ``step`` (call on one rank, then synchronise); first remove
+    what crashed saves left: partial directories, and previous versions of re-saved steps (moved back
+    where a crash lost the step's directory itself)."""
+    root = Path(root)
+    if root.is_dir():
+        for child in root.iterdir():
+            if _PARTIAL_DIR.match(child.name):
+                shutil.rmtree(child, ignore_errors=True)
+            elif m := _PREVIOUS_STEP_DIR.match(child.name):
+                final = root / step_dir_name(int(m.group(1)))
+                storage.restore_interrupted(final)
+                storage.prune_stale(final)
     staging = partial_dir(root, step)
-    if staging.exists():
-        shutil.rmtree(staging)
     staging.mkdir(parents=True)
     return staging
 
@@ -186,15 +185,10 @@ def finalize_checkpoint(root: str | Path, step: int, extra_meta: Mapping[str, An
     files = {}
     for f in sorted(staging.iterdir()):
         if f.is_file() and not f.name.startswith("."):
-            files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+            files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
     manifest = {"format": FORMAT_VERSION, "step": step, "files": files, **dict(extra_meta or {})}
     atomic_write(staging / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-    final = root / step_dir_name(step)
-    if final.exists():  # saving the same step again replaces it
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    fsync_dir(root)
-    return final
+    return storage.publish(staging, root / step_dir_name(step))  # replaces a saved step atomically
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> None:
@@ -229,7 +223,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"corrupt checkpoint {path}: {name} has {size} bytes, the manifest says {meta['size']} "
                 "(truncated?)"
             )
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             raise CheckpointError(
                 f"corrupt checkpoint {path}: checksum of {name} does not match the manifest"
             )

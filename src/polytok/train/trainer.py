@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 Callback = Callable[["Trainer", dict[str, Any]], None]
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _FULL_LOAD = StateDictOptions(full_state_dict=True)
+_FULL_LOAD_PARTIAL = StateDictOptions(full_state_dict=True, strict=False)  # keys checked beforehand
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -96,6 +97,12 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             f"gradient_checkpointing=True but {type(model).__name__} has no "
             "set_gradient_checkpointing(enabled) or gradient_checkpointing_enable() method"
         )
+
+
+def unstored_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes the model rebuilds itself (``model.frozen_state_prefixes()``, if it has one)."""
+    hook = getattr(model, "frozen_state_prefixes", None)
+    return tuple(hook()) if callable(hook) else ()
 
 
 @contextlib.contextmanager
@@ -175,7 +182,13 @@ class Trainer:
             self.disc_optimizer = build_adamw(self.raw_disc.named_parameters(), config.disc_optim)
             self.disc_scheduler = build_scheduler(self.disc_optimizer, config.disc_optim, config.max_steps)
 
-        self.ema = ModelEMA(self.raw_model, config.ema_decay) if config.ema_decay is not None else None
+        # frozen third-party modules (a distillation teacher) are rebuilt by the model, never stored
+        self.unstored_prefixes = unstored_prefixes(self.raw_model)
+        self.ema = (
+            ModelEMA(self.raw_model, config.ema_decay, exclude=self.unstored_prefixes)
+            if config.ema_decay is not None
+            else None
+        )
 
         # data: map-style through a resumable sampler, or a self-sharding stream (see batches.py)
         self.batches = TrainBatches(
@@ -442,7 +455,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a complete checkpoint for the current step (collective: call on every rank)."""
-        model_sd = get_model_state_dict(self.raw_model, options=_FULL)
+        model_sd = self.stored_model_state()
         optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=_FULL)
         disc_sd = disc_optim_sd = None
         if self.raw_disc is not None:
@@ -481,6 +494,24 @@ class Trainer:
         barrier(self.dist)
         return final
 
+    def stored_model_state(self) -> dict[str, Tensor]:
+        """The model's full weights as checkpoints store them, on the CPU (frozen rebuilt modules left
+        out). Collective under FSDP, where it gathers the shards: call on every rank."""
+        return self._stored(get_model_state_dict(self.raw_model, options=_FULL))
+
+    def _stored(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` without the frozen modules the model rebuilds (older checkpoints may hold them)."""
+        return {k: v for k, v in state.items() if not k.startswith(self.unstored_prefixes)}
+
+    def _check_model_keys(self, state: dict[str, Tensor], path: Path) -> None:
+        expected = set(self._stored(self.raw_model.state_dict()))
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"{path}/model.safetensors does not match the model: missing {missing[:10]}, "
+                f"unexpected {unexpected[:10]}"
+            )
+
     def resume(self) -> Path | None:
         """Load the newest complete checkpoint in ``out_dir/checkpoints`` (rank 0 picks; all ranks agree)."""
         choice = [None]
@@ -500,9 +531,9 @@ class Trainer:
         if verify:
             ckpt.verify_checkpoint(path)
         state = ckpt.load_pickled(path / ckpt.STATE_FILE)
-        set_model_state_dict(
-            self.raw_model, ckpt.load_safetensors(path / "model.safetensors"), options=_FULL_LOAD
-        )
+        model_sd = self._stored(ckpt.load_safetensors(path / "model.safetensors"))
+        self._check_model_keys(model_sd, path)
+        set_model_state_dict(self.raw_model, model_sd, options=_FULL_LOAD_PARTIAL)
         set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=_FULL_LOAD)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.raw_disc is not None:
@@ -517,7 +548,7 @@ class Trainer:
         if self.ema is not None:
             ema_file = path / "ema.safetensors"
             if ema_file.is_file():
-                self.ema.load_state_dict(ckpt.load_safetensors(ema_file))
+                self.ema.load_state_dict(self._stored(ckpt.load_safetensors(ema_file)))
             else:
                 warnings.warn(
                     f"{path} has no EMA weights; the EMA restarts from the loaded weights",

@@ -1,0 +1,207 @@
+"""Durable directories: written aside, checksummed, fsync'ed, then swapped in whole.
+
+A directory ``<parent>/<name>`` (a ``save_pretrained`` directory, a training checkpoint) is never written
+in place. Its files go into a staging directory; a ``manifest.json`` with the size and sha256 of every file
+is written last; everything is fsync'ed; then the staging directory takes the final name::
+
+    <parent>/<name>                  the published directory
+    <parent>/<name>.tmp-<pid>-<hex>  being written; left over only by a crash, pruned by the next save
+    <parent>/<name>.old-<pid>-<hex>  the previous version, only between the two renames of a swap
+
+Replacing an existing directory takes two renames (final -> ``.old-``, staging -> final), so at every
+instant a complete old or new directory exists: at ``<name>`` or, after a crash between the renames, at
+``<name>.old-*``, which :func:`resolve` finds and the next :func:`publish` moves back before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ChecksumError(ValueError):
+    """A directory's files do not match its manifest (truncated, corrupt or modified)."""
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or file creation inside ``path`` durable (no-op where directories can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# manifests
+
+
+def write_manifest(directory: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Checksum every regular file of ``directory`` (names starting with '.' excepted) and write the
+    manifest last, fsync'ed; returns it."""
+    directory = Path(directory)
+    files = {}
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and f.name != MANIFEST:
+            files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    manifest = {"format": FORMAT_VERSION, **dict(extra or {}), "files": files}
+    tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(manifest, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    fsync_dir(directory)
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``directory``, or None when it has none; ChecksumError when it is unreadable."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("files"), dict):
+            raise KeyError("files")
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ChecksumError(f"{path} is unreadable ({err})") from err
+    return manifest
+
+
+def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Check that every file the manifest lists exists (else FileNotFoundError) with its recorded size and
+    sha256 (else ChecksumError)."""
+    directory = Path(directory)
+    for name, meta in manifest["files"].items():
+        f = directory / name
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing; {MANIFEST} lists it")
+        size = f.stat().st_size
+        if size != meta["size"]:
+            raise ChecksumError(f"{f} has {size} bytes, {MANIFEST} says {meta['size']} (truncated?)")
+        if sha256_file(f) != meta["sha256"]:
+            raise ChecksumError(f"{f} does not match its sha256 in {MANIFEST} (corrupt or modified)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# staging and the swap
+
+
+def _unique() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _siblings(final: Path, kind: str) -> list[Path]:
+    """``<final>.tmp-*`` or ``<final>.old-*`` directories, oldest first."""
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(final.name) + rf"\.{kind}-\d+-[0-9a-f]+$")
+    found = [p for p in final.parent.iterdir() if pattern.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+def is_aside(path: str | Path) -> bool:
+    """True for a staging or previous-version directory (``*.tmp-*`` / ``*.old-*``), not a published one."""
+    return re.search(r"\.(tmp|old)-\d+-[0-9a-f]+$", Path(path).name) is not None
+
+
+def staging_dir(final: str | Path) -> Path:
+    """A new, empty ``<final>.tmp-<unique>`` next to ``final`` to write the directory's files into."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f"{final.name}.tmp-{_unique()}")
+    staging.mkdir()
+    return staging
+
+
+def resolve(final: str | Path) -> Path | None:
+    """``final`` if it exists, else the previous version a crash left at ``<final>.old-*``, else None."""
+    final = Path(final)
+    if final.exists():
+        return final
+    previous = _siblings(final, "old")
+    return previous[-1] if previous else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one directory at a time: its own leftovers are stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def prune_stale(final: str | Path) -> None:
+    """Remove what crashed saves left next to ``final``: staging directories of dead processes and, once
+    ``final`` exists, previous versions."""
+    final = Path(final)
+    for staging in _siblings(final, "tmp"):
+        if not _pid_alive(int(staging.name.rsplit(".tmp-", 1)[1].split("-")[0])):
+            shutil.rmtree(staging, ignore_errors=True)
+    if final.exists():
+        for previous in _siblings(final, "old"):
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def restore_interrupted(final: str | Path) -> None:
+    """After a crash between the two renames of a swap, move the previous version back to ``final``."""
+    final = Path(final)
+    if not final.exists():
+        previous = _siblings(final, "old")
+        if previous:
+            os.rename(previous[-1], final)
+            fsync_dir(final.parent)
+
+
+def publish(staging: str | Path, final: str | Path) -> Path:
+    """Make the complete directory ``staging`` durable and give it the name ``final``, replacing a
+    directory already there without a moment where neither exists (see the module docstring)."""
+    staging, final = Path(staging), Path(final)
+    for f in staging.iterdir():
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(staging)
+    restore_interrupted(final)
+    previous = None
+    if final.exists():
+        previous = final.with_name(f"{final.name}.old-{_unique()}")
+        os.rename(final, previous)
+        fsync_dir(final.parent)
+    os.rename(staging, final)
+    fsync_dir(final.parent)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    prune_stale(final)
+    return final
