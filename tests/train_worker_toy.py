@@ -72,7 +72,8 @@ class ToyModel(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h)
-        return self.out(h) * self.out_scale
+        out = self.out(h)
+        return out * self.out_scale.to(out.dtype)  # keeps autocast's output dtype
 
 
 class ToyDisc(nn.Module):
