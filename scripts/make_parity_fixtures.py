@@ -9,7 +9,8 @@ is perturbed away from its default (LayerNorm weight 1 and bias 0 would make a s
 and hide a missing one). The inputs, the official state dict (keys prefixed ``official.``) and the
 official outputs are written as one small safetensors file per module, with the constructor arguments in
 the file's metadata. tests/test_parity_official.py converts those state dicts with polytok.convert and
-compares the outputs.
+compares the outputs. ``evotok_ema_update`` holds EvoTok's codebook statistics instead: its state before,
+its inputs and its state after every step of EMA updates across the warm-up.
 
 The official code needs a few packages polytok does not (UniTok: ``pytz``, ``typed-argument-parser``);
 install them anywhere on PYTHONPATH, e.g. ``pip install --target /tmp/offpkgs pytz typed-argument-parser``.
