@@ -9,7 +9,8 @@ is perturbed away from its default (LayerNorm weight 1 and bias 0 would make a s
 and hide a missing one). The inputs, the official state dict (keys prefixed ``official.``) and the
 official outputs are written as one small safetensors file per module, with the constructor arguments in
 the file's metadata. tests/test_parity_official.py converts those state dicts with polytok.convert and
-compares the outputs.
+compares the outputs. ``evotok_ema_update`` holds EvoTok's codebook statistics instead: its state before,
+its inputs and its state after every step of EMA updates across the warm-up.
 
 The official code needs a few packages polytok does not (UniTok: ``pytz``, ``typed-argument-parser``);
 install them anywhere on PYTHONPATH, e.g. ``pip install --target /tmp/offpkgs pytz typed-argument-parser``.
@@ -343,6 +344,57 @@ def evotok_full_fixture(root: Path, out: Path) -> None:
                                "semantic_tokens": semantic}, state, meta)
 
 
+# Per step, how many input rows each code is given: codes used several times per step (their cluster
+# sizes grow past 1 within the warm-up, so their codes move), once, now and then, and never.
+# 10 rows every step.
+EMA_UPDATE_USES = [[4, 2, 1, 0, 3, 0], [4, 2, 0, 1, 3, 0], [4, 2, 1, 0, 3, 0], [4, 1, 1, 1, 3, 0],
+                   [4, 3, 0, 0, 3, 0], [4, 2, 1, 0, 3, 0], [4, 2, 0, 1, 3, 0]]
+EMA_UPDATE_ARGS = {"codebook_size": 6, "dim": 3, "decay": 0.7, "eps": 1e-5, "vq_warmup": 3}
+
+
+def evotok_ema_update_fixture(root: Path, out: Path) -> None:
+    """EvoTok's EMA codebook update (``VQEmbedding`` in float64, restarts off: they draw random vectors)
+    over steps inside and after its warm-up. Each step's inputs lie near the codes of the moment (0.05
+    noise), so every assignment has a wide margin; the state after every step is saved. Decay 0.7 rather
+    than 0.99 lets cluster sizes pass 1 within a few steps."""
+    quantizer = _load_file_module(root / "evotok" / "tokenizer" / "quantizer" / "shared_rq_quantizer.py",
+                                  "evotok_shared_rq_quantizer")
+    a = EMA_UPDATE_ARGS
+    for seed in range(50):
+        gen = torch.Generator().manual_seed(300 + seed)
+        book = quantizer.VQEmbedding(a["codebook_size"], a["dim"], ema=True, decay=a["decay"],
+                                     restart_unused_codes=False, eps=a["eps"], vq_warmup=a["vq_warmup"])
+        book = book.double().train()
+        with torch.no_grad():
+            shape = (a["codebook_size"], a["dim"])
+            book.weight[:-1] = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+            book.embed_ema.copy_(book.weight[:-1])
+        initial = {k: v.clone() for k, v in book.state_dict().items()}
+        record: dict[str, list[Tensor]] = {"inputs": [], "codes": [], "weight": [], "cluster_size": [],
+                                           "embed_sum": []}
+        margin = float("inf")
+        for uses in EMA_UPDATE_USES:
+            codes = book.weight[:-1].detach().clone()
+            owner = torch.repeat_interleave(torch.arange(len(uses)), torch.tensor(uses))
+            x = codes[owner] + 0.05 * torch.randn(len(owner), a["dim"], generator=gen, dtype=torch.float64)
+            margin = min(margin, _code_margin(x, codes, cosine=False))
+            with torch.no_grad():
+                _, idx, _ = book(x)
+            record["inputs"].append(x)
+            record["codes"].append(idx)
+            record["weight"].append(book.weight[:-1].detach().clone())
+            record["cluster_size"].append(book.cluster_size_ema.clone())
+            record["embed_sum"].append(book.embed_ema.clone())
+        moved_in_warmup = not torch.equal(record["weight"][a["vq_warmup"] - 1], initial["weight"][:-1])
+        if margin > 1e-2 and moved_in_warmup:
+            break
+    else:
+        raise RuntimeError("no seed with code margins above 1e-2 whose codes move during the warm-up")
+    tensors = {k: torch.stack(v) for k, v in record.items()}
+    meta = {"kind": "codebook_update", **a, "uses": EMA_UPDATE_USES, "code_margin": margin}
+    save(out, "evotok_ema_update", tensors, initial, meta)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unitok", type=Path, help="checkout of github.com/FoundationVision/UniTok")
@@ -359,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.evotok:
         evotok_fixtures(args.evotok.resolve(), args.out)
         evotok_full_fixture(args.evotok.resolve(), args.out)
+        evotok_ema_update_fixture(args.evotok.resolve(), args.out)
 
 
 if __name__ == "__main__":

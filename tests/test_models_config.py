@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import polytok
 from polytok import Tokenizer, list_presets
 from polytok.config import ConfigError
 from polytok.models import registry
@@ -60,6 +62,7 @@ def test_unknown_keys_are_named():
         ("quantizer", "levels", True),  # a bool is not an int
         ("quantizer", "normalize", 1),
         ("quantizer", "update", "sgd"),
+        ("quantizer", "ema_warmup", "official"),
         ("encoder", "stage_widths", [8, "x"]),
         ("pixel_decoder", "ch_mult", 4),
     ],
@@ -74,8 +77,22 @@ def test_cross_field_checks():
         TokenizerConfig.from_dict({**MINI, "pixel_depth": 4})
     with pytest.raises(ConfigError, match=r"quantizer.levels"):
         TokenizerConfig.from_dict({**MINI, "quantizer": {**MINI["quantizer"], "kind": "mcq"}})
+    with pytest.raises(ConfigError, match=r"quantizer.ema_min_cluster_size"):
+        TokenizerConfig.from_dict({**MINI, "quantizer": {**MINI["quantizer"], "ema_min_cluster_size": -1.0}})
     with pytest.raises(ValueError, match="stride"):  # decoder x8 vs encoder stride 16
         Tokenizer.from_config(MINI, encoder={"patch_size": 16})
+
+
+def test_configs_written_before_the_ema_options_keep_their_ema_step():
+    """The shipped checkpoints' config.json files predate ema_warmup / ema_min_cluster_size: they load
+    with the step they were trained with (codes frozen during a warm-up, no cluster-size floor)."""
+    paths = sorted((Path(polytok.__file__).parent / "weights").glob("*/config.json"))
+    assert paths
+    for path in paths:
+        stored = json.loads(path.read_text())["quantizer"]
+        assert "ema_warmup" not in stored and "ema_min_cluster_size" not in stored, path
+        q = TokenizerConfig.from_file(path).quantizer
+        assert (q.ema_warmup, q.ema_min_cluster_size) == ("frozen", 0.0), path
 
 
 def test_config_round_trips_through_dict_json_yaml(tmp_path):

@@ -129,6 +129,9 @@ def test_evotok_l_matches_published_architecture():
     # Training defaults of EvoTok's script: commitment weight 1, restart codes used < once per step.
     q = tok.config.quantizer
     assert (q.beta, q.dead_code_threshold, q.ema_warmup_steps) == (1.0, 1.0, 2000)
+    # EvoTok's EMA step: cluster sizes move during the warm-up, normalised sizes count as at least 1.
+    for book in tok.quantizer.codebooks:
+        assert (book.ema_warmup, book.ema_min_cluster_size) == ("counts_only", 1.0)
 
 
 @pytest.mark.parametrize("name", SMALL)

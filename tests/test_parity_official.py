@@ -22,6 +22,7 @@ from polytok.models.config import TextTowerConfig
 from polytok.models.decoders import BeitSemanticDecoder
 from polytok.models.text import TextTransformer
 from polytok.nn import AttentionProjection
+from polytok.quant import Codebook
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 ATOL = 1e-5
@@ -56,7 +57,9 @@ def test_fixtures_perturb_every_norm_and_bias():
     paths = sorted(FIXTURES.glob("*.safetensors"))
     assert paths
     for path in paths:
-        _, official, _ = load_fixture(path.stem)
+        _, official, meta = load_fixture(path.stem)
+        if meta.get("kind") == "codebook_update":  # a codebook's statistics: no layers to perturb
+            continue
         assert any(_is_norm_weight(k) for k in official), path.name
         for key, value in official.items():
             if key.endswith("bias") and "zero_k_bias" not in key:
@@ -121,3 +124,37 @@ def test_beit_semantic_decoder_resizes_its_learned_positions_for_another_grid():
     torch.testing.assert_close(wide[:, 0], decoder.pos_embed[:, 0])  # the class token's position is kept
     with torch.no_grad():
         assert decoder(torch.randn(2, 32, 8), (4, 8)).shape == (2, 32, 16)
+
+
+def test_evotok_ema_update_matches_official_inside_and_after_the_warmup():
+    """EvoTok's EMA step, several steps inside and after its warm-up, from the state of its checkpoint
+    (mapped as polytok.convert maps it). During the warm-up the cluster sizes move and the codes used
+    more than once per step shrink; normalised cluster sizes below 1 count as 1. Everything in float64;
+    the inputs lie near the codes of the moment, so no assignment is near a tie."""
+    tensors, official, cfg = load_fixture("evotok_ema_update")
+    k, d, warmup = cfg["codebook_size"], cfg["dim"], cfg["vq_warmup"]
+    book = Codebook(
+        1, k, d, update="ema", decay=cfg["decay"], eps=cfg["eps"], ema_warmup_steps=warmup,
+        ema_warmup="counts_only", ema_min_cluster_size=1.0,
+    ).double()
+    book.embed.copy_(official["weight"][:-1].unsqueeze(0))  # last row: padding index
+    book.cluster_size.copy_(official["cluster_size_ema"].unsqueeze(0))
+    book.usage_ema.copy_(official["cluster_size_ema"].unsqueeze(0))
+    book.embed_sum.copy_(official["embed_ema"].unsqueeze(0))
+    book.steps.fill_(int(official["step"]))
+    assert cfg["code_margin"] > 1e-3
+    moved = []
+    for step, x in enumerate(tensors["inputs"]):
+        rows = x.unsqueeze(1)  # (M, G = 1, d)
+        before = book.embed.clone()
+        indices = book.search(rows)
+        assert torch.equal(indices[:, 0], tensors["codes"][step]), step
+        book.record(0, rows, indices)
+        book.apply_pending(book.pending_payload(x.device), (0, x.shape[0]))
+        for name, got in (("weight", book.embed), ("cluster_size", book.cluster_size),
+                          ("embed_sum", book.embed_sum)):
+            torch.testing.assert_close(got[0], tensors[name][step], rtol=1e-12, atol=1e-12,
+                                       msg=lambda m, name=name, step=step: f"{name} after step {step}: {m}")
+        moved.append(not torch.equal(book.embed, before))
+    assert int(book.steps) == len(tensors["inputs"])
+    assert moved[0] and warmup < len(moved)  # the codes move inside the warm-up, and steps follow it

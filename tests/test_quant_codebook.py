@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from polytok.quant import ResidualQuantizer, VectorQuantizer
+from polytok.quant import Codebook, ResidualQuantizer, VectorQuantizer
 
 
 def hand_ema_step(embed, cluster_size, embed_sum, x, decay, eps):
@@ -51,6 +52,13 @@ def test_ema_waits_for_warmup_then_starts() -> None:
     q(z)
     expected, _, _ = hand_ema_step(start[0], torch.ones(6), start[0].clone(), z.reshape(-1, 3), 0.8, 1e-5)
     assert torch.allclose(book.embed[0], expected, atol=1e-5)
+
+
+def test_ema_options_reject_unknown_rules() -> None:
+    with pytest.raises(ValueError, match="ema_warmup must be 'frozen' or 'counts_only'"):
+        Codebook(1, 4, 2, update="ema", ema_warmup="official")
+    with pytest.raises(ValueError, match="ema_min_cluster_size must be >= 0"):
+        Codebook(1, 4, 2, update="ema", ema_min_cluster_size=-1.0)
 
 
 def test_cosine_ema_keeps_unit_codes() -> None:

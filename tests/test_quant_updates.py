@@ -110,6 +110,36 @@ def test_a_non_finite_micro_batch_discards_the_whole_step_at_commit() -> None:
     assert_same_state(snapshot(q), before, exact=True)
 
 
+def test_counts_only_warmup_statistics_do_not_depend_on_the_order_of_micro_batches() -> None:
+    """EvoTok's EMA step (cluster sizes moving during the warm-up, sizes clamped to 1), inside and after
+    the warm-up: the same micro-batches recorded in opposite orders give bit-identical codebooks. Each
+    micro-batch is searched alone in both runs, so only the order of the summed statistics differs; the
+    off-grid noise makes float32 sums depend on that order, the float64 sums do not."""
+
+    def make() -> ResidualQuantizer:
+        torch.manual_seed(0)
+        return ResidualQuantizer(
+            dim=DIM, levels=2, codebook_size=16, update="ema", decay=0.5, init_std=4.0,
+            ema_warmup_steps=2, ema_warmup="counts_only", ema_min_cluster_size=1.0,
+        )
+
+    forward, backward = make(), make()
+    CodebookUpdates(forward), CodebookUpdates(backward)
+    g = torch.Generator().manual_seed(5)
+    moved = []
+    for step in range(4):
+        micro = list((clustered(12, seed=step) + 0.3 * torch.randn(12, 8, DIM, generator=g)).chunk(4))
+        before = snapshot(forward)
+        for x in micro:
+            forward(x)
+        for x in reversed(micro):
+            backward(x)
+        forward.commit_codebook_updates(), backward.commit_codebook_updates()
+        assert_same_state(snapshot(backward), snapshot(forward), exact=True)
+        moved.append(not torch.equal(forward.codebooks[0].embed, before["codebooks.0.embed"]))
+    assert all(moved)  # the codes moved at every step, warm-up included
+
+
 # -- through the Trainer ---------------------------------------------------------------------------
 
 

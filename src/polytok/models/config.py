@@ -83,6 +83,8 @@ class QuantizerConfig:
     beta: float = 0.25
     decay: float = 0.99
     ema_warmup_steps: int = 0
+    ema_warmup: Literal["frozen", "counts_only"] = "frozen"
+    ema_min_cluster_size: float = 0.0
     kmeans_init: bool = False
     dead_code_threshold: float = 0.0
     entropy_weight: float = 0.0
@@ -227,6 +229,10 @@ def validate(cfg: TokenizerConfig) -> None:
         raise ConfigError("config keys encoder.mean / encoder.std must hold 3 values (std > 0)")
     if q.kind != "rvq" and q.levels != 1:
         raise ConfigError(f"config key quantizer.levels is {q.levels} but only kind 'rvq' has levels")
+    if not q.ema_min_cluster_size >= 0:
+        raise ConfigError(
+            f"config key quantizer.ema_min_cluster_size must be >= 0, got {q.ema_min_cluster_size}"
+        )
     if q.kind == "vq" and q.num_codebooks != 1:
         raise ConfigError("config key quantizer.num_codebooks must be 1 for kind 'vq' (use 'mcq')")
     if cfg.pixel_depth is not None and not 1 <= cfg.pixel_depth <= q.levels:

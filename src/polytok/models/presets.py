@@ -82,6 +82,10 @@ EVOTOK_L: dict[str, Any] = {
         "update": "ema",
         "decay": 0.99,
         "ema_warmup_steps": 2000,
+        # EvoTok's EMA update: cluster sizes move during the warm-up (vector sums held), and normalised
+        # cluster sizes count as at least 1.
+        "ema_warmup": "counts_only",
+        "ema_min_cluster_size": 1.0,
         # EvoTok's training script: codes used less than once per step on average are restarted,
         # and the commitment loss has weight 1.
         "dead_code_threshold": 1.0,

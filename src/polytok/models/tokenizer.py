@@ -102,6 +102,8 @@ def build_quantizer(cfg: QuantizerConfig) -> VectorQuantizer | MultiCodebookQuan
         beta=cfg.beta,
         decay=cfg.decay,
         ema_warmup_steps=cfg.ema_warmup_steps,
+        ema_warmup=cfg.ema_warmup,
+        ema_min_cluster_size=cfg.ema_min_cluster_size,
         kmeans_init=cfg.kmeans_init,
         dead_code_threshold=cfg.dead_code_threshold,
         entropy_weight=cfg.entropy_weight,

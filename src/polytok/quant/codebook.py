@@ -22,6 +22,7 @@ from polytok.quant.distributed import all_reduce_sum_, global_row_offsets, sampl
 from polytok.quant.search import nearest_codes
 
 UpdateMode = Literal["grad", "ema"]
+EmaWarmup = Literal["frozen", "counts_only"]
 
 
 @dataclass
@@ -53,8 +54,16 @@ class Codebook(nn.Module):
             are a buffer).
         decay: EMA decay for the k-means statistics and the usage counters.
         eps: Laplace smoothing of the EMA cluster sizes.
-        ema_warmup_steps: applied updates (optimiser steps under the Trainer) before EMA updates start;
-            until then the codes stay as initialised while the encoder adapts (commitment loss only).
+        ema_warmup_steps: applied updates (optimiser steps under the Trainer) before the EMA vector sums
+            start to move; what happens until then is ``ema_warmup``.
+        ema_warmup: "frozen": codes and EMA statistics stay as initialised during the warm-up (the encoder
+            adapts under the commitment loss alone) and the statistics restart from the codes when it
+            ends. "counts_only" (EvoTok): the cluster sizes are averaged from the first step while the
+            vector sums are held, and the codes are recomputed every step as sum / cluster size, so a
+            code assigned more than about once per step shrinks toward the origin; nothing restarts when
+            the warm-up ends.
+        ema_min_cluster_size: normalised EMA cluster sizes below this count as this (EvoTok: 1, so a
+            rarely used code is never divided by a near-zero count); 0 leaves them as smoothed.
         kmeans_init: initialise from the first training batch with k-means (``kmeans_iters`` Lloyd steps).
         dead_code_threshold: a code whose (bias-corrected) EMA assignment count per step falls below this
             is restarted from a random input vector of the current step (0 disables restarts). The step's
@@ -75,6 +84,8 @@ class Codebook(nn.Module):
         decay: float = 0.99,
         eps: float = 1e-5,
         ema_warmup_steps: int = 0,
+        ema_warmup: EmaWarmup = "frozen",
+        ema_min_cluster_size: float = 0.0,
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
@@ -85,6 +96,10 @@ class Codebook(nn.Module):
         super().__init__()
         if update not in ("grad", "ema"):
             raise ValueError(f"update must be 'grad' or 'ema', got {update!r}")
+        if ema_warmup not in ("frozen", "counts_only"):
+            raise ValueError(f"ema_warmup must be 'frozen' or 'counts_only', got {ema_warmup!r}")
+        if not ema_min_cluster_size >= 0.0:
+            raise ValueError(f"ema_min_cluster_size must be >= 0, got {ema_min_cluster_size}")
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         if groups < 1 or codebook_size < 1 or dim < 1:
@@ -95,6 +110,7 @@ class Codebook(nn.Module):
         self.normalize, self.update_mode = normalize, update
         self.decay, self.eps = decay, eps
         self.ema_warmup_steps, self.kmeans_iters = ema_warmup_steps, kmeans_iters
+        self.ema_warmup, self.ema_min_cluster_size = ema_warmup, ema_min_cluster_size
         self.kmeans_init, self.dead_code_threshold = kmeans_init, dead_code_threshold
         self.sync_distributed, self.seed = sync_distributed, seed
 
@@ -278,25 +294,36 @@ class Codebook(nn.Module):
             The number of restarted codes.
         """
         g, k, d = self.groups, self.codebook_size, self.dim
-        counts = payload[: g * k].view(g, k).float()  # integers: exact in float32 below 2^24 per code
+        dtype = torch.promote_types(torch.float32, self.usage_ema.dtype)  # float64 if cast to it
+        counts = payload[: g * k].view(g, k).to(dtype)  # integers: exact in float32 below 2^24 per code
         self.usage_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        if self.update_mode == "ema" and int(self.steps) >= self.ema_warmup_steps:
-            self._ema_step(counts, payload[g * k :].view(g, k, d).float())
+        if self.update_mode == "ema":
+            warming_up = int(self.steps) < self.ema_warmup_steps
+            if not warming_up:
+                self._ema_step(counts, payload[g * k :].view(g, k, d).to(dtype))
+            elif self.ema_warmup == "counts_only":
+                self._ema_step(counts, None)
         restarts = self._restart_dead_codes(offsets)
         self.steps += 1
         self._pending = None
         return restarts
 
-    def _ema_step(self, counts: Tensor, sums: Tensor) -> None:
+    def _ema_step(self, counts: Tensor, sums: Tensor | None) -> None:
+        """EMA k-means step from this step's (G, K) counts and (G, K, d) sums; ``sums`` None holds the
+        vector sums (a "counts_only" warm-up)."""
         d = self.decay
-        if int(self.steps) == self.ema_warmup_steps and self.ema_warmup_steps > 0:
+        frozen_warmup_ends = self.ema_warmup == "frozen" and int(self.steps) == self.ema_warmup_steps
+        if frozen_warmup_ends and self.ema_warmup_steps > 0:
             # EMA starts now: restart the statistics from the codes as they are.
             self.cluster_size.fill_(1.0)
             self.embed_sum.copy_(self.embed)
         self.cluster_size.mul_(d).add_(counts, alpha=1 - d)
-        self.embed_sum.mul_(d).add_(sums, alpha=1 - d)
+        if sums is not None:
+            self.embed_sum.mul_(d).add_(sums, alpha=1 - d)
         total = self.cluster_size.sum(-1, keepdim=True)
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
+        if self.ema_min_cluster_size > 0:
+            smoothed = smoothed.clamp(min=self.ema_min_cluster_size)
         new = self.embed_sum / smoothed.unsqueeze(-1)
         self.embed.copy_(F.normalize(new, dim=-1) if self.normalize else new)
 

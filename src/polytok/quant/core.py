@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytok.quant.codebook import Codebook, UpdateMode
+from polytok.quant.codebook import Codebook, EmaWarmup, UpdateMode
 from polytok.quant.distributed import all_reduce_sum_, world_and_rank
 from polytok.quant.gradients import entropy_loss, rotation_trick, straight_through
 
@@ -80,8 +80,8 @@ class LevelledQuantizer(nn.Module):
         shared_codebook: one codebook for all residual levels (RQ-VAE style).
         quantize_dropout: probability, per training step, of quantizing only a random prefix of levels.
         sync_distributed: keep codebooks identical across ranks when torch.distributed is initialised.
-        Other keywords go to every ``Codebook`` (decay, eps, ema_warmup_steps, kmeans_init, kmeans_iters,
-        dead_code_threshold, init_std, seed).
+        Other keywords go to every ``Codebook`` (decay, eps, ema_warmup_steps, ema_warmup,
+        ema_min_cluster_size, kmeans_init, kmeans_iters, dead_code_threshold, init_std, seed).
 
     Codebook updates (EMA, k-means init, dead-code restarts, counters) are applied at the end of each
     training forward unless ``defer_codebook_updates`` is set (the Trainer sets it through
@@ -103,6 +103,8 @@ class LevelledQuantizer(nn.Module):
         decay: float = 0.99,
         eps: float = 1e-5,
         ema_warmup_steps: int = 0,
+        ema_warmup: EmaWarmup = "frozen",
+        ema_min_cluster_size: float = 0.0,
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
@@ -152,6 +154,8 @@ class LevelledQuantizer(nn.Module):
                 decay=decay,
                 eps=eps,
                 ema_warmup_steps=ema_warmup_steps,
+                ema_warmup=ema_warmup,
+                ema_min_cluster_size=ema_min_cluster_size,
                 kmeans_init=kmeans_init,
                 kmeans_iters=kmeans_iters,
                 dead_code_threshold=dead_code_threshold,
