@@ -54,6 +54,8 @@ class EvalOptions:
             (shape, colour, count, size, position, and all at once) on each decoded depth, reported as
             ``attr[name]`` with the judge's accuracy on the originals in the protocol. ``"auto"``: when
             the batches carry shapes attributes; ``True``: an error if they do not.
+        codec_references: PSNR and SSIM of JPEG (Pillow) and of a bicubic down-and-up at the
+            tokenizer's pixel bits per image, reported beside its own at the deepest decoded depth.
     """
 
     depths: Sequence[int] | None = None
@@ -69,6 +71,7 @@ class EvalOptions:
     semantic_fidelity_size: int = SEMANTIC_FIDELITY_SIZE
     num_samples: int = 6
     attribute_fidelity: Toggle = "auto"
+    codec_references: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.zero_shot, dict):

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from polytok.eval.families import attributes, code_probe, frechet, pixel, semantic_fidelity, semantics
+from polytok.eval.families import (
+    attributes,
+    code_probe,
+    frechet,
+    pixel,
+    references,
+    semantic_fidelity,
+    semantics,
+)
 from polytok.eval.families.base import DepthBatch, DepthResult, MetricFamily, Reads, RealBatch
 from polytok.eval.options import EvalOptions
 
 BUILDERS = (
     pixel.build,
+    references.build,
     attributes.build,
     semantic_fidelity.build,
     frechet.build,

@@ -1,0 +1,129 @@
+"""Pixel figures of two plain codecs given the tokenizer's bits: what those bits could carry.
+
+A tokenizer is not a codec, but its PSNR/SSIM mean little without a reference at the same budget:
+* JPEG (Pillow, 4:2:0): per image, the highest quality whose file fits the tokenizer's pixel bits;
+* bicubic: the largest square down-sampling whose raw 8-bit RGB pixels fit the bits, then bicubic up again.
+
+The budget is the pixel prefix's code bits per image (positions x codes read by the pixel decoder x
+log2 of the codebook size). Both are reported at the deepest decoded depth with the bits they used.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
+from polytok.eval.options import EvalOptions
+from polytok.eval.pixel import PSNR, SSIM
+
+REFERENCES = ("JPEG", "bicubic")
+
+
+def pixel_bits_per_image(tokenizer: Any, height: int, width: int) -> float:
+    """Bits of the codes the pixel decoder reads for one (height, width) image."""
+    positions = (height // tokenizer.stride) * (width // tokenizer.stride)
+    code_shape = tuple(tokenizer.code_shape)
+    residual = getattr(tokenizer, "num_levels", 1) > 1
+    codes = math.prod(code_shape)
+    if residual:  # the level axis comes first in (L,) and (L, C)
+        codes = codes // code_shape[0] * min(tokenizer.pixel_depth, code_shape[0])
+    return positions * codes * math.log2(tokenizer.codebook_size)
+
+
+def _to_pil(image: Tensor) -> Image.Image:
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def jpeg_at_bits(image: Tensor, bits: float) -> tuple[Tensor, int]:
+    """(3, H, W) in [0, 1] -> (JPEG-decoded image, file bits) at the highest quality (1-95) within
+    ``bits``; quality 1 if even that is larger (its bits then exceed the budget and are reported)."""
+    pil = _to_pil(image)
+
+    def encode(quality: int) -> bytes:
+        buffer = io.BytesIO()
+        pil.save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue()
+
+    low, high, best = 1, 95, encode(1)
+    while low <= high:  # file size grows with quality: binary search for the last that fits
+        mid = (low + high) // 2
+        data = encode(mid)
+        if len(data) * 8 <= bits:
+            best, low = data, mid + 1
+        else:
+            high = mid - 1
+    return _to_tensor(Image.open(io.BytesIO(best))), len(best) * 8
+
+
+def bicubic_at_bits(image: Tensor, bits: float) -> tuple[Tensor, int]:
+    """(3, H, W) -> (bicubic down to the largest s x s whose 8-bit RGB fits ``bits``, then up), bits."""
+    _, h, w = image.shape
+    side = max(1, min(h, w, math.isqrt(int(bits // 24))))
+    pil = _to_pil(image)
+    small = pil.resize((side, side), Image.BICUBIC, reducing_gap=None)
+    return _to_tensor(small.resize((w, h), Image.BICUBIC)), side * side * 24
+
+
+class CodecReferences:
+    """PSNR and SSIM of JPEG and bicubic references at the tokenizer's pixel bits."""
+
+    reads = "pixels"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.skipped: dict[str, str] = {}
+        self._psnr = {name: PSNR() for name in REFERENCES}
+        self._ssim = {name: SSIM() for name in REFERENCES}
+        self._bits = {name: 0.0 for name in REFERENCES}
+        self._budget = 0.0
+        self._images = 0
+        self._deepest = 0
+
+    def prepare(self, batch: RealBatch) -> None:
+        originals = batch.images.float().cpu().clamp(0, 1)
+        h, w = originals.shape[-2:]
+        self._budget = pixel_bits_per_image(self.tokenizer, h, w)
+        for name, codec in (("JPEG", jpeg_at_bits), ("bicubic", bicubic_at_bits)):
+            pairs = [codec(image, self._budget) for image in originals]
+            decoded = torch.stack([p[0] for p in pairs])
+            self._bits[name] += sum(p[1] for p in pairs)
+            self._psnr[name].update(decoded, originals)
+            self._ssim[name].update(decoded, originals)
+        self._images += originals.shape[0]
+
+    def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
+        self._deepest = max(self._deepest, depth.levels)
+
+    def compute(self) -> list[DepthResult]:
+        if not self._images:
+            return []
+        figures = {}
+        for name in REFERENCES:
+            extra = {
+                "reference": f"{name} at the tokenizer's pixel bits",
+                "budget_bits_per_image": round(self._budget, 1),
+                "mean_bits_per_image": round(self._bits[name] / self._images, 1),
+            }
+            for metric, value in (("PSNR", self._psnr[name].compute()), ("SSIM", self._ssim[name].compute())):
+                figures[f"{metric}[{name}, equal bits]"] = type(value)(
+                    value.value, {**value.protocol, **extra}, value.std
+                )
+        return [DepthResult(self._deepest, "pixels", figures)]
+
+
+def build(
+    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+) -> CodecReferences | None:
+    return CodecReferences(tokenizer) if options.codec_references else None
