@@ -17,7 +17,10 @@ from polytok.recipes.evaluation import evaluate_many
 
 SHIPPED = ("evotok-tiny", "polytok-tiny", "unitok-tiny")
 MIN_PSNR_DB = 24.0  # held-out photo crops, 256 of them, 64 px
-MIN_ZERO_SHOT = 5 / 42  # five times chance on the 42 (colour, shape) pairs
+# Above the strongest single-attribute baseline, not only chance (1/42): on held-out pairs each shape and
+# each colour occurs in one pair, so a model that knows only the colour names the pair 1 time in 6 (and
+# one that knows only the shape 1 in 7).
+MIN_ZERO_SHOT = 1 / 6
 
 
 def test_the_three_tiny_presets_are_shipped_small_and_safe():
