@@ -234,3 +234,20 @@ def test_reader_streams_every_sample_once_over_workers(one_process: Path) -> Non
     sample = next(iter(dataset))
     assert sample["codes"].dtype == torch.long and sample["codes"].shape == (16, 16, 8)
     assert isinstance(sample["caption"], str) and sample["caption"] and isinstance(sample["label"], int)
+
+
+def test_export_benchmark_runs_and_compares_the_sets(tmp_path) -> None:
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "token_export.py"
+    rows_file = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--quick", "--json", str(rows_file)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert [r["processes"] for r in rows] == [1, 2] and all(r["same (key, codes)"] for r in rows)
+    assert all(r["samples"] == 16 and r["images/s"] > 0 for r in rows)
+    assert "images/s" in proc.stdout and "speed-up" in proc.stdout  # the table

@@ -121,6 +121,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                 "samples": written.samples,
                 "skipped": [s["file"] for s in written.skipped],
                 "resumed": written.resumed,
+                "seconds": round(written.seconds, 3),
             }
             print(json.dumps(report))
         return 0

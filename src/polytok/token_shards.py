@@ -31,6 +31,7 @@ import math
 import os
 import random
 import tarfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,8 @@ class ShardedSet:
     shards: list[dict[str, Any]]
     samples: int
     skipped: list[dict[str, str]] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)  # this rank's shards kept from an earlier run
+    seconds: float = 0.0  # wall time from joining the group to the last rank's last shard
 
 
 def _process_group() -> tuple[int, int, bool]:
@@ -286,6 +288,7 @@ def encode_to_shards(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} must be a directory for tar shards")
     rank, world, created = _process_group()
+    started = time.perf_counter()
     import torch.distributed as dist
 
     was_training = tokenizer.training
@@ -350,14 +353,15 @@ def encode_to_shards(
                 {
                     **header,
                     "samples": sum(r["samples"] for r in records),
-                    "shards": [{k: v for k, v in r.items() if k != "identity"} for r in records],
+                    "shards": [{k: v for k, v in r.items() if k not in header} for r in records],
                     "skipped": skipped_all,
                 },
             )
         if world > 1:
             dist.barrier()  # the set is complete for every rank when encode returns
         samples = sum(r["samples"] for r in records)
-        return ShardedSet(out_dir, manifest, records, samples, skipped_all, resumed)
+        seconds = time.perf_counter() - started
+        return ShardedSet(out_dir, manifest, records, samples, skipped_all, resumed, seconds)
     finally:
         tokenizer.train(was_training)
         if created and dist.is_initialized():
