@@ -251,3 +251,14 @@ def test_export_benchmark_runs_and_compares_the_sets(tmp_path) -> None:
     assert [r["processes"] for r in rows] == [1, 2] and all(r["same (key, codes)"] for r in rows)
     assert all(r["samples"] == 16 and r["images/s"] > 0 for r in rows)
     assert "images/s" in proc.stdout and "speed-up" in proc.stdout  # the table
+
+
+def test_reader_splits_the_shards_over_torchrun_ranks(one_process: Path, tmp_path) -> None:
+    worker = Path(__file__).with_name("read_token_shards_worker.py")
+    command = _command(2, [str(one_process), str(tmp_path)], script=worker)
+    proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    shard_keys = [[f"{j:09d}" for j in range(i * SHARD, (i + 1) * SHARD)] for i in range(5)]
+    assert ranks[0] == shard_keys[0] + shard_keys[2] + shard_keys[4]  # shards 0, 2, 4
+    assert ranks[1] == shard_keys[1] + shard_keys[3]

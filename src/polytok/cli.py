@@ -149,7 +149,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     tok = _load_model(args)
     _check_depth(args.depth, tok)
     if is_token_shard_set(args.tokens):
-        tokens = load_token_shards(args.tokens, tokenizer=tok)
+        tokens = load_token_shards(args.tokens, tokenizer=tok, limit=args.limit)
     else:
         tokens = load_tokens(args.tokens)
         check_tokens_fit(tokens["meta"], tok)

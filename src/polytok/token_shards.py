@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -456,14 +457,16 @@ class TokenShardDataset(IterableDataset):
         yield from _tar_samples(order[rank::world][worker::workers])
 
 
-def load_token_shards(path: str | os.PathLike, tokenizer=None) -> dict[str, Any]:
-    """A whole set in memory, in dataset order: ``{"codes": LongTensor (N, h, w, *code_shape), "keys",
-    "captions", "labels", "meta", "skipped"}`` (``meta``: the manifest)."""
+def load_token_shards(path: str | os.PathLike, tokenizer=None, limit: int | None = None) -> dict[str, Any]:
+    """A set (its first ``limit`` samples) in memory, in dataset order: ``{"codes": LongTensor
+    (N, h, w, *code_shape), "keys", "captions", "labels", "meta", "skipped"}`` (``meta``: the manifest).
+    ``tokenizer``: refuse a set that another tokenizer made."""
     manifest = read_manifest(path)
     if tokenizer is not None:
         check_identity(manifest["identity"], tokenizer, path)
     directory = Path(manifest["directory"])
-    rows = list(_tar_samples([str(directory / s["file"]) for s in manifest["shards"] if s["samples"]]))
+    stream = _tar_samples([str(directory / s["file"]) for s in manifest["shards"] if s["samples"]])
+    rows = list(itertools.islice(stream, limit))  # reads only the shards it needs
     identity = manifest["identity"]
     empty = torch.zeros((0, 0, 0, *identity["code_shape"]), dtype=torch.long)
     return {
