@@ -226,11 +226,13 @@ def test_resume_into_a_set_of_another_tokenizer_or_shard_size_is_refused(
 
 
 def test_reader_streams_every_sample_once_over_workers(one_process: Path) -> None:
-    dataset = TokenShardDataset(one_process, shuffle=True, seed=3)
-    assert len(dataset) == IMAGES
+    dataset = TokenShardDataset(one_process, shuffle=True, shuffle_buffer=6, seed=3)
+    assert dataset.samples == IMAGES
     loader = DataLoader(dataset, batch_size=None, num_workers=2)
-    seen = {s["key"]: s["codes"].numpy().tobytes() for s in loader}
-    assert seen == _pairs(one_process)
+    read = [(s["key"], s["codes"].numpy().tobytes()) for s in loader]
+    assert len(read) == IMAGES and dict(read) == _pairs(one_process)
+    assert [k for k, _ in read] != sorted(k for k, _ in read)  # shuffled (fixed seed)
+    assert [k for k, _ in read] == [s["key"] for s in DataLoader(dataset, batch_size=None, num_workers=2)]
     sample = next(iter(dataset))
     assert sample["codes"].dtype == torch.long and sample["codes"].shape == (16, 16, 8)
     assert isinstance(sample["caption"], str) and sample["caption"] and isinstance(sample["label"], int)

@@ -428,33 +428,49 @@ class TokenShardDataset(IterableDataset):
     str, "label": int}``.
 
     Shards are split over DDP ranks, then DataLoader workers (``order[rank::world][worker::workers]``),
-    so no sample is read twice; ``shuffle`` permutes the shard order with ``seed`` and the epoch
-    (:meth:`set_epoch`). ``tokenizer``: refuse a set that another tokenizer made.
+    so no sample is read twice. ``shuffle`` permutes the shard order with ``seed`` and the epoch
+    (:meth:`set_epoch`) and, with ``shuffle_buffer`` > 0, the samples within a buffer of that many.
+    ``tokenizer``: refuse a set that another tokenizer made. :attr:`samples`: the set's size (all ranks).
     """
 
-    def __init__(self, path: str | os.PathLike, tokenizer=None, shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tokenizer=None,
+        shuffle: bool = False,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.manifest = read_manifest(path)
         if tokenizer is not None:
             check_identity(self.manifest["identity"], tokenizer, path)
         directory = Path(self.manifest["directory"])
         self.shards = [str(directory / s["file"]) for s in self.manifest["shards"] if s["samples"]]
-        self.shuffle, self.seed, self.epoch = shuffle, int(seed), 0
-
-    def __len__(self) -> int:
-        return int(self.manifest["samples"])
+        self.samples = int(self.manifest["samples"])
+        self.shuffle, self.shuffle_buffer, self.seed, self.epoch = shuffle, shuffle_buffer, int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the shard order of ``epoch`` (call before creating the epoch's iterator)."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
         from polytok.data.shards import worker_slot
 
         rank, world, worker, workers = worker_slot()
         order = list(self.shards)
         if self.shuffle:
             random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-        yield from _tar_samples(order[rank::world][worker::workers])
+        stream: Iterator[dict[str, Any]] = _tar_samples(order[rank::world][worker::workers])
+        if self.shuffle and self.shuffle_buffer > 0:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}-samples")
+            buffer = self.shuffle_buffer
+            stream = wds.filters.shuffle(buffer, initial=min(100, buffer), rng=rng)(stream)
+        yield from stream
 
 
 def load_token_shards(path: str | os.PathLike, tokenizer=None, limit: int | None = None) -> dict[str, Any]:
