@@ -264,3 +264,28 @@ def test_reader_splits_the_shards_over_torchrun_ranks(one_process: Path, tmp_pat
     shard_keys = [[f"{j:09d}" for j in range(i * SHARD, (i + 1) * SHARD)] for i in range(5)]
     assert ranks[0] == shard_keys[0] + shard_keys[2] + shard_keys[4]  # shards 0, 2, 4
     assert ranks[1] == shard_keys[1] + shard_keys[3]
+
+
+def test_webdataset_input_gives_one_token_shard_per_input_shard(tmp_path) -> None:
+    from polytok.data import write_shards
+    from polytok.tokens import dataset_for_encoding
+
+    shapes = dataset_for_encoding("shapes", image_size=64)
+    samples = [{"key": f"img{i:03d}", **{k: shapes[i][k] for k in ("image", "caption")}} for i in range(20)]
+    samples[10]["image"] = b"not an image"  # stored as is: a broken member of the second tar
+    write_shards(samples, tmp_path / "in" / "part-%03d.tar", maxcount=8, image_format="png")
+    pattern = str(tmp_path / "in" / "part-{000..002}.tar")
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"p{nproc}"
+        report = _encode(nproc, ["evotok-tiny", pattern, "--out", str(out), "--batch-size", "3"])
+        assert report["samples"] == 19 and report["shards"] == [shard_name(i) for i in range(3)]
+        assert report["skipped"] == [str(tmp_path / "in" / "part-001.tar") + "#img010"]
+        runs[nproc] = _pairs(out)
+    assert runs[1] == runs[2] and sorted(runs[1]) == [f"img{i:03d}" for i in range(20) if i != 10]
+    manifest = json.loads((tmp_path / "p2" / "manifest.json").read_text())
+    assert [s["samples"] for s in manifest["shards"]] == [8, 7, 4]
+    data = load_token_shards(tmp_path / "p1")
+    reread = TokenShardDataset(tmp_path / "p1")
+    assert [s["key"] for s in reread] == data["keys"]
+    assert data["captions"][0] == shapes[0]["caption"]

@@ -3,8 +3,8 @@
 A set is a directory::
 
     tokens-000000.tar, ...      shard i holds samples [i*S, (i+1)*S) of the dataset order (S: shard size,
-                                less the unreadable ones), written under a temporary name and renamed
-                                when complete
+                                less the unreadable ones; from webdataset input: the samples of input
+                                shard i), written under a temporary name and renamed when complete
     tokens-000000.json, ...     the shard's record: sample count, keys, skipped inputs, SHA-256 and size
                                 of the tar, the tokenizer identity and the shard size (written before the
                                 rename, so a shard under its final name always has its record)
@@ -185,11 +185,12 @@ def check_resumable(out_dir: Path, header: dict[str, Any]) -> None:
                 f"{out_dir} holds tokens from another tokenizer (they differ in {difference}); choose "
                 "another --out or empty it"
             )
-        for setting in ("shard_size", "samples_planned"):
-            if recorded.get(setting) != header[setting]:
+        for setting in ("shard_size", "samples_planned", "inputs"):
+            if recorded.get(setting) != header.get(setting):
                 raise TokenSetMismatchError(
-                    f"{out_dir} holds a set with {setting.replace('_', ' ')} {recorded.get(setting)}, this "
-                    f"run {header[setting]}; rerun with the same settings to resume, or choose another --out"
+                    f"{out_dir} holds a set with other {setting.replace('_', ' ')} ({recorded.get(setting)}, "
+                    f"this run {header.get(setting)}); rerun with the same settings to resume, or choose "
+                    "another --out"
                 )
 
 
@@ -262,6 +263,66 @@ def _encoded_rows(tokenizer, loader, dtype: np.dtype) -> Iterator[dict]:
         yield from sorted(events, key=lambda e: e["index"])
 
 
+def _map_style_shards(tokenizer, dataset, todo, shard_size, batch_size, workers, dtype, bar) -> Iterator:
+    """(index, kept rows, skip notes) for each shard in ``todo``: samples [i*S, (i+1)*S) of ``dataset``."""
+    from torch.utils.data import DataLoader
+
+    total = len(dataset)
+    ranges = [range(i * shard_size, min((i + 1) * shard_size, total)) for i in todo]
+    order = [j for r in ranges for j in r]
+    if not order:
+        return
+    indexed = _IndexedSubset(dataset, order)
+    loader = DataLoader(indexed, batch_size=batch_size, num_workers=workers, collate_fn=_collate_indexed)
+    rows = _encoded_rows(tokenizer, loader, dtype)
+    for index, span in zip(todo, ranges):
+        kept, skipped = [], []
+        for expected in span:
+            row = next(rows)
+            if row["index"] != expected:
+                raise RuntimeError(f"the loader gave sample {row['index']} where {expected} was due")
+            (skipped.append(row["skipped"]) if "skipped" in row else kept.append(row))
+            bar.update(1)
+        yield index, kept, skipped
+
+
+def _encode_samples(tokenizer, samples: Sequence[tuple[int, dict]], dtype: np.dtype) -> list[dict[str, Any]]:
+    """(position, decoded sample) pairs -> rows with their codes, as one batch."""
+    from polytok.data import collate
+
+    codes = tokenizer.encode(collate([s for _, s in samples])["image"]).cpu().numpy().astype(dtype)
+    return [
+        {"index": position, "key": s["key"], "codes": code, "caption": s["caption"], "label": s["label"]}
+        for (position, s), code in zip(samples, codes)
+    ]
+
+
+def _stream_shards(tokenizer, dataset, todo, batch_size, dtype, bar) -> Iterator:
+    """(index, kept rows, skip notes) for each shard in ``todo``: the samples of input tar shard i, in
+    their order (a row's index is its position in that tar)."""
+    import webdataset as wds
+
+    for index in todo:
+        kept: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        pending: list[tuple[int, dict]] = []
+        raws = wds.tariterators.tarfile_samples([{"url": dataset.shards[index]}], handler=dataset._on_error)
+        for position, raw in enumerate(raws):
+            sample = dataset.decode_or_mark(raw)
+            if "unreadable" in sample:
+                skipped.append({"key": sample["key"], "file": sample["file"], "reason": sample["unreadable"]})
+                continue
+            pending.append((position, sample))
+            if len(pending) == batch_size:
+                kept.extend(_encode_samples(tokenizer, pending, dtype))
+                bar.update(len(pending))
+                pending = []
+        if pending:
+            kept.extend(_encode_samples(tokenizer, pending, dtype))
+            bar.update(len(pending))
+        yield index, kept, skipped
+
+
 @torch.no_grad()
 def encode_to_shards(
     tokenizer,
@@ -272,19 +333,24 @@ def encode_to_shards(
     workers: int = 0,
     progress: bool = True,
 ) -> ShardedSet:
-    """Encode a map-style ``dataset`` (items as :func:`polytok.tokens.dataset_for_encoding` gives them)
-    into tar shards under ``out_dir`` (see the module docstring); under torchrun each rank its shards.
+    """Encode ``dataset`` into tar shards under ``out_dir`` (see the module docstring); under torchrun
+    each rank writes its shards.
 
-    Skipped unreadable items must come back marked ``{"key", "file", "unreadable"}``. Complete shards of an
-    earlier run of the same command are kept, not encoded again.
+    A map-style dataset (items as :func:`polytok.tokens.dataset_for_encoding` gives them; unreadable ones
+    marked ``{"key", "file", "unreadable"}``) is cut into shards of ``shard_size`` samples in its order.
+    A :class:`polytok.data.ShardDataset` (webdataset input, no length) gives one token shard per input
+    tar shard, in the order of its shard list (``shard_size`` and ``workers`` do not apply). Complete
+    shards of an earlier run of the same command are kept, not encoded again.
     """
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+
+    from polytok.data import ShardDataset
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not hasattr(dataset, "__len__"):
-        raise ValueError("tar-shard encoding needs a dataset with a length (an image folder or built-in set)")
+    stream = isinstance(dataset, ShardDataset)
+    if not stream and not hasattr(dataset, "__len__"):
+        raise ValueError("tar-shard encoding needs a dataset with a length, or webdataset shards")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} must be a directory for tar shards")
@@ -295,14 +361,17 @@ def encode_to_shards(
     was_training = tokenizer.training
     tokenizer.eval()  # no codebook updates, no dropout: the codes a decoder will see
     try:
-        total = len(dataset)
-        header = {
+        header: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "identity": tokenizer_identity(tokenizer),
-            "shard_size": shard_size,
-            "samples_planned": total,
         }
+        if stream:
+            header["inputs"] = [str(url) for url in dataset.shards]
+            count = len(dataset.shards)
+        else:
+            header.update(shard_size=shard_size, samples_planned=len(dataset))
+            count = math.ceil(len(dataset) / shard_size)
         out_dir.mkdir(parents=True, exist_ok=True)
         check_resumable(out_dir, header)  # every rank reads the same files: all refuse or none
         if rank == 0:  # the set is incomplete from here; temporaries of a killed run go
@@ -311,35 +380,22 @@ def encode_to_shards(
                 stale.unlink(missing_ok=True)
         if world > 1:
             dist.barrier()  # no rank writes before the clean-up
-        count = math.ceil(total / shard_size)
-        mine = list(range(rank, count, world))
         records: list[dict[str, Any]] = []
         todo: list[int] = []
-        for index in mine:
+        for index in range(rank, count, world):
             record = complete_record(out_dir, index)
             (records.append(record) if record is not None else todo.append(index))
         resumed = [r["file"] for r in records]
-        ranges = [range(i * shard_size, min((i + 1) * shard_size, total)) for i in todo]
-        order = [j for r in ranges for j in r]
         dtype = code_dtype(tokenizer.codebook_size)
-        if order:
-            loader = DataLoader(
-                _IndexedSubset(dataset, order),
-                batch_size=batch_size,
-                num_workers=workers,
-                collate_fn=_collate_indexed,
-            )
-            rows = _encoded_rows(tokenizer, loader, dtype)
-            bar = tqdm(total=len(order), desc=f"encode (rank {rank})", disable=not progress)
-            for index, span in zip(todo, ranges):
-                kept, skipped = [], []
-                for expected in span:
-                    row = next(rows)
-                    assert row["index"] == expected, (row["index"], expected)  # the loader keeps order
-                    (skipped.append(row["skipped"]) if "skipped" in row else kept.append(row))
-                    bar.update(1)
-                records.append(write_shard(out_dir, index, kept, skipped, header))
-            bar.close()
+        planned = None if stream else sum(min(shard_size, len(dataset) - i * shard_size) for i in todo)
+        bar = tqdm(total=planned, desc=f"encode (rank {rank})", disable=not progress)
+        if stream:
+            shards = _stream_shards(tokenizer, dataset, todo, batch_size, dtype, bar)
+        else:
+            shards = _map_style_shards(tokenizer, dataset, todo, shard_size, batch_size, workers, dtype, bar)
+        for index, kept, skipped in shards:
+            records.append(write_shard(out_dir, index, kept, skipped, header))
+        bar.close()
         if world > 1:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, records)  # also a barrier: every shard is written
