@@ -289,3 +289,14 @@ def test_webdataset_input_gives_one_token_shard_per_input_shard(tmp_path) -> Non
     reread = TokenShardDataset(tmp_path / "p1")
     assert [s["key"] for s in reread] == data["keys"]
     assert data["captions"][0] == shapes[0]["caption"]
+
+
+def test_output_kind_follows_out_and_npz_under_torchrun_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "named.npz"
+    args = ["encode", "evotok-tiny", "shapes", "--max-images", "2", "--batch-size", "2"]
+    assert main([*args, "--out", str(out), "--format", "wds"]) == 0
+    assert (out / "manifest.json").is_file() and (out / shard_name(0)).is_file()  # a directory, as asked
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*args, "--out", str(tmp_path / "t.npz")]) == 2
+    assert "directory" in _error_line(capsys) and not (tmp_path / "t.npz").exists()
