@@ -186,11 +186,13 @@ def check_resumable(out_dir: Path, header: dict[str, Any]) -> None:
                 "another --out or empty it"
             )
         for setting in ("shard_size", "samples_planned", "inputs"):
-            if recorded.get(setting) != header.get(setting):
+            then, now = recorded.get(setting), header.get(setting)
+            if then != now:
+                if setting == "inputs":  # shard lists can be long: say how they differ in size
+                    then, now = (f"{len(x)} shards" if x else x for x in (then, now))
                 raise TokenSetMismatchError(
-                    f"{out_dir} holds a set with other {setting.replace('_', ' ')} ({recorded.get(setting)}, "
-                    f"this run {header.get(setting)}); rerun with the same settings to resume, or choose "
-                    "another --out"
+                    f"{out_dir} holds a set with other {setting.replace('_', ' ')} ({then}, this run {now}); "
+                    "rerun with the same settings to resume, or choose another --out"
                 )
 
 
