@@ -4,8 +4,9 @@ polytok demo                                  # the main job on the built-in dat
 polytok presets                               # registered presets and shipped checkpoints
 polytok train CONFIG.yaml [key=value ...]     # train (single process or under torchrun)
 polytok eval MODEL --data shapes --report out/report.html
-polytok encode MODEL DATA --out tokens.npz    # a dataset to tokens for LLM training
-polytok decode MODEL tokens.npz --out-dir images/
+polytok encode MODEL DATA --out tokens/       # a dataset to tar shards of tokens (also under torchrun)
+polytok encode MODEL DATA --out tokens.npz    # ... or to .npz token files
+polytok decode MODEL tokens/ --out-dir images/
 polytok reconstruct [MODEL] photo.png --out-dir out/   # MODEL defaults to the shipped unitok-tiny
 polytok convert unitok CHECKPOINT OUT_DIR      # an official UniTok / EvoTok checkpoint to polytok
 
@@ -80,18 +81,50 @@ def _take_depth(codes, depth: int | None, tok):
     return codes[..., :depth] if len(tok.code_shape) == 1 else codes[..., :depth, :]
 
 
+def _output_format(args: argparse.Namespace) -> str:
+    """``--format``, or by ``--out``: a ``.npz`` name -> one or more .npz files, else a directory of tar
+    shards."""
+    if args.format != "auto":
+        return args.format
+    return "npz" if Path(args.out).suffix == ".npz" else "wds"
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
+    import os
+
     from torch.utils.data import DataLoader, Subset
 
     from polytok.data import ShardDataset
     from polytok.tokens import collate_readable, dataset_for_encoding, encode_batches
 
+    kind = _output_format(args)
+    if kind == "npz" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "under torchrun encode writes tar shards: give a directory as --out (or --format wds)"
+        )
     tok = _load_model(args)
     dataset = dataset_for_encoding(args.data, split=args.split, image_size=args.image_size)
     if args.max_images is not None:
         if not hasattr(dataset, "__len__"):
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
+    if kind == "wds":
+        from polytok.token_shards import encode_to_shards
+
+        written = encode_to_shards(
+            tok, dataset, args.out, args.shard_size, batch_size=args.batch_size, workers=args.workers
+        )
+        if written.manifest is not None:  # rank 0 reports the whole set
+            report = {
+                "shards": [s["file"] for s in written.shards],
+                "manifest": str(written.manifest),
+                "samples": written.samples,
+                "skipped": [s["file"] for s in written.skipped],
+                "resumed": written.resumed,
+                "seconds": round(written.seconds, 3),
+            }
+            print(json.dumps(report))
+        return 0
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_readable
     )
@@ -110,12 +143,18 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from polytok.image_io import save_images
+    from polytok.token_shards import check_identity, is_token_shard_set, load_token_shards
     from polytok.tokens import check_tokens_fit, load_tokens
 
     tok = _load_model(args)
     _check_depth(args.depth, tok)
-    tokens = load_tokens(args.tokens)
-    check_tokens_fit(tokens["meta"], tok)
+    if is_token_shard_set(args.tokens):
+        tokens = load_token_shards(args.tokens, tokenizer=tok, limit=args.limit)
+    else:
+        tokens = load_tokens(args.tokens)
+        check_tokens_fit(tokens["meta"], tok)
+        if tokens.get("identity") is not None:
+            check_identity(tokens["identity"], tok, args.tokens)
     codes = tokens["codes"] if args.limit is None else tokens["codes"][: args.limit]
     out = Path(args.out_dir)
     for start in range(0, len(codes), args.batch_size):
@@ -255,20 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-size", type=int, help="classifier input size for them (library default)")
     p.set_defaults(func=_cmd_eval)
 
-    p = add_parser("encode", help="encode a dataset to a token file (.npz)")
+    p = add_parser("encode", help="encode a dataset to tar shards (a directory) or a token file (.npz)")
     _add_model_args(p)
     p.add_argument("data", help="built-in dataset, image folder or shard pattern")
     p.add_argument("--split", default="train", help="folder/<split> when it exists (no augmentation)")
     p.add_argument("--image-size", type=positive_int, default=64)
-    p.add_argument("--out", default="tokens.npz", help="token file (numbered files + manifest if large)")
-    p.add_argument("--shard-size", type=positive_int, default=100_000)
+    p.add_argument(
+        "--out", default="tokens.npz", help="a directory (tar shards + manifest) or a .npz token file"
+    )
+    p.add_argument("--format", choices=("auto", "wds", "npz"), default="auto", help="auto: by --out")
+    p.add_argument("--shard-size", type=positive_int, default=100_000, help="samples per shard / file")
     p.add_argument("--max-images", type=positive_int, default=None, help="encode only the first N samples")
     p.add_argument("--workers", type=int, default=0)
     p.set_defaults(func=_cmd_encode)
 
     p = add_parser("decode", help="decode a token file to PNG images")
     _add_model_args(p)
-    p.add_argument("tokens", help="token file (or manifest) written by 'polytok encode'")
+    p.add_argument("tokens", help="token-shard directory, token file or manifest written by 'polytok encode'")
     p.add_argument("--out-dir", default="decoded")
     p.add_argument("--depth", type=int, default=None, help="residual tokenizers: decode the first k levels")
     p.add_argument("--limit", type=positive_int, default=None, help="decode only the first N samples")

@@ -256,8 +256,17 @@ def _incomplete(what: Path, manifest: Path) -> TokenFileError:
     )
 
 
+def _identity(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The tokenizer that made a set, as its manifest records it (None before manifests named it)."""
+    if "weights_sha256" not in record:
+        return None
+    return {k: record.get(k) for k in ("code_shape", "codebook_size", "config", "weights_sha256")}
+
+
 def _check_listed(path: Path, part: dict[str, Any]) -> None:
-    """A file of this format is used only when its set's manifest lists it, from the same run."""
+    """A file of this format is used only when its set's manifest lists it, from the same run; the
+    manifest's record of the tokenizer goes to ``part["identity"]``."""
+    part["identity"] = None
     info = part["meta"].get("set")
     if info is None:  # a file from before sets had manifests: complete by itself
         return
@@ -268,6 +277,7 @@ def _check_listed(path: Path, part: dict[str, Any]) -> None:
     listed = {f["file"]: f["samples"] for f in record["files"]}
     if record.get("run") != info["run"] or listed.get(path.name) != len(part["codes"]):
         raise _incomplete(path, manifest)
+    part["identity"] = _identity(record)
 
 
 def _concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -295,6 +305,7 @@ def _load_set(manifest: Path) -> dict[str, Any]:
         raise TokenFileError(f"token set {manifest} lists no files")
     data = _concat(parts)
     data["skipped"] = record.get("skipped", [])
+    data["identity"] = _identity(record)
     return data
 
 
@@ -302,7 +313,8 @@ def load_tokens(path: str | os.PathLike) -> dict[str, Any]:
     """Read a token set or one of its files.
 
     ``path``: the name given to encode (``tokens.npz``), its manifest, or one numbered file. Returns
-    ``{"codes": LongTensor (N, h, w, *code_shape), "keys", "captions", "labels", "meta"}``. Raises
+    ``{"codes": LongTensor (N, h, w, *code_shape), "keys", "captions", "labels", "meta", "identity"}``
+    (``identity``: the tokenizer that made the set, None for files from before manifests). Raises
     FileNotFoundError when nothing is there and :class:`TokenFileError` (a ValueError) for a file that is
     not a token file, truncated, or part of an incomplete set.
     """

@@ -131,17 +131,27 @@ class ShardDataset(IterableDataset):
         yield from order[rank::world][worker::workers]
 
     def _decode(self, sample: dict[str, Any]) -> dict | None:
+        decoded = self.decode_or_mark(sample)
+        return None if "unreadable" in decoded else decoded
+
+    def decode_or_mark(self, sample: dict[str, Any]) -> dict:
+        """One raw tar sample -> ``{"image", "caption", "label", "key"}``, or, when it has no readable
+        image, ``{"key", "file": "<url>#<key>", "unreadable": reason}`` (counted in :attr:`skipped`)."""
         key = sample.get("__key__", "?")
-        where = f"sample {key} of {sample.get('__url__', '?')}"
+        url = sample.get("__url__", "?")
+        where = f"sample {key} of {url}"
+
+        def unreadable(reason: str) -> dict:
+            self.skip_counter.add(where, reason)
+            return {"key": key, "file": f"{url}#{key}", "unreadable": reason}
+
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None:
-            self.skip_counter.add(where, f"no image entry ({'/'.join(IMAGE_KEYS)})")
-            return None
+            return unreadable(f"no image entry ({'/'.join(IMAGE_KEYS)})")
         try:
             image = decode_image(sample[image_key], name=f"{where}.{image_key}")
         except UnreadableImageError as error:
-            self.skip_counter.add(where, str(error))
-            return None
+            return unreadable(str(error))
         caption = ""
         if "txt" in sample:
             caption = sample["txt"].decode("utf-8", errors="replace").strip()
