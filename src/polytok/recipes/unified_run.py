@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from polytok.config import REQUIRED, from_dict, load_yaml_with_overrides
 from polytok.recipes.run import DataSection, build_training_dataset, write_run_record
 from polytok.recipes.unified_objective import UnifiedObjective
 from polytok.train import TrainConfig, Trainer
+from polytok.train.trainer import Callback
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.data import EncodedCaptions, MixedTaskCollate, caption_batch
 from polytok.unified.model import META_NAME, UnifiedModel
@@ -170,10 +171,11 @@ def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any):
 # -- the run --------------------------------------------------------------------------------------------
 
 
-def train_unified(config: UnifiedRunConfig) -> UnifiedModel:
+def train_unified(config: UnifiedRunConfig, callbacks: Iterable[Callback] = ()) -> UnifiedModel:
     """Train the unified model described by ``config``; returns it (exported on rank 0).
 
     Works as a single process or under torchrun (DDP/FSDP) unchanged; ``train.resume`` continues exactly.
+    ``callbacks`` go to the :class:`Trainer` (called after every step).
     """
     section, out_dir = config.unified, Path(config.train.out_dir)
     tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
@@ -185,7 +187,9 @@ def train_unified(config: UnifiedRunConfig) -> UnifiedModel:
     )
     dataset = EncodedCaptions(images, tokenizer, cache=section.cache_codes)
     collate = MixedTaskCollate(model.format, text, section.model.caption_dropout)
-    trainer = Trainer(model, UnifiedObjective(), dataset, config.train, collate_fn=collate)
+    trainer = Trainer(
+        model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
+    )
     heldout = _heldout_dataset(config, tokenizer) if trainer.dist.is_main else None
     record: dict[str, Any] = {}
     try:
