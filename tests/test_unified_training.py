@@ -211,3 +211,27 @@ def test_real_size_backbone_config_counts_qwen2_5_0_5b_parameters_on_meta() -> N
     assert count == vocab * d + layers * per_layer + d
     assert 494_000_000 < count < 494_100_000
     assert all(p.device.type == "meta" for p in backbone.parameters())
+
+
+@pytest.mark.parametrize("name", ["unitok", "polytok"])
+def test_tiny_configs_of_the_other_layouts_train_and_export(tmp_path, name) -> None:
+    """Multi-codebook (unitok-tiny) and residual multi-codebook (polytok-tiny) codes through the same
+    recipe: two steps, both losses finite, and the exported model reloads with its image tokenizer."""
+    from polytok.recipes.unified_run import load_unified
+
+    config = load_unified_run_config(
+        CONFIGS / f"unified-{name}-tiny.yaml",
+        [
+            *SMALL,
+            "train.max_steps=2",
+            "train.save_every=0",
+            "train.batch_size=4",
+            f"train.out_dir={tmp_path}",
+        ],
+    )
+    train_unified(config)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["image_loss"] > 0 and r["text_loss"] > 0 for r in rows) and len(rows) == 2
+    model, tok = load_unified(str(tmp_path / "model"))
+    assert tok.config.name == f"{name}-tiny" and model.layout.grid == (4, 4)
+    assert torch.equal(model.state_dict()["depth_head.depth_pos"], _weights(tmp_path)["depth_head.depth_pos"])
