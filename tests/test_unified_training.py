@@ -48,33 +48,55 @@ def _weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(out_dir / "model" / "model.safetensors")
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_micro_batches(tmp_path) -> None:
+ONE_STEP = [
+    str(CONFIGS / "unified-evotok-tiny.yaml"),
+    *SMALL,
+    "train.max_steps=1",
+    "train.save_every=0",
+    "train.batch_size=4",
+    "unified.model.caption_dropout=0.0",
+    "train.optim.eps=0.1",  # the update is linear in the gradient: no sign of a near-zero one blown up
+    "train.optim.lr=0.01",
+    "train.optim.warmup_steps=0",
+]
+
+
+@pytest.fixture(scope="module")
+def one_process_two_micro_batches(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "polytok.cli",
+            "train",
+            *ONE_STEP,
+            "train.grad_accum_steps=2",
+            f"train.out_dir={out}",
+        ]
+    )
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_with_the_same_micro_batches(
+    tmp_path, strategy, one_process_two_micro_batches
+) -> None:
     """torchrun with 2 gloo ranks x batch 4 ends one step with the weights of 1 process x 2 micro-batches
     of 4. Equal by construction: rank r and micro-batch r see the same 4 samples (each encoded alone),
     build the same mixed batch and run the same forward; only the sum of the two gradients (all-reduce
     against accumulation) may round differently. Caption dropout is off: its draws come from each
-    process's own random stream."""
-    common = [
-        str(CONFIGS / "unified-evotok-tiny.yaml"),
-        *SMALL,
-        "train.max_steps=1",
-        "train.save_every=0",
-        "train.batch_size=4",
-        "unified.model.caption_dropout=0.0",
-        "train.optim.eps=0.1",  # the update is linear in the gradient: no sign of a near-zero one blown up
-        "train.optim.lr=0.01",
-        "train.optim.warmup_steps=0",
-    ]
-    cli = ["-m", "polytok.cli", "train", *common]
-    _run([sys.executable, *cli, "train.grad_accum_steps=2", f"train.out_dir={tmp_path / 'one'}"])
+    process's own random stream. Under FSDP the export gathers the shards."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _run([*launcher, *cli, f"train.out_dir={tmp_path / 'two'}"])
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    extra = ["train.fsdp_layers=[LlamaDecoderLayer]"] if strategy == "fsdp" else []
+    cli = ["-m", "polytok.cli", "train", *ONE_STEP, f"train.strategy={strategy}", *extra]
+    _run([*launcher, *cli, f"train.out_dir={tmp_path}"])
+    one, two = _weights(one_process_two_micro_batches), _weights(tmp_path)
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4, msg=key)
-    # every part was trained in this one step, in both runs: the depth head and the LM head included
-    rows = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    # both heads were trained in this step (a batch of one direction leaves one of them without gradient)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["image_loss"] > 0 and rows[-1]["text_loss"] > 0
 
 
@@ -235,3 +257,28 @@ def test_tiny_configs_of_the_other_layouts_train_and_export(tmp_path, name) -> N
     model, tok = load_unified(str(tmp_path / "model"))
     assert tok.config.name == f"{name}-tiny" and model.layout.grid == (4, 4)
     assert torch.equal(model.state_dict()["depth_head.depth_pos"], _weights(tmp_path)["depth_head.depth_pos"])
+
+
+def test_a_dataset_of_codes_and_captions_plugs_in(tmp_path) -> None:
+    """The seam for token shards: items {"codes", "caption"} train the model without the image dataset
+    (the text tokenizer is trained on their captions)."""
+    from polytok.recipes.unified_run import load_image_tokenizer
+
+    tok = load_image_tokenizer("evotok-tiny")
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, tok.config.quantizer.codebook_size, (6, 4, 4, *tok.code_shape), generator=g)
+    items = [{"codes": c, "caption": f"item {i} of a list"} for i, c in enumerate(codes)]
+    config = load_unified_run_config(
+        CONFIGS / "unified-evotok-tiny.yaml",
+        [
+            *SMALL,
+            "train.max_steps=2",
+            "train.save_every=0",
+            "train.batch_size=2",
+            f"train.out_dir={tmp_path}",
+        ],
+    )
+    model = train_unified(config, dataset=items)
+    assert model.text_tokenizer.decode(model.text_tokenizer.encode("item 3 of a list")) == "item 3 of a list"
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["image_loss"] > 0 and r["text_loss"] > 0 for r in rows)

@@ -22,6 +22,7 @@ reads the same vocabulary), the engine's checkpoints, ``heldout.json`` and, at t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,11 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.data import Dataset
 
 from polytok.config import REQUIRED, from_dict, load_yaml_with_overrides
 from polytok.recipes.run import DataSection, build_training_dataset, write_run_record
 from polytok.recipes.unified_objective import UnifiedObjective
 from polytok.train import TrainConfig, Trainer
+from polytok.train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from polytok.train.trainer import Callback
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.data import EncodedCaptions, MixedTaskCollate, caption_batch
@@ -104,13 +109,20 @@ def load_image_tokenizer(name_or_path: str, allow_untrained: bool = False):
     return tok
 
 
-def training_captions(images, count: int) -> Iterator[str]:
-    """Captions of the first ``count`` samples of an image dataset."""
-    for index in range(min(count, len(images))):
-        yield images[index]["caption"]
+def training_captions(dataset, count: int) -> Iterator[str]:
+    """Captions of the first ``count`` samples of a dataset (map-style or a stream) of captioned items."""
+    if hasattr(dataset, "caption"):  # no need to encode the images
+        yield from (dataset.caption(i) for i in range(min(count, len(dataset))))
+        return
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        items: Iterable = (dataset[i] for i in range(min(count, len(dataset))))
+    else:
+        items = itertools.islice(dataset, count)
+    for item in items:
+        yield item["caption"]
 
 
-def text_tokenizer_for_run(section: UnifiedSection, images, out_dir: Path, resume: bool) -> TextTokenizer:
+def text_tokenizer_for_run(section: UnifiedSection, dataset, out_dir: Path, resume: bool) -> TextTokenizer:
     """The run's text tokenizer: loaded by path, the one a resumed run saved, or trained on captions."""
     if section.text_tokenizer is not None:
         return TextTokenizer.load(section.text_tokenizer)
@@ -118,7 +130,7 @@ def text_tokenizer_for_run(section: UnifiedSection, images, out_dir: Path, resum
     if resume and saved.is_file():
         return TextTokenizer.load(saved)
     return train_text_tokenizer(
-        training_captions(images, section.text_captions), section.model.text_vocab_size
+        training_captions(dataset, section.text_captions), section.model.text_vocab_size
     )
 
 
@@ -171,46 +183,94 @@ def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any):
 # -- the run --------------------------------------------------------------------------------------------
 
 
-def train_unified(config: UnifiedRunConfig, callbacks: Iterable[Callback] = ()) -> UnifiedModel:
-    """Train the unified model described by ``config``; returns it (exported on rank 0).
+def train_unified(
+    config: UnifiedRunConfig, callbacks: Iterable[Callback] = (), dataset: Dataset | None = None
+) -> UnifiedModel:
+    """Train the unified model described by ``config``; returns it (the exported model on rank 0).
 
     Works as a single process or under torchrun (DDP/FSDP) unchanged; ``train.resume`` continues exactly.
-    ``callbacks`` go to the :class:`Trainer` (called after every step).
+    ``callbacks`` go to the :class:`Trainer` (called after every step). ``dataset``: ``{"codes",
+    "caption"}`` items of the configured tokenizer at ``data.image_size`` (token shards; map-style or a
+    stream that splits itself over ranks); by default the ``data`` section's images, encoded on the fly.
     """
     section, out_dir = config.unified, Path(config.train.out_dir)
-    tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
-    images = build_training_dataset(config.data)
-    text = text_tokenizer_for_run(section, images, out_dir, config.train.resume)
-    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-    model = UnifiedModel.from_tokenizer(
-        tokenizer, text, section.model, grid=image_grid(tokenizer, config.data.image_size)
-    )
-    dataset = EncodedCaptions(images, tokenizer, cache=section.cache_codes)
-    collate = MixedTaskCollate(model.format, text, section.model.caption_dropout)
-    trainer = Trainer(
-        model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
-    )
-    heldout = _heldout_dataset(config, tokenizer) if trainer.dist.is_main else None
-    record: dict[str, Any] = {}
+    info = setup_distributed(config.train)  # joined first: rank 0 trains the text tokenizer for all
+    trainer = None
     try:
-        if trainer.dist.is_main:
-            write_run_record(config, trainer.precision, out_dir / "run.yaml")
-            text.save(out_dir)
+        tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
+        if dataset is None:
+            images = build_training_dataset(config.data)
+            dataset = EncodedCaptions(images, tokenizer, cache=section.cache_codes)
+        text = _shared_text_tokenizer(section, dataset, out_dir, config.train.resume, info)
+        grid = image_grid(tokenizer, config.data.image_size)
+
+        def build() -> UnifiedModel:
+            torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+            return UnifiedModel.from_tokenizer(tokenizer, text, section.model, grid=grid)
+
+        model = build()
+        heldout = _heldout_dataset(config, tokenizer) if info.is_main else None
+        record: dict[str, Any] = {}
         if heldout is not None and not config.train.resume:
             record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)
+        collate = MixedTaskCollate(model.format, text, section.model.caption_dropout)
+        trainer = Trainer(
+            model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
+        )
+        if info.is_main:
+            write_run_record(config, trainer.precision, out_dir / "run.yaml")
+            text.save(out_dir)
         trainer.fit()
         if trainer.ema is not None:
             trainer.ema.copy_to(trainer.raw_model)
-        if trainer.dist.is_main:
+        final = _plain_model(trainer, build)  # collective under FSDP
+        if final is not None:
             if heldout is not None:
                 record.update(samples=len(heldout), split=section.heldout_split, step=trainer.step)
-                record["loss_after"] = heldout_caption_loss(model, heldout, config.train.batch_size)
+                record["loss_after"] = heldout_caption_loss(final, heldout, config.train.batch_size)
                 _write_json(out_dir / "heldout.json", record)
             export = Path(config.export_dir or out_dir / "model")
-            model.save_pretrained(export)
+            final.save_pretrained(export)
             tokenizer.save_pretrained(export / IMAGE_TOKENIZER_DIR)
+            model = final
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
+        cleanup_distributed(info)
+    return model
+
+
+def _shared_text_tokenizer(
+    section: UnifiedSection, dataset, out_dir: Path, resume: bool, info: DistInfo
+) -> TextTokenizer:
+    """The run's text tokenizer, made on rank 0 and sent to the others (one vocabulary, whatever the
+    training library's ordering of equal merges)."""
+    from tokenizers import Tokenizer as Backend
+
+    if section.text_tokenizer is not None:
+        return TextTokenizer.load(section.text_tokenizer)
+    payload = (
+        [text_tokenizer_for_run(section, dataset, out_dir, resume).backend.to_str()]
+        if info.is_main
+        else [None]
+    )
+    if info.distributed:
+        dist.broadcast_object_list(payload, src=0)
+    return TextTokenizer(Backend.from_str(payload[0]))
+
+
+def _plain_model(trainer: Trainer, build) -> UnifiedModel | None:
+    """The trained model as a plain module on rank 0 (None elsewhere): FSDP's shards gathered into a
+    fresh copy; otherwise the model itself."""
+    if trainer.strategy != "fsdp":
+        return trainer.raw_model if trainer.dist.is_main else None
+    full = get_model_state_dict(
+        trainer.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if not trainer.dist.is_main:
+        return None
+    model = build()
+    model.load_state_dict(full)
     return model
 
 

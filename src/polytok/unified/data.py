@@ -41,6 +41,10 @@ class EncodedCaptions(Dataset):
         if hasattr(self.images, "set_epoch"):
             self.images.set_epoch(epoch)
 
+    def caption(self, index: int) -> str:
+        """The caption of sample ``index`` without encoding its image."""
+        return self.images[index]["caption"]
+
     @torch.no_grad()
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
