@@ -208,7 +208,7 @@ def train_unified(
             torch.manual_seed(config.train.seed)  # identical initial weights on every rank
             return UnifiedModel.from_tokenizer(tokenizer, text, section.model, grid=grid)
 
-        model = build()
+        model = build().to(info.device)  # the held-out loss before training runs where training will
         heldout = _heldout_dataset(config, tokenizer) if info.is_main else None
         record: dict[str, Any] = {}
         if heldout is not None and not config.train.resume:
