@@ -283,17 +283,26 @@ def _write_json(path: Path, data: dict) -> None:
 # -- loading a trained model ----------------------------------------------------------------------------
 
 
+def list_shipped_unified() -> list[str]:
+    """Names of the unified models shipped inside the package (folders holding ``unified.json``)."""
+    from polytok.hub import SHIPPED_DIR
+
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / META_NAME).is_file())
+
+
 def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple[UnifiedModel, Any]:
     """A trained unified model (a ``save_pretrained`` folder or a shipped name) and its image tokenizer.
 
     The image tokenizer is the one saved beside the model (``image_tokenizer/``), else the shipped
     checkpoint of the recorded name; either way it must be the one the model was trained on.
     """
-    from polytok.hub import SHIPPED_DIR, list_shipped, load_tokenizer
+    from polytok.hub import SHIPPED_DIR, load_tokenizer
 
     path = Path(name_or_path)
     if not path.is_dir():
-        shipped = [n for n in list_shipped() if (SHIPPED_DIR / n / META_NAME).is_file()]
+        shipped = list_shipped_unified()
         if str(name_or_path) not in shipped:
             raise FileNotFoundError(
                 f"no unified model {str(name_or_path)!r}: not a folder holding {META_NAME} (written by "
