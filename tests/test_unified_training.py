@@ -54,7 +54,7 @@ ONE_STEP = [
     "train.max_steps=1",
     "train.save_every=0",
     "train.batch_size=4",
-    "unified.model.caption_dropout=0.0",
+    "unified.model.caption_dropout=0.5",  # drawn per (seed, epoch, index): the same in both layouts
     "train.optim.eps=0.1",  # the update is linear in the gradient: no sign of a near-zero one blown up
     "train.optim.lr=0.01",
     "train.optim.warmup_steps=0",
@@ -85,8 +85,8 @@ def test_two_processes_equal_one_process_with_the_same_micro_batches(
     """torchrun with 2 gloo ranks x batch 4 ends one step with the weights of 1 process x 2 micro-batches
     of 4. Equal by construction: rank r and micro-batch r see the same 4 samples (each encoded alone),
     build the same mixed batch and run the same forward; only the sum of the two gradients (all-reduce
-    against accumulation) may round differently. Caption dropout is off: its draws come from each
-    process's own random stream. Under FSDP the export gathers the shards."""
+    against accumulation) may round differently. Caption dropout depends on the sample, not on where it
+    lands. Under FSDP the export gathers the shards."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     extra = ["train.fsdp_layers=[LlamaDecoderLayer]"] if strategy == "fsdp" else []
     cli = ["-m", "polytok.cli", "train", *ONE_STEP, f"train.strategy={strategy}", *extra]
@@ -282,3 +282,24 @@ def test_a_dataset_of_codes_and_captions_plugs_in(tmp_path) -> None:
     assert model.text_tokenizer.decode(model.text_tokenizer.encode("item 3 of a list")) == "item 3 of a list"
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["image_loss"] > 0 and r["text_loss"] > 0 for r in rows)
+
+
+def test_every_batch_holds_both_directions_and_dropout_follows_the_sample() -> None:
+    from polytok.unified.data import MixedTaskCollate
+    from unified_helpers import random_codes, text_tokenizer, tiny_model
+
+    model = tiny_model("evotok-tiny")
+    codes = random_codes(model, 8)
+    items = [{"codes": c, "caption": "a red circle", "key": (0, i)} for i, c in enumerate(codes)]
+    collate = MixedTaskCollate(model.format, text_tokenizer(), caption_dropout=0.5, seed=3)
+    whole = collate(items)
+    assert whole["image_target"].tolist() == [True, False] * 4  # both heads trained by every batch
+
+    # a t2i row's caption length: dropped -> only <bos> <t2i> <boi> before the image
+    def prompt_lengths(batch):
+        return (batch["image_start"] - (1 - batch["attention_mask"]).sum(1)).tolist()
+
+    halves = [collate(items[:4]), collate(items[4:])]
+    assert prompt_lengths(whole) == prompt_lengths(halves[0]) + prompt_lengths(halves[1])
+    t2i = [n for n, row in zip(prompt_lengths(whole), whole["image_target"].tolist()) if row]
+    assert 3 in t2i and any(n > 3 for n in t2i)  # seed 3 drops some captions and keeps others

@@ -213,7 +213,7 @@ def train_unified(
         record: dict[str, Any] = {}
         if heldout is not None and not config.train.resume:
             record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)
-        collate = MixedTaskCollate(model.format, text, section.model.caption_dropout)
+        collate = MixedTaskCollate(model.format, text, section.model.caption_dropout, config.train.seed)
         trainer = Trainer(
             model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
         )

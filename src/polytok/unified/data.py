@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -32,12 +33,14 @@ class EncodedCaptions(Dataset):
 
     def __init__(self, images: Dataset, tokenizer: Any, *, cache: bool = True) -> None:
         self.images, self.tokenizer, self.cache = images, tokenizer, cache
+        self.epoch = 0
         self._codes: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if hasattr(self.images, "set_epoch"):
             self.images.set_epoch(epoch)
 
@@ -57,7 +60,7 @@ class EncodedCaptions(Dataset):
             codes = self.tokenizer.encode(image)[0].cpu()
             if self.cache:
                 self._codes[index] = codes
-        return {"codes": codes, "caption": caption}
+        return {"codes": codes, "caption": caption, "key": (self.epoch, index)}
 
 
 def batch_tasks(size: int) -> list[Task]:
@@ -68,20 +71,35 @@ def batch_tasks(size: int) -> list[Task]:
 class MixedTaskCollate:
     """``{"codes", "caption"}`` items -> the fields of a :class:`SequenceBatch` as a dict of tensors.
 
-    Caption dropout (text -> image rows trained on the empty caption) draws from the process's torch
-    random stream, which the engine's checkpoints restore, so a resumed run drops the same captions.
+    Caption dropout (text -> image rows trained on the empty caption): an item with a ``key`` (epoch,
+    index) is dropped by a draw from (seed, epoch, index) alone, the same whichever rank or micro-batch
+    it lands in and on resume; others draw from the process's torch random stream, which the engine's
+    checkpoints restore.
     """
 
-    def __init__(self, fmt: SequenceFormat, text: TextTokenizer, caption_dropout: float) -> None:
-        self.format, self.text, self.caption_dropout = fmt, text, caption_dropout
+    def __init__(
+        self, fmt: SequenceFormat, text: TextTokenizer, caption_dropout: float, seed: int = 0
+    ) -> None:
+        self.format, self.text, self.caption_dropout, self.seed = fmt, text, caption_dropout, seed
+
+    def _dropped(self, item: dict[str, Any]) -> bool:
+        if self.caption_dropout == 0.0:
+            return False
+        key = item.get("key")
+        if key is None:
+            return bool(torch.rand(()) < self.caption_dropout)
+        return bool(
+            np.random.default_rng([self.seed, *(int(k) for k in key)]).random() < self.caption_dropout
+        )
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         codes = torch.stack([torch.as_tensor(it["codes"], dtype=torch.long) for it in items])
-        captions = self.text.encode_batch([it["caption"] for it in items])
-        batch = self.format.training_batch(
-            codes, captions, batch_tasks(len(items)), caption_dropout=self.caption_dropout
-        )
-        return vars(batch)
+        tasks = batch_tasks(len(items))
+        captions = [
+            [] if task == "t2i" and self._dropped(it) else self.text.encode(it["caption"])
+            for it, task in zip(items, tasks)
+        ]
+        return vars(self.format.training_batch(codes, captions, tasks))
 
 
 def caption_batch(fmt: SequenceFormat, text: TextTokenizer, items: Sequence[dict[str, Any]]) -> dict:
