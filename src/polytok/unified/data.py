@@ -1,8 +1,9 @@
 """Training data of the unified model: datasets of ``{"codes", "caption"}`` items and their collation.
 
 Any map-style or streaming dataset whose items are ``{"codes": int64 (h, w, *code_shape), "caption": str}``
-trains the unified model (token shards written by ``polytok encode`` give such items). Small image datasets
-are encoded on the fly through the frozen image tokenizer by :class:`EncodedCaptions`.
+trains the unified model (token shards written by ``polytok encode`` give such items); an optional
+``"key": (epoch, index)`` makes caption dropout a function of the sample. Small image datasets are encoded
+on the fly through the frozen image tokenizer by :class:`EncodedCaptions`.
 
 :class:`MixedTaskCollate` turns a list of items into one mixed batch: even rows text -> image, odd rows
 image -> text, so every batch of two or more trains both the depth head and the LM head (under DDP every
@@ -24,7 +25,8 @@ from polytok.unified.text_tokenizer import TextTokenizer
 
 
 class EncodedCaptions(Dataset):
-    """An image dataset (items with ``image`` (3, H, W) and ``caption``) seen as ``{"codes", "caption"}``.
+    """An image dataset (items with ``image`` (3, H, W) and ``caption``) seen as ``{"codes", "caption",
+    "key"}``.
 
     Each image is encoded alone (batch 1), so its codes never depend on which samples share a batch or a
     rank. ``cache=True`` keeps the codes of each index after the first encoding: only for datasets that
