@@ -3,6 +3,8 @@
 polytok demo                                  # the main job on the built-in data
 polytok presets                               # registered presets and shipped checkpoints
 polytok train CONFIG.yaml [key=value ...]     # train (single process or under torchrun)
+polytok generate MODEL "PROMPT" ... --out-dir DIR   # unified model: images from text (PNG + JSON lines)
+polytok caption MODEL IMAGE ...                # unified model: one JSON line per image
 polytok eval MODEL --data shapes --report out/report.html
 polytok encode MODEL DATA --out tokens/       # a dataset to tar shards of tokens (also under torchrun)
 polytok encode MODEL DATA --out tokens.npz    # ... or to .npz token files
@@ -39,9 +41,36 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from polytok.recipes.run import load_run_config, train_tokenizer
+    from polytok.recipes.run import train_from_file
 
-    train_tokenizer(load_run_config(args.config, args.overrides))
+    train_from_file(args.config, args.overrides)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from polytok.recipes.unified_run import load_unified
+    from polytok.recipes.unified_sample import generate_files
+
+    model, tok = load_unified(args.model)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    for record in generate_files(
+        model, tok, args.prompts, args.out_dir, num_samples=args.num_samples, seed=args.seed,
+        guidance_scale=args.cfg, batch_size=args.batch_size, **options,
+    ):  # fmt: skip
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from polytok.recipes.unified_run import load_unified
+    from polytok.recipes.unified_sample import caption_files
+
+    model, tok = load_unified(args.model)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for record in caption_files(
+        model, tok, args.images, max_new_tokens=args.max_tokens, batch_size=args.batch_size, **options
+    ):
+        print(json.dumps(record), flush=True)
     return 0
 
 
@@ -277,6 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config file, e.g. configs/unitok-tiny.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 data.name=photos")
     p.set_defaults(func=_cmd_train)
+
+    for name, text in (("generate", "images from prompts"), ("caption", "captions of image files")):
+        p = add_parser(name, help=f"unified model: {text}, one JSON line per image")
+        p.add_argument("model", help="unified model: a folder (<out_dir>/model of a run) or shipped name")
+        if name == "generate":
+            p.add_argument("prompts", nargs="+", metavar="PROMPT")
+            p.add_argument("--num-samples", type=positive_int, default=1, help="images per prompt")
+            p.add_argument("--cfg", type=float, default=3.0, help="guidance scale (1: no guidance)")
+            p.add_argument("--out-dir", default="generated")
+        else:
+            p.add_argument("images", nargs="+", metavar="IMAGE")
+            p.add_argument("--max-tokens", type=positive_int, default=32)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--temperature", type=float, default=1.0 if name == "generate" else 0.0)
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--batch-size", type=positive_int, default=8)
+        p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_caption)
 
     p = add_parser("eval", help="measure a tokenizer and write the HTML report")
     _add_model_args(p)

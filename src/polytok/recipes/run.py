@@ -65,6 +65,17 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | tuple
     return from_dict(RunConfig, load_yaml_with_overrides(path, list(overrides)))
 
 
+def train_from_file(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
+    """``polytok train``: a config with a ``unified`` section trains the unified model
+    (:mod:`polytok.recipes.unified_run`), any other trains a tokenizer. Returns the trained model."""
+    data = load_yaml_with_overrides(path, list(overrides))
+    if "unified" in data:
+        from polytok.recipes.unified_run import UnifiedRunConfig, train_unified
+
+        return train_unified(from_dict(UnifiedRunConfig, data))
+    return train_tokenizer(from_dict(RunConfig, data))
+
+
 def build_tokenizer(section: ModelSection):
     from polytok.models.tokenizer import Tokenizer
 

@@ -1,0 +1,322 @@
+"""Training the unified model from one config file, on the engine the tokenizers train on.
+
+    polytok train configs/unified-evotok-tiny.yaml train.max_steps=200
+
+A unified run config has a ``unified`` section instead of ``model``/``loss`` (``polytok train`` tells the
+two apart by it); ``data`` and ``train`` are the tokenizer recipe's sections::
+
+    unified:
+      tokenizer: evotok-tiny          # the frozen image tokenizer: a shipped name or a save_pretrained folder
+      text_tokenizer: null            # a tokenizer file or folder; null: BPE trained on the captions
+      model: {backbone: {model_type: llama, hidden_size: 64, ...}, depth_layers: 2, caption_dropout: 0.1}
+      heldout_samples: 64             # caption loss on the held-out split before and after training
+    data:  {name: shapes, image_size: 32}
+    train: {max_steps: 300, batch_size: 16, out_dir: runs/unified-evotok-tiny}
+
+Every batch holds both directions (text -> image and image -> text rows, see
+:mod:`polytok.unified.data`). The run writes ``run.yaml``, ``text_tokenizer.json`` (so that a resumed run
+reads the same vocabulary), the engine's checkpoints, ``heldout.json`` and, at the end,
+``<out_dir>/model``: the unified model (``save_pretrained``) with its image tokenizer in
+``model/image_tokenizer``, ready for ``polytok generate`` and ``polytok caption``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.data import Dataset
+
+from polytok.config import REQUIRED, from_dict, load_yaml_with_overrides
+from polytok.recipes.run import DataSection, build_training_dataset, write_run_record
+from polytok.recipes.unified_objective import UnifiedObjective
+from polytok.train import TrainConfig, Trainer
+from polytok.train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from polytok.train.trainer import Callback
+from polytok.unified.config import UnifiedConfig
+from polytok.unified.data import EncodedCaptions, MixedTaskCollate, caption_batch
+from polytok.unified.model import META_NAME, UnifiedModel
+from polytok.unified.text_tokenizer import FILE_NAME as TEXT_FILE
+from polytok.unified.text_tokenizer import TextTokenizer, train_text_tokenizer
+
+IMAGE_TOKENIZER_DIR = "image_tokenizer"
+
+
+@dataclass
+class UnifiedSection:
+    """The unified model, its frozen image tokenizer and its text tokenizer.
+
+    ``tokenizer``: a shipped checkpoint name or a ``save_pretrained`` folder (``allow_untrained``: a fresh
+    preset by name, for tests). ``text_tokenizer``: a tokenizer file or folder, or None to train a
+    byte-level BPE of ``model.text_vocab_size`` on the captions of the first ``text_captions`` training
+    samples. ``cache_codes``: keep each sample's codes after its first encoding (datasets that give the
+    same image for an index every epoch). ``heldout_samples``: image -> text loss on that many samples
+    of ``heldout_split`` before and after training (0: skipped).
+    """
+
+    tokenizer: str = field(default="evotok-tiny", metadata=REQUIRED)
+    allow_untrained: bool = False
+    text_tokenizer: str | None = None
+    text_captions: int = 4096
+    model: UnifiedConfig = field(default_factory=UnifiedConfig)
+    cache_codes: bool = True
+    heldout_split: str = "val"
+    heldout_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.text_captions < 1 or self.heldout_samples < 0:
+            raise ValueError("text_captions must be >= 1 and heldout_samples >= 0")
+
+
+@dataclass
+class UnifiedRunConfig:
+    unified: UnifiedSection = field(default_factory=UnifiedSection)
+    data: DataSection = field(default_factory=lambda: DataSection(name="shapes", image_size=32))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export_dir: str | None = None  # save_pretrained here after training (default: <out_dir>/model)
+
+    def __post_init__(self) -> None:
+        if self.train.batch_size < 2:
+            raise ValueError(
+                "train.batch_size must be >= 2: every batch holds both directions (text -> image and "
+                "image -> text), so that every parameter is trained at every step"
+            )
+
+
+def load_unified_run_config(
+    path: str | os.PathLike | None, overrides: Sequence[str] = ()
+) -> UnifiedRunConfig:
+    return from_dict(UnifiedRunConfig, load_yaml_with_overrides(path, list(overrides)))
+
+
+# -- building blocks ------------------------------------------------------------------------------------
+
+
+def load_image_tokenizer(name_or_path: str, allow_untrained: bool = False):
+    """The frozen image tokenizer (eval mode, no gradients)."""
+    from polytok.hub import load_tokenizer
+
+    tok = load_tokenizer(name_or_path, allow_untrained=allow_untrained).eval()
+    tok.requires_grad_(False)
+    return tok
+
+
+def training_captions(dataset, count: int) -> Iterator[str]:
+    """Captions of the first ``count`` samples of a dataset (map-style or a stream) of captioned items."""
+    if hasattr(dataset, "caption"):  # no need to encode the images
+        yield from (dataset.caption(i) for i in range(min(count, len(dataset))))
+        return
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        items: Iterable = (dataset[i] for i in range(min(count, len(dataset))))
+    else:
+        items = itertools.islice(dataset, count)
+    for item in items:
+        yield item["caption"]
+
+
+def text_tokenizer_for_run(section: UnifiedSection, dataset, out_dir: Path, resume: bool) -> TextTokenizer:
+    """The run's text tokenizer: loaded by path, the one a resumed run saved, or trained on captions."""
+    if section.text_tokenizer is not None:
+        return TextTokenizer.load(section.text_tokenizer)
+    saved = out_dir / TEXT_FILE
+    if resume and saved.is_file():
+        return TextTokenizer.load(saved)
+    return train_text_tokenizer(
+        training_captions(dataset, section.text_captions), section.model.text_vocab_size
+    )
+
+
+def image_grid(tokenizer: Any, image_size: int) -> tuple[int, int]:
+    if image_size % tokenizer.stride:
+        raise ValueError(
+            f"data.image_size {image_size} is not a multiple of the tokenizer's stride {tokenizer.stride}"
+        )
+    return (image_size // tokenizer.stride, image_size // tokenizer.stride)
+
+
+@torch.no_grad()
+def heldout_caption_loss(model: UnifiedModel, dataset, batch_size: int) -> float:
+    """Mean image -> text cross-entropy (per caption token) over ``dataset``'s ``{"codes", "caption"}``."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = caption_batch(model.format, model.text_tokenizer, items)
+        out = model(_sequence_batch(batch, model.device))
+        total += float(out.text_loss) * out.text_targets
+        tokens += out.text_targets
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _sequence_batch(fields: dict, device: torch.device):
+    from polytok.unified.sequence import SequenceBatch
+
+    return SequenceBatch(**fields).to(device)
+
+
+def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any):
+    from polytok.data import build_dataset
+
+    if not config.unified.heldout_samples:
+        return None
+    data = config.data
+    images = build_dataset(
+        data.name.split("+")[0],
+        split=config.unified.heldout_split,
+        image_size=data.image_size,
+        **data.options,
+    )
+    count = min(config.unified.heldout_samples, len(images))
+    return EncodedCaptions(torch.utils.data.Subset(images, range(count)), tokenizer)
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def train_unified(
+    config: UnifiedRunConfig, callbacks: Iterable[Callback] = (), dataset: Dataset | None = None
+) -> UnifiedModel:
+    """Train the unified model described by ``config``; returns it (the exported model on rank 0).
+
+    Works as a single process or under torchrun (DDP/FSDP) unchanged; ``train.resume`` continues exactly.
+    ``callbacks`` go to the :class:`Trainer` (called after every step). ``dataset``: ``{"codes",
+    "caption"}`` items of the configured tokenizer at ``data.image_size`` (token shards; map-style or a
+    stream that splits itself over ranks); by default the ``data`` section's images, encoded on the fly.
+    """
+    section, out_dir = config.unified, Path(config.train.out_dir)
+    info = setup_distributed(config.train)  # joined first: rank 0 trains the text tokenizer for all
+    trainer = None
+    try:
+        tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
+        if dataset is None:
+            images = build_training_dataset(config.data)
+            dataset = EncodedCaptions(images, tokenizer, cache=section.cache_codes)
+        text = _shared_text_tokenizer(section, dataset, out_dir, config.train.resume, info)
+        grid = image_grid(tokenizer, config.data.image_size)
+
+        def build() -> UnifiedModel:
+            torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+            return UnifiedModel.from_tokenizer(tokenizer, text, section.model, grid=grid)
+
+        model = build().to(info.device)  # the held-out loss before training runs where training will
+        heldout = _heldout_dataset(config, tokenizer) if info.is_main else None
+        record: dict[str, Any] = {}
+        if heldout is not None and not config.train.resume:
+            record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)
+        collate = MixedTaskCollate(model.format, text, section.model.caption_dropout, config.train.seed)
+        trainer = Trainer(
+            model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
+        )
+        if info.is_main:
+            write_run_record(config, trainer.precision, out_dir / "run.yaml")
+            text.save(out_dir)
+        trainer.fit()
+        if trainer.ema is not None:
+            trainer.ema.copy_to(trainer.raw_model)
+        final = _plain_model(trainer, build)  # collective under FSDP
+        if final is not None:
+            if heldout is not None:
+                record.update(samples=len(heldout), split=section.heldout_split, step=trainer.step)
+                record["loss_after"] = heldout_caption_loss(final, heldout, config.train.batch_size)
+                _write_json(out_dir / "heldout.json", record)
+            export = Path(config.export_dir or out_dir / "model")
+            final.save_pretrained(export)
+            tokenizer.save_pretrained(export / IMAGE_TOKENIZER_DIR)
+            model = final
+    finally:
+        if trainer is not None:
+            trainer.close()
+        cleanup_distributed(info)
+    return model
+
+
+def _shared_text_tokenizer(
+    section: UnifiedSection, dataset, out_dir: Path, resume: bool, info: DistInfo
+) -> TextTokenizer:
+    """The run's text tokenizer, made on rank 0 and sent to the others (one vocabulary, whatever the
+    training library's ordering of equal merges)."""
+    from tokenizers import Tokenizer as Backend
+
+    if section.text_tokenizer is not None:
+        return TextTokenizer.load(section.text_tokenizer)
+    payload = (
+        [text_tokenizer_for_run(section, dataset, out_dir, resume).backend.to_str()]
+        if info.is_main
+        else [None]
+    )
+    if info.distributed:
+        dist.broadcast_object_list(payload, src=0)
+    return TextTokenizer(Backend.from_str(payload[0]))
+
+
+def _plain_model(trainer: Trainer, build) -> UnifiedModel | None:
+    """The trained model as a plain module on rank 0 (None elsewhere): FSDP's shards gathered into a
+    fresh copy; otherwise the model itself."""
+    if trainer.strategy != "fsdp":
+        return trainer.raw_model if trainer.dist.is_main else None
+    full = get_model_state_dict(
+        trainer.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if not trainer.dist.is_main:
+        return None
+    model = build()
+    model.load_state_dict(full)
+    return model
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# -- loading a trained model ----------------------------------------------------------------------------
+
+
+def list_shipped_unified() -> list[str]:
+    """Names of the unified models shipped inside the package (folders holding ``unified.json``)."""
+    from polytok.hub import SHIPPED_DIR
+
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / META_NAME).is_file())
+
+
+def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple[UnifiedModel, Any]:
+    """A trained unified model (a ``save_pretrained`` folder or a shipped name) and its image tokenizer.
+
+    The image tokenizer is the one saved beside the model (``image_tokenizer/``), else the shipped
+    checkpoint of the recorded name; either way it must be the one the model was trained on.
+    """
+    from polytok.hub import SHIPPED_DIR, load_tokenizer
+
+    path = Path(name_or_path)
+    if not path.is_dir():
+        shipped = list_shipped_unified()
+        if str(name_or_path) not in shipped:
+            raise FileNotFoundError(
+                f"no unified model {str(name_or_path)!r}: not a folder holding {META_NAME} (written by "
+                f"'polytok train' into <out_dir>/model), nor a shipped unified model {shipped}"
+            )
+        path = SHIPPED_DIR / str(name_or_path)
+    model = UnifiedModel.from_pretrained(path, map_location=device).eval()
+    beside = path / IMAGE_TOKENIZER_DIR
+    if beside.is_dir():
+        tokenizer = load_tokenizer(beside)
+    else:
+        if model.tokenizer_id is None:
+            raise ValueError(f"{path} records no image tokenizer and holds none in {IMAGE_TOKENIZER_DIR}/")
+        tokenizer = load_tokenizer(model.tokenizer_id["name"])
+    tokenizer = tokenizer.eval().to(device)
+    model.check_tokenizer(tokenizer)
+    return model, tokenizer

@@ -1,0 +1,95 @@
+"""Images from prompts and captions from image files with a trained unified model (``polytok generate``,
+``polytok caption``); each yields one record per image, the JSON line the command prints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from polytok.unified.model import UnifiedModel
+from polytok.unified.sampling import generate_captions, generate_image_codes
+
+
+def generate_files(
+    model: UnifiedModel,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    num_samples: int = 1,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+) -> Iterator[dict[str, Any]]:
+    """``num_samples`` PNG files per prompt in ``out_dir`` (``<prompt>_<sample>.png``, both 0-based).
+
+    The samples of one prompt are drawn in batches of ``batch_size``, batch j with seed ``seed + j``: the
+    same arguments give the same files. Yields ``{"prompt", "sample", "path"}`` per image.
+    """
+    from polytok.image_io import save_images
+
+    if not prompts:
+        raise ValueError("no prompt given")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    model.check_tokenizer(tokenizer)
+    out = Path(out_dir)
+    for p, prompt in enumerate(prompts):
+        for j, start in enumerate(range(0, num_samples, batch_size)):
+            count = min(batch_size, num_samples - start)
+            codes = generate_image_codes(
+                model,
+                [prompt] * count,
+                guidance_scale=guidance_scale,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed + j,
+            )
+            names = [out / f"{p:03d}_{start + i:03d}.png" for i in range(count)]
+            paths = save_images(model.decode_images(codes, tokenizer), names)
+            for i, path in enumerate(paths):
+                yield {"prompt": prompt, "sample": start + i, "path": str(path)}
+
+
+def caption_files(
+    model: UnifiedModel,
+    tokenizer: Any,
+    images: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Iterator[dict[str, str]]:
+    """Captions of image files, read at the model's resolution (grid x tokenizer stride); greedy by default.
+
+    Yields ``{"image", "caption"}`` per image.
+    """
+    from polytok.image_io import load_images
+
+    model.check_tokenizer(tokenizer)
+    h, w = model.layout.grid
+    if h != w:
+        raise ValueError(f"captioning reads square images; this model's grid is {h} x {w}")
+    size = h * tokenizer.stride
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start : start + batch_size])
+        codes = tokenizer.encode(load_images(chunk, size).to(tokenizer.device))
+        captions = generate_captions(
+            model,
+            codes.to(model.device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        for image, caption in zip(chunk, captions):
+            yield {"image": image, "caption": caption}

@@ -1,0 +1,111 @@
+"""Training data of the unified model: datasets of ``{"codes", "caption"}`` items and their collation.
+
+Any map-style or streaming dataset whose items are ``{"codes": int64 (h, w, *code_shape), "caption": str}``
+trains the unified model (token shards written by ``polytok encode`` give such items); an optional
+``"key": (epoch, index)`` makes caption dropout a function of the sample. Small image datasets are encoded
+on the fly through the frozen image tokenizer by :class:`EncodedCaptions`.
+
+:class:`MixedTaskCollate` turns a list of items into one mixed batch: even rows text -> image, odd rows
+image -> text, so every batch of two or more trains both the depth head and the LM head (under DDP every
+parameter then gets a gradient every step and no rank waits for one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from polytok.unified.sequence import SequenceFormat, Task
+from polytok.unified.text_tokenizer import TextTokenizer
+
+
+class EncodedCaptions(Dataset):
+    """An image dataset (items with ``image`` (3, H, W) and ``caption``) seen as ``{"codes", "caption",
+    "key"}``.
+
+    Each image is encoded alone (batch 1), so its codes never depend on which samples share a batch or a
+    rank. ``cache=True`` keeps the codes of each index after the first encoding: only for datasets that
+    give the same image for an index every epoch (``shapes`` does; random crops do not).
+    """
+
+    def __init__(self, images: Dataset, tokenizer: Any, *, cache: bool = True) -> None:
+        self.images, self.tokenizer, self.cache = images, tokenizer, cache
+        self.epoch = 0
+        self._codes: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.images, "set_epoch"):
+            self.images.set_epoch(epoch)
+
+    def caption(self, index: int) -> str:
+        """The caption of sample ``index`` without encoding its image."""
+        return self.images[index]["caption"]
+
+    @torch.no_grad()
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.images[index]
+        caption = item.get("caption")
+        if not isinstance(caption, str):
+            raise ValueError(f"sample {index} has no caption: the unified model trains on captioned images")
+        codes = self._codes.get(index)
+        if codes is None:
+            image = item["image"][None].to(self.tokenizer.device)
+            codes = self.tokenizer.encode(image)[0].cpu()
+            if self.cache:
+                self._codes[index] = codes
+        return {"codes": codes, "caption": caption, "key": (self.epoch, index)}
+
+
+def batch_tasks(size: int) -> list[Task]:
+    """Tasks of a batch's rows: text -> image on even rows, image -> text on odd rows."""
+    return ["t2i" if row % 2 == 0 else "i2t" for row in range(size)]
+
+
+class MixedTaskCollate:
+    """``{"codes", "caption"}`` items -> the fields of a :class:`SequenceBatch` as a dict of tensors.
+
+    Caption dropout (text -> image rows trained on the empty caption): an item with a ``key`` (epoch,
+    index) is dropped by a draw from (seed, epoch, index) alone, the same whichever rank or micro-batch
+    it lands in and on resume; others draw from the process's torch random stream, which the engine's
+    checkpoints restore.
+    """
+
+    def __init__(
+        self, fmt: SequenceFormat, text: TextTokenizer, caption_dropout: float, seed: int = 0
+    ) -> None:
+        self.format, self.text, self.caption_dropout, self.seed = fmt, text, caption_dropout, seed
+
+    def _dropped(self, item: dict[str, Any]) -> bool:
+        if self.caption_dropout == 0.0:
+            return False
+        key = item.get("key")
+        if key is None:
+            return bool(torch.rand(()) < self.caption_dropout)
+        return bool(
+            np.random.default_rng([self.seed, *(int(k) for k in key)]).random() < self.caption_dropout
+        )
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        codes = torch.stack([torch.as_tensor(it["codes"], dtype=torch.long) for it in items])
+        tasks = batch_tasks(len(items))
+        captions = [
+            [] if task == "t2i" and self._dropped(it) else self.text.encode(it["caption"])
+            for it, task in zip(items, tasks)
+        ]
+        return vars(self.format.training_batch(codes, captions, tasks))
+
+
+def caption_batch(fmt: SequenceFormat, text: TextTokenizer, items: Sequence[dict[str, Any]]) -> dict:
+    """Image -> text rows only (held-out caption loss): the fields of a :class:`SequenceBatch`."""
+    codes = fmt.layout.to_levels(torch.stack([torch.as_tensor(it["codes"]) for it in items]))
+    rows = [fmt.image_to_text(c, text.encode(it["caption"])) for c, it in zip(codes, items)]
+    return vars(fmt.collate(rows))
