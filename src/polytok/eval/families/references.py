@@ -77,12 +77,15 @@ def bicubic_at_bits(image: Tensor, bits: float) -> tuple[Tensor, int]:
 
 
 class CodecReferences:
-    """PSNR and SSIM of JPEG and bicubic references at the tokenizer's pixel bits."""
+    """PSNR and SSIM of JPEG and bicubic references at the tokenizer's pixel bits.
+
+    The budget of a batch is known once its deepest decoded prefix was measured: the references of a
+    batch are made at the next batch's ``prepare`` or at ``compute``."""
 
     reads = "pixels"
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, codebook_size: int) -> None:
+        self.bits_per_code = math.log2(codebook_size)
         self.skipped: dict[str, str] = {}
         self._psnr = {name: PSNR() for name in REFERENCES}
         self._ssim = {name: SSIM() for name in REFERENCES}
@@ -90,11 +93,14 @@ class CodecReferences:
         self._budget = 0.0
         self._images = 0
         self._deepest = 0
+        self._pending: Tensor | None = None
+        self._pending_codes = 0
 
-    def prepare(self, batch: RealBatch) -> None:
-        originals = batch.images.float().cpu().clamp(0, 1)
-        h, w = originals.shape[-2:]
-        self._budget = pixel_bits_per_image(self.tokenizer, h, w)
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        originals, self._pending = self._pending, None
+        self._budget = self._pending_codes * self.bits_per_code
         for name, codec in (("JPEG", jpeg_at_bits), ("bicubic", bicubic_at_bits)):
             pairs = [codec(image, self._budget) for image in originals]
             decoded = torch.stack([p[0] for p in pairs])
@@ -103,10 +109,18 @@ class CodecReferences:
             self._ssim[name].update(decoded, originals)
         self._images += originals.shape[0]
 
+    def prepare(self, batch: RealBatch) -> None:
+        self._flush()
+        self._pending = batch.images.float().cpu().clamp(0, 1)
+        self._pending_codes = 0
+
     def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
-        self._deepest = max(self._deepest, depth.levels)
+        if depth.levels >= self._deepest:
+            self._deepest = depth.levels
+            self._pending_codes = depth.codes[0].numel()  # codes of one image the decoder read
 
     def compute(self) -> list[DepthResult]:
+        self._flush()
         if not self._images:
             return []
         figures = {}
@@ -126,4 +140,4 @@ class CodecReferences:
 def build(
     tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
 ) -> CodecReferences | None:
-    return CodecReferences(tokenizer) if options.codec_references else None
+    return CodecReferences(int(tokenizer.quantizer.codebook_size)) if options.codec_references else None
