@@ -243,9 +243,9 @@ class LevelledQuantizer(nn.Module):
         # and enter the same codebook collectives.
         g = torch.Generator().manual_seed(self.seed * 7_777 + int(self._dropout_steps))
         self._dropout_steps += 1
-        if float(torch.rand((), generator=g)) >= self.quantize_dropout:
+        if float(torch.rand((), generator=g, device="cpu")) >= self.quantize_dropout:
             return self.num_levels
-        return int(torch.randint(1, self.num_levels + 1, (), generator=g))
+        return int(torch.randint(1, self.num_levels + 1, (), generator=g, device="cpu"))
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z`` (B, N, D) -> :class:`QuantizerOutput`. Distances always in fp32."""
@@ -292,7 +292,7 @@ class LevelledQuantizer(nn.Module):
             loss = (self.beta * commit + codebook_loss) / depth + self.entropy_weight * ent / depth
             stats = self._update_codebooks(matched) if update else {}
             if self.training:
-                stats["skipped_update"] = torch.tensor(0.0 if update else 1.0)
+                stats["skipped_update"] = torch.tensor(0.0 if update else 1.0, device=x.device)
             indices = torch.stack(all_idx, dim=1)  # (M, depth, C)
             if depth < self.num_levels:
                 pad = indices.new_full((b * n, self.num_levels - depth, self.num_codebooks), -1)

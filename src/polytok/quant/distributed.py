@@ -56,7 +56,7 @@ def sample_global_rows(x: Tensor, count: int, generator: torch.Generator, enable
     """
     groups, local_rows, d = x.shape
     offset, total = _global_offsets(local_rows, x.device, enabled)
-    picks = torch.randint(total, (groups, count), generator=generator).to(x.device)
+    picks = torch.randint(total, (groups, count), generator=generator, device="cpu").to(x.device)
     out = torch.zeros(groups, count, d, dtype=torch.float32, device=x.device)
     mine = (picks >= offset) & (picks < offset + local_rows)
     if local_rows > 0:

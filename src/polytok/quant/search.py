@@ -33,8 +33,8 @@ def _nearest_tiled(x: Tensor, codes_t: Tensor, bias: Tensor | None, out: Tensor,
     cols = min(k, max(1, buffer_bytes // (4 * rows)))
     scores = x.new_empty(rows, cols)
     vals, best = x.new_empty(rows), x.new_empty(rows)
-    idx, best_idx = torch.empty(rows, dtype=torch.long), torch.empty(rows, dtype=torch.long)
-    better = torch.empty(rows, dtype=torch.bool)
+    idx, best_idx = x.new_empty(rows, dtype=torch.long), x.new_empty(rows, dtype=torch.long)
+    better = x.new_empty(rows, dtype=torch.bool)
     # (cols, d) row blocks of the (K, d) codebook, used transposed: contiguous memory, no copies.
     blocks = [
         (c0, codes_t[:, c0 : c0 + cols], None if bias is None else bias[c0 : c0 + cols])
