@@ -123,3 +123,28 @@ def test_search_allocates_nothing_on_the_host(groups: int) -> None:
     with torch.device("meta"):
         got = nearest_codes(x, codes, buffer_bytes=4 * 256 * 64)
     assert torch.equal(got, chosen)
+
+
+# -- several threads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def thread_count():
+    """Set torch's thread count for one test (the suite runs single-threaded), restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_tiles_shared_among_threads_match_brute_force(thread_count, threads: int, groups: int) -> None:
+    thread_count(threads)
+    g = torch.Generator().manual_seed(8)
+    # 20000 rows: several row blocks of per-tile maxima for one codebook; small buffers: many tiles.
+    x = torch.randn(groups, 20000, 16, generator=g).requires_grad_(True)  # grad mode is per thread
+    codes = torch.randn(groups, 300, 16, generator=g)
+    for buffer_bytes in (None, 4 * 256 * 64):
+        got = nearest_codes(x, codes, buffer_bytes=buffer_bytes)
+        assert torch.equal(got, nearest_codes_reference(x.detach(), codes))
+        assert torch.get_num_threads() == threads  # the caller's thread count is left as it was
