@@ -15,12 +15,12 @@ thread. With a shared counter a thread whose core is busy simply takes fewer til
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import itertools
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -55,37 +55,76 @@ def _per_thread_counts() -> bool:
 
 
 def _run_tiles(tile: Callable[[int, int], None], count: int, workers: int) -> None:
-    """Call ``tile(t, worker)`` for every t in [0, count) on ``workers`` threads (the caller's included).
+    """Call ``tile(t, worker)`` for every t in [0, count) on up to ``workers`` threads, the caller's included.
 
-    ``worker`` numbers the thread (its private buffers). Each thread runs torch single-threaded while it
-    works and the caller's thread count is restored at the end.
+    ``worker`` numbers the thread (its private buffers). A thread takes the next tile when it is done with
+    one, and runs torch single-threaded once it holds one (the caller already does: see
+    ``_single_threaded``). The caller waits only for tiles that were taken: a helper thread that is slow to
+    be scheduled (its core busy) finds the tiles gone and does nothing.
     """
     workers = min(workers, count)
     if workers <= 1:
         for t in range(count):
             tile(t, 0)
         return
-    counter, lock = itertools.count(), threading.Lock()
+    lock = threading.Lock()
+    all_done = threading.Condition(lock)
+    state = {"taken": 0, "finished": 0}
+    errors: list[BaseException] = []
 
-    def next_tile() -> int:
+    def take() -> int | None:
         with lock:
-            return next(counter)
+            if state["taken"] >= count:
+                return None
+            state["taken"] += 1
+            return state["taken"] - 1
 
     def drain(worker: int) -> None:
+        t = take()
+        if t is None:
+            return
         torch.set_num_threads(1)
         with torch.no_grad():  # grad mode is per thread
-            while (t := next_tile()) < count:
-                tile(t, worker)
+            while t is not None:
+                try:
+                    tile(t, worker)
+                except BaseException as error:  # handed to the caller; no further tiles are handed out
+                    errors.append(error)
+                    with lock:
+                        state["taken"] = count
+                with lock:
+                    state["finished"] += 1
+                    all_done.notify_all()
+                t = take()
 
-    threads = torch.get_num_threads()
-    futures = [_thread_pool(workers - 1).submit(drain, w) for w in range(1, workers)]
+    pool = _thread_pool(workers - 1)
+    for worker in range(1, workers):
+        pool.submit(drain, worker)
     try:
         drain(0)
     finally:
-        wait(futures)
+        with lock:
+            all_done.wait_for(lambda: state["finished"] == state["taken"])
+    if errors:
+        raise errors[0]
+
+
+@contextlib.contextmanager
+def _single_threaded(enabled: bool) -> Iterator[None]:
+    """torch single-threaded on the calling thread for the duration, its thread count restored after.
+
+    Used while the search runs on several threads: any multi-threaded op left inside it (the code norms,
+    the merge of the tiles' maxima) would again wait on a thread team.
+    """
+    if not enabled:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
         torch.set_num_threads(threads)
-    for future in futures:
-        future.result()  # re-raise a worker's error
 
 
 def _workers(x: Tensor) -> int:
@@ -195,18 +234,20 @@ def nearest_codes(
         )
     if buffer_bytes is None:
         buffer_bytes = DEFAULT_BUFFER_BYTES if groups == 1 else GROUPED_BUFFER_BYTES
-    x = x.float()
-    codes_t = codebooks.float().transpose(1, 2)  # (G, d, K)
-    out = torch.empty(groups, n, dtype=torch.long, device=x.device)
-    if n == 0:
-        return out
-    bias = None if cosine else codebooks.float().pow(2).sum(-1) * -0.5  # (G, K)
-    if groups == 1:
-        _nearest_one_codebook(
-            x[0], codes_t[0], None if bias is None else bias[0], out[0], buffer_bytes, _workers(x)
-        )
-    else:
-        _nearest_grouped(x, codes_t, bias, out, buffer_bytes, _workers(x))
+    workers = _workers(x)
+    with _single_threaded(workers > 1):
+        x = x.float()
+        codes_t = codebooks.float().transpose(1, 2)  # (G, d, K)
+        out = torch.empty(groups, n, dtype=torch.long, device=x.device)
+        if n == 0:
+            return out
+        bias = None if cosine else codebooks.float().pow(2).sum(-1) * -0.5  # (G, K)
+        if groups == 1:
+            _nearest_one_codebook(
+                x[0], codes_t[0], None if bias is None else bias[0], out[0], buffer_bytes, workers
+            )
+        else:
+            _nearest_grouped(x, codes_t, bias, out, buffer_bytes, workers)
     return out
 
 
