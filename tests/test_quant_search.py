@@ -148,3 +148,20 @@ def test_tiles_shared_among_threads_match_brute_force(thread_count, threads: int
         got = nearest_codes(x, codes, buffer_bytes=buffer_bytes)
         assert torch.equal(got, nearest_codes_reference(x.detach(), codes))
         assert torch.get_num_threads() == threads  # the caller's thread count is left as it was
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_ties_go_to_the_lowest_index_across_tiles(thread_count, threads: int, groups: int) -> None:
+    """Small integer vectors: every score is exact in fp32, so ties are exact and many."""
+    thread_count(threads)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-1, 2, (groups, 600, 4), generator=g).float()
+    codes = torch.randint(-1, 2, (groups, 300, 4), generator=g).float()
+    scores = (
+        torch.einsum("gnd,gkd->gnk", x.double(), codes.double()) - codes.double().pow(2).sum(-1)[:, None] / 2
+    )
+    expected = scores.argmax(-1)  # the first of equal maxima
+    assert ((scores == scores.max(-1, keepdim=True).values).sum(-1) > 1).float().mean() > 0.5  # many ties
+    for buffer_bytes in (None, 4 * 64 * 16):
+        assert torch.equal(nearest_codes(x, codes, buffer_bytes=buffer_bytes), expected)
