@@ -165,3 +165,32 @@ def test_ties_go_to_the_lowest_index_across_tiles(thread_count, threads: int, gr
     assert ((scores == scores.max(-1, keepdim=True).values).sum(-1) > 1).float().mean() > 0.5  # many ties
     for buffer_bytes in (None, 4 * 64 * 16):
         assert torch.equal(nearest_codes(x, codes, buffer_bytes=buffer_bytes), expected)
+
+
+def test_a_failing_tile_is_raised_to_the_caller(thread_count) -> None:
+    """The caller gets the error once every tile taken is finished, and does not wait for the others."""
+    import threading
+
+    from polytok.quant.search import _run_tiles
+
+    thread_count(3)
+    done: list[int] = []
+    outcome: list[BaseException | None] = []
+
+    def tile(t: int, worker: int) -> None:
+        if t == 7:
+            raise ArithmeticError("tile 7")
+        done.append(t)
+
+    def call() -> None:
+        try:
+            _run_tiles(tile, 500, 3)
+            outcome.append(None)
+        except ArithmeticError as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "the caller hung"
+    assert isinstance(outcome[0], ArithmeticError) and 7 not in done

@@ -74,7 +74,7 @@ def _run_tiles(tile: Callable[[int, int], None], count: int, workers: int) -> No
 
     def take() -> int | None:
         with lock:
-            if state["taken"] >= count:
+            if state["taken"] >= count or errors:
                 return None
             state["taken"] += 1
             return state["taken"] - 1
@@ -89,9 +89,8 @@ def _run_tiles(tile: Callable[[int, int], None], count: int, workers: int) -> No
                 try:
                     tile(t, worker)
                 except BaseException as error:  # handed to the caller; no further tiles are handed out
-                    errors.append(error)
                     with lock:
-                        state["taken"] = count
+                        errors.append(error)
                 with lock:
                     state["finished"] += 1
                     all_done.notify_all()
