@@ -1,30 +1,39 @@
 """Quantizer speed and memory, side by side with vector-quantize-pytorch, in one run.
 
-    python benchmarks/quantizers.py            # full shapes (about a minute on 2 cores)
+    python benchmarks/quantizers.py            # full shapes (a few minutes on 2 cores)
     python benchmarks/quantizers.py --quick    # small shapes, a smoke run
 
 Every row runs both libraries on the same inputs with the same codebooks (copied into
 vector-quantize-pytorch), fp32, with the thread count fixed, and checks that the chosen indices equal a
-float64 brute-force reference. Times are the best of several calls; reported as ratios measured in
-this run, not absolute times.
+float64 brute-force reference. Both libraries are timed alike: the best of the same number of calls
+after one warm-up; reported as ratios measured in this run, not absolute times.
+
+The "beside a busy process" rows repeat the EvoTok eval with and without a competing process (a
+Python busy loop, like a data-loader worker holding a core), alternating, and report the slow-down
+each library suffers and the speed-up under load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import platform
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from polytok.quant import MultiCodebookQuantizer, ResidualQuantizer, nearest_codes_reference
 
+REPEATS = 3  # calls timed per measurement, the same for both libraries
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
+
+def timed(fn: Callable[[], object], repeats: int = REPEATS) -> float:
     """Best of ``repeats`` calls after a warm-up: the least disturbed run on a shared machine."""
     fn()  # warm-up
     best = float("inf")
@@ -40,6 +49,27 @@ def matmul_gflops(size: int = 2048) -> float:
     return 2 * size**3 / timed(lambda: a @ b, 10) / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def busy_process() -> Iterator[None]:
+    """A competing process spinning on one core for the duration (the scheduler places it)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it start spinning
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def residual_reference(z: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tensor:
     """Residual quantization by float64 brute force: (N, D) -> (N, L)."""
     residual = z.double()
@@ -51,7 +81,8 @@ def residual_reference(z: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.
     return torch.stack(out, -1)
 
 
-def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float) -> list[dict]:
+def evotok_pair(levels: int, size: int, dim: int) -> tuple:
+    """polytok's and vector-quantize-pytorch's residual quantizers with the same codebooks."""
     from vector_quantize_pytorch import ResidualVQ
 
     torch.manual_seed(0)
@@ -63,14 +94,18 @@ def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float)
             layer._codebook.embed.copy_(codes[None])
             layer._codebook.embed_avg.copy_(codes[None])
             layer._codebook.initted.fill_(True)
+    return ours, theirs, books
+
+
+def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float) -> list[dict]:
+    ours, theirs, books = evotok_pair(levels, size, dim)
     z = torch.randn(1, tokens, dim)
     ref = residual_reference(z[0], books)
     ours.eval(), theirs.eval()
     with torch.no_grad():
         ours_idx = ours(z).indices[0]
         theirs_idx = theirs(z)[1][0]
-        t_ours = timed(lambda: ours(z), 5)
-        t_theirs = timed(lambda: theirs(z), 2)
+        t_ours, t_theirs = timed(lambda: ours(z)), timed(lambda: theirs(z))
     flops = 2 * tokens * size * dim * levels
     rows = [
         {
@@ -96,7 +131,7 @@ def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float)
         (q.square().mean() + loss.sum()).backward()
 
     ours.train(), theirs.train()
-    t_ours, t_theirs = timed(ours_step, 3), timed(theirs_step, 2)
+    t_ours, t_theirs = timed(ours_step), timed(theirs_step)
     rows.append(
         {
             "case": f"EvoTok train step (fwd+bwd+EMA), {tokens} tokens",
@@ -106,6 +141,44 @@ def evotok_rows(tokens: int, levels: int, size: int, dim: int, fp32_rate: float)
         }
     )
     return rows
+
+
+def loaded_row(tokens: int, levels: int, size: int, dim: int, threads: int, rounds: int) -> dict:
+    """EvoTok eval quiet and beside a busy process, alternating ``rounds`` times; medians of the ratios."""
+    ours, theirs, _ = evotok_pair(levels, size, dim)
+    ours.eval(), theirs.eval()
+    z = torch.randn(1, tokens, dim)
+    runs: dict[str, list[float]] = {
+        "ours": [],
+        "theirs": [],
+        "ours busy": [],
+        "theirs busy": [],
+        "ours 1t": [],
+    }
+    with torch.no_grad():
+        for _ in range(rounds):
+            for busy in ("", " busy"):
+                with busy_process() if busy else contextlib.nullcontext():
+                    runs["ours" + busy].append(timed(lambda: ours(z)))
+                    runs["theirs" + busy].append(timed(lambda: theirs(z)))
+            torch.set_num_threads(1)
+            runs["ours 1t"].append(timed(lambda: ours(z)))
+            torch.set_num_threads(threads)
+
+    def median_ratio(num: str, den: str) -> float:
+        return statistics.median(a / b for a, b in zip(runs[num], runs[den]))
+
+    return {
+        "case": f"EvoTok eval beside a busy process: {levels} x {size} x {dim}-d, {tokens} tokens, "
+        f"{rounds} rounds",
+        "polytok tok/s quiet": tokens / statistics.median(runs["ours"]),
+        "polytok tok/s busy": tokens / statistics.median(runs["ours busy"]),
+        "polytok slow-down": median_ratio("ours busy", "ours"),
+        "vqp slow-down": median_ratio("theirs busy", "theirs"),
+        "speed-up quiet": median_ratio("theirs", "ours"),
+        "speed-up busy": median_ratio("theirs busy", "ours busy"),
+        "polytok busy vs quiet 1 thread": median_ratio("ours busy", "ours 1t"),
+    }
 
 
 def unitok_row(tokens: int, books: int, size: int, sub_dim: int) -> dict:
@@ -131,7 +204,7 @@ def unitok_row(tokens: int, books: int, size: int, sub_dim: int) -> dict:
     ref = nearest_codes_reference(chunks, codes, cosine=True).T
     with torch.no_grad():
         ours_idx, theirs_idx = ours(z).indices[0], theirs(z)[1][0]
-        t_ours, t_theirs = timed(lambda: ours(z), 5), timed(lambda: theirs(z), 2)
+        t_ours, t_theirs = timed(lambda: ours(z)), timed(lambda: theirs(z))
     return {
         "case": f"UniTok eval: {books} x {size} x {sub_dim}-d cosine, {tokens} tokens",
         "polytok tok/s": tokens / t_ours,
@@ -191,25 +264,29 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="quiet/busy alternations of the busy rows")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fp32 = matmul_gflops(512 if args.quick else 2048)
     size = 512 if args.quick else 2048
-    print(f"threads {args.threads}, fp32 matmul {fp32:.0f} GFLOP/s ({size}^2, measured in this run)")
+    print(f"{cpu_model()}, {args.threads} threads")
+    print(f"fp32 matmul {fp32:.0f} GFLOP/s ({size}^2, measured in this run)")
     if args.quick:
         rows = [
             *evotok_rows(64, 3, 1024, 32, fp32),
             unitok_row(256, 8, 256, 8),
             memory_row(4096, 4096, 32, 2),
+            loaded_row(256, 3, 4096, 32, args.threads, rounds=2),
         ]
     else:
         rows = evotok_rows(1024, 16, 32768, 32, fp32)
         rows += [unitok_row(4096, 8, 4096, 8), memory_row(65536, 32768, 32, args.threads)]
+        rows.append(loaded_row(1024, 16, 32768, 32, args.threads, rounds=args.rounds))
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"cpu": cpu_model(), "threads": args.threads, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,130 @@ def test_empty_input_and_shape_errors() -> None:
         nearest_codes(torch.randn(1, 3, 4), torch.randn(1, 8, 5))
     with pytest.raises(ValueError, match=r"\(G, N, d\)"):
         nearest_codes(torch.randn(3, 4), torch.randn(1, 8, 4))
+
+
+# -- devices --------------------------------------------------------------------------------------------
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+    ),
+]
+
+
+def codes_with_known_nearest(
+    groups: int, n: int, k: int, d: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit codes and inputs near chosen codes, with a margin float rounding cannot cross.
+
+    Returns x (G, N, d), codes (G, K, d) and the chosen indices (G, N).
+    """
+    g = torch.Generator().manual_seed(seed)
+    codes = F.normalize(torch.randn(groups, k, d, generator=g), dim=-1)
+    chosen = torch.randint(k, (groups, n), generator=g)
+    noise = 0.01 * F.normalize(torch.randn(groups, n, d, generator=g), dim=-1)
+    x = torch.gather(codes, 1, chosen.unsqueeze(-1).expand(-1, -1, d)) + noise
+    # Precondition, in float64: the chosen code beats every other one by far more than fp32 rounding.
+    dist = torch.cdist(x.double(), codes.double())
+    top2 = dist.topk(2, dim=-1, largest=False).values
+    assert torch.equal(dist.argmin(-1), chosen) and (top2[..., 1] - top2[..., 0]).min() > 0.05
+    return x, codes, chosen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("cosine", [False, True])
+def test_search_runs_on_the_input_device(device: str, groups: int, cosine: bool) -> None:
+    x, codes, chosen = codes_with_known_nearest(groups, 700, 300, 16, seed=5)
+    if cosine:
+        x = F.normalize(x, dim=-1)
+    # Small buffers: several row tiles and column blocks, so the running best crosses blocks.
+    for buffer_bytes in (None, 4 * 256 * 64):
+        got = nearest_codes(x.to(device), codes.to(device), cosine=cosine, buffer_bytes=buffer_bytes)
+        assert got.device.type == device and got.dtype == torch.long
+        assert torch.equal(got.cpu(), chosen)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_search_allocates_nothing_on_the_host(groups: int) -> None:
+    """Meta tensors have no data: any buffer made on the CPU instead of the input's device fails."""
+    x, codes = torch.empty(groups, 700, 16, device="meta"), torch.empty(groups, 300, 16, device="meta")
+    got = nearest_codes(x, codes, buffer_bytes=4 * 256 * 64)
+    assert got.device.type == "meta" and got.shape == (groups, 700)
+    # The converse: CPU inputs while factory calls without a device default to meta.
+    x, codes, chosen = codes_with_known_nearest(groups, 700, 300, 16, seed=6)
+    with torch.device("meta"):
+        got = nearest_codes(x, codes, buffer_bytes=4 * 256 * 64)
+    assert torch.equal(got, chosen)
+
+
+# -- several threads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def thread_count():
+    """Set torch's thread count for one test (the suite runs single-threaded), restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_tiles_shared_among_threads_match_brute_force(thread_count, threads: int, groups: int) -> None:
+    thread_count(threads)
+    g = torch.Generator().manual_seed(8)
+    # 20000 rows: several row blocks of per-tile maxima for one codebook; small buffers: many tiles.
+    x = torch.randn(groups, 20000, 16, generator=g).requires_grad_(True)  # grad mode is per thread
+    codes = torch.randn(groups, 300, 16, generator=g)
+    for buffer_bytes in (None, 4 * 256 * 64):
+        got = nearest_codes(x, codes, buffer_bytes=buffer_bytes)
+        assert torch.equal(got, nearest_codes_reference(x.detach(), codes))
+        assert torch.get_num_threads() == threads  # the caller's thread count is left as it was
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_ties_go_to_the_lowest_index_across_tiles(thread_count, threads: int, groups: int) -> None:
+    """Small integer vectors: every score is exact in fp32, so ties are exact and many."""
+    thread_count(threads)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-1, 2, (groups, 600, 4), generator=g).float()
+    codes = torch.randint(-1, 2, (groups, 300, 4), generator=g).float()
+    scores = (
+        torch.einsum("gnd,gkd->gnk", x.double(), codes.double()) - codes.double().pow(2).sum(-1)[:, None] / 2
+    )
+    expected = scores.argmax(-1)  # the first of equal maxima
+    assert ((scores == scores.max(-1, keepdim=True).values).sum(-1) > 1).float().mean() > 0.5  # many ties
+    for buffer_bytes in (None, 4 * 64 * 16):
+        assert torch.equal(nearest_codes(x, codes, buffer_bytes=buffer_bytes), expected)
+
+
+def test_a_failing_tile_is_raised_to_the_caller(thread_count) -> None:
+    """The caller gets the error once every tile taken is finished, and does not wait for the others."""
+    import threading
+
+    from polytok.quant.search import _run_tiles
+
+    thread_count(3)
+    done: list[int] = []
+    outcome: list[BaseException | None] = []
+
+    def tile(t: int, worker: int) -> None:
+        if t == 7:
+            raise ArithmeticError("tile 7")
+        done.append(t)
+
+    def call() -> None:
+        try:
+            _run_tiles(tile, 500, 3)
+            outcome.append(None)
+        except ArithmeticError as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "the caller hung"
+    assert isinstance(outcome[0], ArithmeticError) and 7 not in done

@@ -295,9 +295,9 @@ class LevelledQuantizer(nn.Module):
         if self.quantize_dropout <= 0 or self.num_levels == 1:
             return self.num_levels
         g = torch.Generator().manual_seed(self.seed * 7_777 + int(self._dropout_steps))
-        if float(torch.rand((), generator=g)) >= self.quantize_dropout:
+        if float(torch.rand((), generator=g, device="cpu")) >= self.quantize_dropout:
             return self.num_levels
-        return int(torch.randint(1, self.num_levels + 1, (), generator=g))
+        return int(torch.randint(1, self.num_levels + 1, (), generator=g, device="cpu"))
 
     def _needs_kmeans_init(self, depth: int) -> bool:
         """Whether a codebook of the first ``depth`` levels awaits k-means init (same on every rank)."""
@@ -421,7 +421,7 @@ class LevelledQuantizer(nn.Module):
         if any_bad:
             stats = {key: torch.full_like(value, float("nan")) for key, value in stats.items()}
         if self.defer_codebook_updates:
-            stats["skipped_update"] = torch.tensor(float(any_bad))
+            stats["skipped_update"] = torch.tensor(float(any_bad), device=counts.device)
         else:
             applied = self.commit_codebook_updates()
             stats["restarts"] = applied["restarts"]

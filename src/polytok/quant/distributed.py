@@ -72,7 +72,7 @@ def sample_global_rows(
     offset, total = offsets if offsets is not None else global_row_offsets(local_rows, x.device, enabled)
     if total == 0:
         raise ValueError("cannot sample rows from an empty batch")
-    picks = torch.randint(total, (groups, count), generator=generator).to(x.device)
+    picks = torch.randint(total, (groups, count), generator=generator, device="cpu").to(x.device)
     out = torch.zeros(groups, count, d, dtype=torch.float32, device=x.device)
     mine = (picks >= offset) & (picks < offset + local_rows)
     if local_rows > 0:
