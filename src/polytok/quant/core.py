@@ -509,7 +509,10 @@ class LevelledQuantizer(nn.Module):
             self._reset_pending()
             if applied:
                 self._dropout_steps += 1
-        return {"restarts": torch.tensor(float(restarts)), "skipped": torch.tensor(0.0 if applied else 1.0)}
+        return {
+            "restarts": torch.tensor(float(restarts), device=device),
+            "skipped": torch.tensor(0.0 if applied else 1.0, device=device),
+        }
 
     def discard_codebook_updates(self) -> None:
         """Forget the statistics recorded since the last commit (a skipped step); no collective."""
@@ -519,7 +522,8 @@ class LevelledQuantizer(nn.Module):
 
     def _skip_commit(self) -> dict[str, Tensor]:
         self.discard_codebook_updates()
-        return {"restarts": torch.tensor(0.0), "skipped": torch.tensor(1.0)}
+        device = self.codebooks[0].embed.device
+        return {"restarts": torch.tensor(0.0, device=device), "skipped": torch.tensor(1.0, device=device)}
 
     def _reset_pending(self) -> None:
         self._pending_calls = 0
