@@ -177,3 +177,27 @@ def test_sigkill_then_resume_on_token_shards_is_bit_identical(tokens, tmp_path) 
     a, b = _weights(full), _weights(killed)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_torchrun_two_ranks_stream_the_token_set_in_step(tokens, tmp_path) -> None:
+    """2 gloo ranks on 6 shards: each rank streams its 3 shards (3 batches of 8 per epoch), both ranks
+    cross the epoch end together and the run exports; the held-out loss encodes shapes on the fly while
+    ``data.options`` (the stream's shuffle buffer) apply to the token set only."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    overrides = [
+        *SMALL,
+        f"data.name={tokens}",
+        "data.options.shuffle_buffer=8",
+        "unified.heldout_data=shapes",
+        "unified.heldout_samples=8",
+        "train.max_steps=4",
+        "train.save_every=0",
+        "train.batch_size=8",
+    ]
+    _run([*launcher, "-m", "polytok.cli", "train", str(CONFIG), *overrides, f"train.out_dir={tmp_path}"])
+    log = _log(tmp_path)
+    assert [r["epoch"] for r in log] == [0, 0, 0, 1]
+    assert all(r["image_loss"] > 0 and r["text_loss"] > 0 for r in log)
+    heldout = json.loads((tmp_path / "heldout.json").read_text())
+    assert heldout["samples"] == 8 and heldout["split"] == "val"
+    assert (tmp_path / "model" / "image_tokenizer").is_dir()

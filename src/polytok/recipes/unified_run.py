@@ -247,12 +247,8 @@ def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any, grid: tuple[int, 
         check_token_set(source, tokenizer, section.tokenizer, grid)
         rows = load_token_shards(source, limit=section.heldout_samples)
         return [{"codes": c, "caption": t} for c, t in zip(rows["codes"], rows["captions"])]
-    images = build_dataset(
-        source,
-        split=config.unified.heldout_split,
-        image_size=data.image_size,
-        **data.options,
-    )
+    options = data.options if section.heldout_data is None else {}  # data.options belong to data.name
+    images = build_dataset(source, split=section.heldout_split, image_size=data.image_size, **options)
     count = min(config.unified.heldout_samples, len(images))
     return EncodedCaptions(torch.utils.data.Subset(images, range(count)), tokenizer)
 
