@@ -13,6 +13,12 @@ two apart by it); ``data`` and ``train`` are the tokenizer recipe's sections::
     data:  {name: shapes, image_size: 32}
     train: {max_steps: 300, batch_size: 16, out_dir: runs/unified-evotok-tiny}
 
+``data.name`` may also be a token set written by ``polytok encode MODEL DATA --out DIR`` (a directory
+holding ``manifest.json``): its shards are streamed instead of encoding images (``data.options``:
+``shuffle`` (default true: shard order by seed and epoch), ``shuffle_buffer`` (samples, default 0)). The
+set must come from ``unified.tokenizer`` at ``data.image_size``; the held-out loss then reads
+``unified.heldout_data`` (a dataset encoded on the fly, or a second token set).
+
 Every batch holds both directions (text -> image and image -> text rows, see
 :mod:`polytok.unified.data`). The run writes ``run.yaml``, ``text_tokenizer.json`` (so that a resumed run
 reads the same vocabulary), the engine's checkpoints, ``heldout.json`` and, at the end,
@@ -42,7 +48,7 @@ from polytok.train import TrainConfig, Trainer
 from polytok.train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from polytok.train.trainer import Callback
 from polytok.unified.config import UnifiedConfig
-from polytok.unified.data import EncodedCaptions, MixedTaskCollate, caption_batch
+from polytok.unified.data import EncodedCaptions, MixedTaskCollate, TokenShardCaptions, caption_batch
 from polytok.unified.model import META_NAME, UnifiedModel
 from polytok.unified.text_tokenizer import FILE_NAME as TEXT_FILE
 from polytok.unified.text_tokenizer import TextTokenizer, train_text_tokenizer
@@ -59,7 +65,8 @@ class UnifiedSection:
     byte-level BPE of ``model.text_vocab_size`` on the captions of the first ``text_captions`` training
     samples. ``cache_codes``: keep each sample's codes after its first encoding (datasets that give the
     same image for an index every epoch). ``heldout_samples``: image -> text loss on that many samples
-    of ``heldout_split`` before and after training (0: skipped).
+    of ``heldout_split`` of ``heldout_data`` (default: ``data.name``; a dataset or a token set, whose
+    samples are then read in order) before and after training (0: skipped).
     """
 
     tokenizer: str = field(default="evotok-tiny", metadata=REQUIRED)
@@ -70,6 +77,7 @@ class UnifiedSection:
     cache_codes: bool = True
     heldout_split: str = "val"
     heldout_samples: int = 0
+    heldout_data: str | None = None
 
     def __post_init__(self) -> None:
         if self.text_captions < 1 or self.heldout_samples < 0:
@@ -111,6 +119,9 @@ def load_image_tokenizer(name_or_path: str, allow_untrained: bool = False):
 
 def training_captions(dataset, count: int) -> Iterator[str]:
     """Captions of the first ``count`` samples of a dataset (map-style or a stream) of captioned items."""
+    if hasattr(dataset, "captions"):  # a token set: read in dataset order, the same on every rank
+        yield from dataset.captions(count)
+        return
     if hasattr(dataset, "caption"):  # no need to encode the images
         yield from (dataset.caption(i) for i in range(min(count, len(dataset))))
         return
@@ -164,18 +175,80 @@ def _sequence_batch(fields: dict, device: torch.device):
     return SequenceBatch(**fields).to(device)
 
 
-def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any):
-    from polytok.data import build_dataset
+def is_token_set(name: str) -> bool:
+    """True when ``name`` is a directory of token shards (complete or not) rather than images."""
+    from polytok.token_shards import MANIFEST
 
-    if not config.unified.heldout_samples:
+    path = Path(name)
+    return path.is_dir() and ((path / MANIFEST).is_file() or any(path.glob("tokens-*.tar")))
+
+
+def check_token_set(path: str, tokenizer: Any, tokenizer_name: str, grid: tuple[int, int]) -> dict:
+    """The manifest of the token set at ``path``; refused unless ``tokenizer`` made it at ``grid``."""
+    from polytok.token_shards import (
+        TokenSetMismatchError,
+        describe_difference,
+        load_token_shards,
+        read_manifest,
+        tokenizer_identity,
+    )
+
+    manifest = read_manifest(path)
+    recorded = manifest.get("identity", {})
+    difference = describe_difference(recorded, tokenizer_identity(tokenizer))
+    if difference is not None:
+        made_by = (recorded.get("config") or {}).get("name", "an unnamed tokenizer")
+        raise TokenSetMismatchError(
+            f"token set {path} was encoded by {made_by!r}, not by unified.tokenizer {tokenizer_name!r} "
+            f"(they differ in {difference}): encode the data with {tokenizer_name!r} or train on that one"
+        )
+    first = load_token_shards(path, limit=1)["codes"]
+    if len(first) and tuple(first.shape[1:3]) != grid:
+        raise ValueError(
+            f"token set {path} holds a {first.shape[1]} x {first.shape[2]} grid of codes, data.image_size "
+            f"gives {grid[0]} x {grid[1]}: set data.image_size to the --image-size it was encoded at"
+        )
+    return manifest
+
+
+def token_set_dataset(path: str, options: dict[str, Any], seed: int) -> TokenShardCaptions:
+    """The training stream of a (checked) token set; ``options``: shuffle (default true), shuffle_buffer."""
+    from polytok.token_shards import TokenShardDataset
+
+    unknown = set(options) - {"shuffle", "shuffle_buffer"}
+    if unknown:
+        raise ValueError(
+            f"data.options of a token set takes shuffle and shuffle_buffer, not {', '.join(sorted(unknown))}"
+        )
+    shards = TokenShardDataset(
+        path,
+        shuffle=bool(options.get("shuffle", True)),
+        shuffle_buffer=int(options.get("shuffle_buffer", 0)),
+        seed=seed,
+    )
+    return TokenShardCaptions(shards)
+
+
+def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any, grid: tuple[int, int]):
+    from polytok.data import build_dataset
+    from polytok.token_shards import load_token_shards
+
+    section = config.unified
+    if not section.heldout_samples:
         return None
     data = config.data
-    images = build_dataset(
-        data.name.split("+")[0],
-        split=config.unified.heldout_split,
-        image_size=data.image_size,
-        **data.options,
-    )
+    source = section.heldout_data or data.name.split("+")[0]
+    if is_token_set(source):
+        if section.heldout_data is None:
+            raise ValueError(
+                f"data.name {source} is a token set: name the held-out data with unified.heldout_data "
+                "(a dataset such as shapes, or a second token set) or set unified.heldout_samples=0"
+            )
+        check_token_set(source, tokenizer, section.tokenizer, grid)
+        rows = load_token_shards(source, limit=section.heldout_samples)
+        return [{"codes": c, "caption": t} for c, t in zip(rows["codes"], rows["captions"])]
+    options = data.options if section.heldout_data is None else {}  # data.options belong to data.name
+    images = build_dataset(source, split=section.heldout_split, image_size=data.image_size, **options)
     count = min(config.unified.heldout_samples, len(images))
     return EncodedCaptions(torch.utils.data.Subset(images, range(count)), tokenizer)
 
@@ -198,18 +271,21 @@ def train_unified(
     trainer = None
     try:
         tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
-        if dataset is None:
+        grid = image_grid(tokenizer, config.data.image_size)
+        if dataset is None and is_token_set(config.data.name):
+            check_token_set(config.data.name, tokenizer, section.tokenizer, grid)
+            dataset = token_set_dataset(config.data.name, config.data.options, config.train.seed)
+        elif dataset is None:
             images = build_training_dataset(config.data)
             dataset = EncodedCaptions(images, tokenizer, cache=section.cache_codes)
+        heldout = _heldout_dataset(config, tokenizer, grid) if info.is_main else None  # refused early
         text = _shared_text_tokenizer(section, dataset, out_dir, config.train.resume, info)
-        grid = image_grid(tokenizer, config.data.image_size)
 
         def build() -> UnifiedModel:
             torch.manual_seed(config.train.seed)  # identical initial weights on every rank
             return UnifiedModel.from_tokenizer(tokenizer, text, section.model, grid=grid)
 
         model = build().to(info.device)  # the held-out loss before training runs where training will
-        heldout = _heldout_dataset(config, tokenizer) if info.is_main else None
         record: dict[str, Any] = {}
         if heldout is not None and not config.train.resume:
             record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)

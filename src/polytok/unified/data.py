@@ -1,9 +1,10 @@
 """Training data of the unified model: datasets of ``{"codes", "caption"}`` items and their collation.
 
 Any map-style or streaming dataset whose items are ``{"codes": int64 (h, w, *code_shape), "caption": str}``
-trains the unified model (token shards written by ``polytok encode`` give such items); an optional
-``"key": (epoch, index)`` makes caption dropout a function of the sample. Small image datasets are encoded
-on the fly through the frozen image tokenizer by :class:`EncodedCaptions`.
+trains the unified model; an optional ``"key": (epoch, index)`` makes caption dropout a function of the
+sample. Small image datasets are encoded on the fly through the frozen image tokenizer by
+:class:`EncodedCaptions`; token shards written by ``polytok encode`` are streamed by
+:class:`TokenShardCaptions`.
 
 :class:`MixedTaskCollate` turns a list of items into one mixed batch: even rows text -> image, odd rows
 image -> text, so every batch of two or more trains both the depth head and the LM head (under DDP every
@@ -12,13 +13,14 @@ parameter then gets a gradient every step and no rank waits for one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from polytok.unified.sequence import SequenceFormat, Task
 from polytok.unified.text_tokenizer import TextTokenizer
@@ -63,6 +65,44 @@ class EncodedCaptions(Dataset):
             if self.cache:
                 self._codes[index] = codes
         return {"codes": codes, "caption": caption, "key": (self.epoch, index)}
+
+
+def sample_number(key: str) -> int:
+    """A token shard's sample key as an int: the dataset index it names (``"000000012"`` -> 12, the key
+    :class:`EncodedCaptions` gives the same image), else a stable 63-bit hash of a file's name."""
+    if key.isdigit():
+        return int(key)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+class TokenShardCaptions(IterableDataset):
+    """A token set (:class:`polytok.token_shards.TokenShardDataset`) streamed as ``{"codes", "caption",
+    "key": (epoch, sample number)}`` items.
+
+    The stream splits itself over ranks and DataLoader workers; its order is a function of (seed, epoch),
+    so a resumed run re-reads an epoch exactly. Keys make caption dropout a function of the sample, as for
+    the same images encoded on the fly.
+    """
+
+    def __init__(self, shards: Any) -> None:
+        super().__init__()
+        self.shards = shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.shards.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.shards:
+            key = (self.epoch, sample_number(item["key"]))
+            yield {"codes": item["codes"], "caption": item["caption"], "key": key}
+
+    def captions(self, count: int) -> list[str]:
+        """The captions of the set's first ``count`` samples in dataset order (the same on every rank)."""
+        from polytok.token_shards import load_token_shards
+
+        return load_token_shards(self.shards.manifest["directory"], limit=count)["captions"]
 
 
 def batch_tasks(size: int) -> list[Task]:
