@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -225,6 +226,25 @@ def test_generate_images_decodes_with_the_recorded_tokenizer_only() -> None:
     assert images.shape == (2, 3, 12, 12) and float(images.min()) >= 0 and float(images.max()) <= 1
     with pytest.raises(TokenizerMismatchError):
         generate_images(model, tokenizer("unitok-tiny"), [CAPTIONS[0]])
+
+
+def test_generate_images_hashes_the_tokenizer_weights_once() -> None:
+    """The identity check reads every tokenizer weight; generating checks it once, and decodes the very
+    codes generate_image_codes samples."""
+    model = tiny_model("evotok-tiny")
+    tok = copy.deepcopy(tokenizer("evotok-tiny"))  # the shared instance stays unpatched
+    reads = []
+    state_dict = tok.checkpoint_state_dict
+
+    def counted():
+        reads.append(1)
+        return state_dict()
+
+    tok.checkpoint_state_dict = counted
+    images = generate_images(model, tok, [CAPTIONS[0]], seed=3)
+    assert len(reads) == 1
+    codes = generate_image_codes(model, [CAPTIONS[0]], seed=3)
+    torch.testing.assert_close(images, tok.decode(codes), rtol=0, atol=0)
 
 
 def test_greedy_captions_are_text() -> None:
