@@ -281,3 +281,5 @@ def test_sampling_benchmark_runs_and_both_paths_agree(tmp_path) -> None:
     rows = json.loads(out.read_text())
     assert rows and all(r["tokens equal"] for r in rows)
     assert all(r["cached img/s"] > 0 and r["recomputed img/s"] > 0 for r in rows)
+    # training throughput in the same run: a t2i and an i2t row of a 3 x 3 grid, 9 image positions each
+    assert all(r["train tokens / step"] > 2 * 9 and r["train tokens/s"] > 0 for r in rows)
