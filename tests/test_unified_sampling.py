@@ -217,6 +217,17 @@ def test_inverse_cdf_sampling_follows_the_probabilities() -> None:
         SamplingOptions(top_p=0.0)
 
 
+def test_a_draw_at_the_very_end_falls_back_to_the_last_possible_token() -> None:
+    """A target at the total probability (what rounding can give) is past every token: the last token
+    of probability > 0 is chosen, never a filtered-out one or an index past the vocabulary."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0], [0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    end = torch.ones(2, dtype=torch.float64)
+    assert choose_tokens(logits, SamplingOptions(), end).tolist() == [4, 4]
+    assert choose_tokens(logits, SamplingOptions(top_k=2), end).tolist() == [3, 4]  # row 1: a tie of 4
+    inside = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert choose_tokens(logits, SamplingOptions(top_k=1), inside).tolist() == [0, 1]
+
+
 # -- decoding and captions --------------------------------------------------------------------------
 
 
