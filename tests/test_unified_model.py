@@ -141,8 +141,18 @@ def test_depth_head_is_causal_over_sub_codes(name, conditioning) -> None:
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_depth_head_step_with_cache_equals_full_pass(name) -> None:
-    model = tiny_model(name)
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"depth_conditioning": "previous"},
+        {"depth_embedding": "codebook", "shared_classifier": True},
+    ],
+)
+def test_depth_head_step_with_cache_equals_full_pass(name, variant) -> None:
+    """Each cached step (one new sub-code against the stored keys, values and running sums) gives the
+    logits of the full pass over the position's sub-codes, in float64."""
+    model = tiny_model(name, **variant)
     head = model.depth_head
     g = torch.Generator().manual_seed(2)
     h = torch.randn(4, model.backbone.config.hidden_size, generator=g, dtype=torch.float64)

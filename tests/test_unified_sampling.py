@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -216,6 +217,17 @@ def test_inverse_cdf_sampling_follows_the_probabilities() -> None:
         SamplingOptions(top_p=0.0)
 
 
+def test_a_draw_at_the_very_end_falls_back_to_the_last_possible_token() -> None:
+    """A target at the total probability (what rounding can give) is past every token: the last token
+    of probability > 0 is chosen, never a filtered-out one or an index past the vocabulary."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0], [0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    end = torch.ones(2, dtype=torch.float64)
+    assert choose_tokens(logits, SamplingOptions(), end).tolist() == [4, 4]
+    assert choose_tokens(logits, SamplingOptions(top_k=2), end).tolist() == [3, 4]  # row 1: a tie of 4
+    inside = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert choose_tokens(logits, SamplingOptions(top_k=1), inside).tolist() == [0, 1]
+
+
 # -- decoding and captions --------------------------------------------------------------------------
 
 
@@ -225,6 +237,25 @@ def test_generate_images_decodes_with_the_recorded_tokenizer_only() -> None:
     assert images.shape == (2, 3, 12, 12) and float(images.min()) >= 0 and float(images.max()) <= 1
     with pytest.raises(TokenizerMismatchError):
         generate_images(model, tokenizer("unitok-tiny"), [CAPTIONS[0]])
+
+
+def test_generate_images_hashes_the_tokenizer_weights_once() -> None:
+    """The identity check reads every tokenizer weight; generating checks it once, and decodes the very
+    codes generate_image_codes samples."""
+    model = tiny_model("evotok-tiny")
+    tok = copy.deepcopy(tokenizer("evotok-tiny"))  # the shared instance stays unpatched
+    reads = []
+    state_dict = tok.checkpoint_state_dict
+
+    def counted():
+        reads.append(1)
+        return state_dict()
+
+    tok.checkpoint_state_dict = counted
+    images = generate_images(model, tok, [CAPTIONS[0]], seed=3)
+    assert len(reads) == 1
+    codes = generate_image_codes(model, [CAPTIONS[0]], seed=3)
+    torch.testing.assert_close(images, tok.decode(codes), rtol=0, atol=0)
 
 
 def test_greedy_captions_are_text() -> None:
@@ -261,3 +292,5 @@ def test_sampling_benchmark_runs_and_both_paths_agree(tmp_path) -> None:
     rows = json.loads(out.read_text())
     assert rows and all(r["tokens equal"] for r in rows)
     assert all(r["cached img/s"] > 0 and r["recomputed img/s"] > 0 for r in rows)
+    # training throughput in the same run: a t2i and an i2t row of a 3 x 3 grid, 9 image positions each
+    assert all(r["train tokens / step"] > 2 * 9 and r["train tokens/s"] > 0 for r in rows)

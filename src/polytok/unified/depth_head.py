@@ -21,7 +21,17 @@ from polytok.unified.config import UnifiedConfig
 from polytok.unified.embed import CodeVectors, SubCodeEmbedding
 from polytok.unified.layout import CodeLayout
 
-DepthCache = list[tuple[Tensor, Tensor] | None]
+
+class DepthCache:
+    """What the steps of one position so far leave for the next: per block, the keys and values of the
+    earlier steps (buffers of all ``depth`` steps, filled in place), and the running sums of the
+    sub-code embeddings (complete levels, the current level) that the next step's input needs."""
+
+    def __init__(self, layers: int) -> None:
+        self.keys: list[Tensor | None] = [None] * layers
+        self.values: list[Tensor | None] = [None] * layers
+        self.complete_levels: Tensor | None = None  # (M, W): sum over the levels before the current one
+        self.current_level: Tensor | None = None  # (M, W): sum over the current level's sub-codes so far
 
 
 class DepthHead(nn.Module):
@@ -114,23 +124,52 @@ class DepthHead(nn.Module):
         if s == 0:
             x = self.input_proj(h)[:, None] + self.depth_pos[0]
         else:
-            x = self.conditioning_inputs(codes)[:, -1:] + self.depth_pos[s]
+            x = self._next_input(codes, cache)[:, None] + self.depth_pos[s]
         for i, block in enumerate(self.blocks):
-            x = _block_step(block, x, cache, i)
-        return self._classify(x, s)[:, 0]
+            x = _block_step(block, x, cache, i, s, self.depth)
+        x = self.norm(x[:, 0])
+        if self.shared_classifier:
+            return self.classifier(x)
+        return F.linear(x, self.class_weight[s], self.class_bias[s])
+
+    def _next_input(self, codes: Tensor, cache: DepthCache) -> Tensor:
+        """Conditioning (M, width) of step s = codes.shape[1] >= 1, from the newest sub-code and the sums
+        in ``cache`` (updated); equals ``conditioning_inputs(codes)[:, -1]``."""
+        s = codes.shape[1]
+        newest = self.sub_embed(codes)[:, -1]  # slot embeddings depend on the slot: embed from slot 0
+        if self.conditioning == "previous":
+            return newest
+        books = self.layout.codebooks
+        if cache.current_level is None or (s - 1) % books == 0:  # the newest sub-code starts a level
+            cache.current_level = newest
+        else:
+            cache.current_level = cache.current_level + newest
+        if s % books:  # inside a level: the levels before it plus the previous sub-code
+            return newest if cache.complete_levels is None else cache.complete_levels + newest
+        # the newest sub-code completes its level
+        done = cache.current_level
+        cache.complete_levels = done if cache.complete_levels is None else cache.complete_levels + done
+        return cache.complete_levels
 
     def new_cache(self) -> DepthCache:
-        return [None] * len(self.blocks)
+        return DepthCache(len(self.blocks))
 
 
-def _block_step(block: TransformerBlock, x: Tensor, cache: DepthCache, index: int) -> Tensor:
-    """One new token (M, 1, W) through a causal block, its keys and values appended to ``cache[index]``."""
+def _block_step(
+    block: TransformerBlock, x: Tensor, cache: DepthCache, index: int, step: int, depth: int
+) -> Tensor:
+    """Token ``step`` (M, 1, W) through a causal block, its keys and values written into the buffers of
+    ``cache`` (allocated for all ``depth`` steps at step 0, so no step copies the earlier ones)."""
     m, _, width = x.shape
-    q, k, v = block.attn.split_heads(block.norm1(x))
-    past = cache[index]
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    cache[index] = (k, v)
+    q, k, v = block.attn.split_heads(block.norm1(x))  # each (M, heads, 1, head_dim)
+    if step == 0:
+        cache.keys[index] = k.new_empty(m, k.shape[1], depth, k.shape[3])
+        cache.values[index] = v.new_empty(m, v.shape[1], depth, v.shape[3])
+    keys, values = cache.keys[index], cache.values[index]
+    assert keys is not None and values is not None
+    keys[:, :, step : step + 1] = k
+    values[:, :, step : step + 1] = v
+    k, v = keys[:, :, : step + 1], values[:, :, : step + 1]
     out = F.scaled_dot_product_attention(q, k, v)  # the newest token may attend to every earlier one
     x = x + block.attn.proj(out.transpose(1, 2).reshape(m, 1, width))
     return x + block.mlp(block.norm2(x))

@@ -73,9 +73,12 @@ def choose_tokens(logits: Tensor, options: SamplingOptions, uniforms: Tensor | N
     cdf = probs.cumsum(dim=-1)
     target = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
     ids = torch.searchsorted(cdf, target, right=True)[:, 0]
-    # rounding can put the target at the very end: fall back to the last token with probability > 0
-    last = (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
-    return torch.minimum(ids, last)
+    # a token of probability 0 is never found (its cdf equals its predecessor's), except past the end:
+    # rounding can put the target there; fall back to the last token with probability > 0
+    if bool((ids == cdf.shape[-1]).any()):
+        last = (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
+        ids = torch.minimum(ids, last)
+    return ids
 
 
 class _Draws:
@@ -149,12 +152,12 @@ def _sample_position(
     """Depth-head sampling of one position: h (R, hidden) -> sub-codes (B, S); guidance at every step."""
     head = model.depth_head
     copies = h.shape[0] // batch
-    codes = torch.zeros(h.shape[0], 0, dtype=torch.long, device=h.device)
+    codes = torch.zeros(h.shape[0], head.depth, dtype=torch.long, device=h.device)
+    by_copy = codes.view(copies, batch, head.depth)  # guidance rows repeat the conditional rows' codes
     cache = head.new_cache()
-    for _ in range(head.depth):
-        logits = head.step(h, codes, cache) if use_cache else head(h, codes)[:, -1]
-        ids = choose_tokens(_guided(logits, batch, scale), options, draws(batch)).to(h.device)
-        codes = torch.cat([codes, ids.repeat(copies)[:, None]], dim=1)
+    for s in range(head.depth):
+        logits = head.step(h, codes[:, :s], cache) if use_cache else head(h, codes[:, :s])[:, -1]
+        by_copy[:, :, s] = choose_tokens(_guided(logits, batch, scale), options, draws(batch)).to(h.device)
     return codes[:batch]
 
 
@@ -237,8 +240,9 @@ def generate_images(model: UnifiedModel, tokenizer: Any, captions: Sequence[str]
 
     Keywords as :func:`generate_image_codes`. Another tokenizer is refused before any sampling.
     """
-    model.check_tokenizer(tokenizer)
-    return model.decode_images(generate_image_codes(model, captions, **kwargs), tokenizer)
+    model.check_tokenizer(tokenizer)  # once: hashing the tokenizer's weights is not free
+    codes = generate_image_codes(model, captions, **kwargs)
+    return tokenizer.decode(codes.to(tokenizer.device))
 
 
 @torch.no_grad()
