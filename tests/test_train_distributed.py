@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from polytok.train.checkpoint import load_pickled, load_safetensors
+from process_kill import kill_when_file_appears
 
 WORKER = Path(__file__).with_name("train_worker_toy.py")
 COMMON = ["train.progress=false", "train.device=cpu", "train.log_every=1"]
@@ -146,21 +145,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, nproc):
     cmd = _command(
         nproc, [f"train.out_dir={killed_dir}", *overrides, "toy.sleep_after_step=8", "toy.sleep_s=60"]
     )
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
     marker = killed_dir / "checkpoints" / "step_00000008" / "manifest.json"
-    deadline = time.monotonic() + 90
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"worker ended early:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step 8 within 90 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, without any clean-up
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(cmd, marker, env=_env(), timeout_s=90)
     assert not (killed_dir / "checkpoints" / "step_00000012").exists()
     assert not (killed_dir / "result.json").exists()
 

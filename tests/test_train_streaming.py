@@ -4,11 +4,7 @@ shards; plus per-epoch ``set_epoch`` on map-style datasets."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ from torch.utils.data import Dataset
 from polytok.data import build_dataset, collate, write_shards
 from polytok.train import TrainConfig, Trainer
 from polytok.train.checkpoint import load_pickled, load_safetensors
+from process_kill import kill_when_file_appears
 from test_train_distributed import _command, _env, assert_close_dicts, final_weights, run_worker
 from test_train_engine import make_config as engine_config
 from train_worker_toy import ToyConfig, ToyObjective, build_model, build_shard_dataset
@@ -221,21 +218,8 @@ def test_stream_sigkill_then_resume_is_bit_identical(tmp_path, shards, num_worke
     run_worker(1, full_dir, overrides)
 
     cmd = _command(1, [f"train.out_dir={killed_dir}", *overrides, "toy.sleep_after_step=8", "toy.sleep_s=60"])
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
     marker = killed_dir / "checkpoints" / "step_00000008" / "manifest.json"
-    deadline = time.monotonic() + 60
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"worker ended early:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step 8 within 60 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its DataLoader workers, without clean-up
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(cmd, marker, env=_env(), timeout_s=60)
     assert not (killed_dir / "result.json").exists()
 
     resumed = run_worker(1, killed_dir, [*overrides, "train.resume=true"])

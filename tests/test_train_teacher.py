@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ import torch
 from polytok.models.tokenizer import Tokenizer
 from polytok.recipes.run import load_run_config, train_tokenizer
 from polytok.train.checkpoint import list_checkpoints, load_safetensors
+from process_kill import kill_when_file_appears
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "evotok-tiny.yaml"
 SMALL = [
@@ -82,25 +81,8 @@ def test_evotok_tiny_killed_and_resumed_ends_bit_identical(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run(full, RUN)
 
-    proc = subprocess.Popen(
-        _command(killed, RUN),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     first = killed / "checkpoints" / "step_00000002" / "manifest.json"
-    deadline = time.monotonic() + 240
-    try:
-        while not first.exists():
-            assert proc.poll() is None, f"run ended early:\n{proc.stdout.read().decode()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step 2 within 240 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(_command(killed, RUN), first, env=_env(), timeout_s=240)
     saved = [step for step, _ in list_checkpoints(killed / "checkpoints")]
     assert saved and max(saved) < STEPS and not (killed / "tokenizer").exists()  # killed mid-run
 

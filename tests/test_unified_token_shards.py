@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from torch.utils.data import IterableDataset
 from polytok.cli import main
 from polytok.recipes.unified_run import load_unified_run_config, train_unified
 from polytok.token_shards import load_token_shards
+from process_kill import kill_when_file_appears
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "unified-evotok-tiny.yaml"
@@ -155,21 +154,8 @@ def test_sigkill_then_resume_on_token_shards_is_bit_identical(tokens, tmp_path) 
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run([sys.executable, str(WORKER), *overrides, f"train.out_dir={full}"])
     cmd = [sys.executable, str(WORKER), *overrides, f"train.out_dir={killed}", "--sleep-after-step", "4"]
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
     marker = killed / "checkpoints" / "step_00000004" / "manifest.json"
-    deadline = time.monotonic() + 120
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step 4 within 120 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(cmd, marker, env=_env(), timeout_s=120)
     _run([sys.executable, str(WORKER), *overrides, f"train.out_dir={killed}", "train.resume=true"])
     full_log, resumed_log = _log(full), _log(killed)
     assert [r["epoch"] for r in full_log] == [0] * 6 + [1] * 2

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from safetensors.torch import load_file
 from polytok.cli import main
 from polytok.config import ConfigError
 from polytok.recipes.unified_run import load_unified_run_config, train_unified
+from process_kill import kill_when_file_appears
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -113,21 +112,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run([sys.executable, str(WORKER), *overrides, f"train.out_dir={full}"])
     cmd = [sys.executable, str(WORKER), *overrides, f"train.out_dir={killed}", "--sleep-after-step", "4"]
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
     marker = killed / "checkpoints" / "step_00000004" / "manifest.json"
-    deadline = time.monotonic() + 120
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step 4 within 120 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(cmd, marker, env=_env(), timeout_s=120)
     assert not (killed / "model").exists()
     _run([sys.executable, str(WORKER), *overrides, f"train.out_dir={killed}", "train.resume=true"])
     a, b = _weights(full), _weights(killed)
