@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from polytok.tokens import TokenFileError, code_dtype, weights_sha256
+from polytok.tokens import TokenFileError, code_dtype, read_manifest_json, weights_sha256
 
 FORMAT = "polytok-token-shards"
 VERSION = 1
@@ -451,12 +451,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
                 "finishes; was the encode interrupted?); run the same encode again to complete it"
             )
         raise FileNotFoundError(f"no token set in {manifest.parent}: {MANIFEST} is missing")
-    try:
-        record = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise TokenFileError(f"{manifest} is not a readable token-set manifest: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "shards" not in record:
-        raise TokenFileError(f"{manifest} is not a polytok token-shard manifest")
+    record = read_manifest_json(manifest, format_name=FORMAT, listing="shards")
     record["directory"] = str(manifest.parent)
     return record
 

@@ -239,13 +239,14 @@ def _read_npz(path: Path) -> dict[str, Any]:
         raise TokenFileError(f"{path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest_json(path: Path, *, format_name: str = FORMAT, listing: str = "files") -> dict[str, Any]:
+    """A token-set manifest of format ``format_name`` that lists its parts under ``listing``."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TokenFileError(f"{path} is not a readable token-set manifest: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "files" not in record:
-        raise TokenFileError(f"{path} is not a polytok token-set manifest")
+    if not isinstance(record, dict) or record.get("format") != format_name or listing not in record:
+        raise TokenFileError(f"{path} is not a polytok {format_name} manifest")
     return record
 
 
@@ -273,7 +274,7 @@ def _check_listed(path: Path, part: dict[str, Any]) -> None:
     manifest = path.with_name(info["manifest"])
     if not manifest.is_file():
         raise _incomplete(path, manifest)
-    record = _read_manifest(manifest)
+    record = read_manifest_json(manifest)
     listed = {f["file"]: f["samples"] for f in record["files"]}
     if record.get("run") != info["run"] or listed.get(path.name) != len(part["codes"]):
         raise _incomplete(path, manifest)
@@ -292,7 +293,7 @@ def _concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _load_set(manifest: Path) -> dict[str, Any]:
-    record = _read_manifest(manifest)
+    record = read_manifest_json(manifest)
     parts = []
     for entry in record["files"]:
         path = manifest.with_name(entry["file"])
