@@ -245,3 +245,30 @@ def test_shapes_object_task_names_the_pair_of_every_item():
         )
         seen.add((shape, colour))
     assert seen == set(HELDOUT_PAIRS)  # held-out images only ever show the six held-out pairs
+
+
+def test_shapes_object_mask_covers_exactly_the_saturated_pixels():
+    data = ShapesDataset(split="train", image_size=64, seed=2)
+    for i in range(12):
+        item = data[i]
+        mask, image = item["object_mask"], item["image"]
+        assert mask.shape == (1, 64, 64) and mask.dtype == torch.float32
+        assert mask.min() >= 0.0 and mask.max() <= 1.0
+        # backgrounds are grey, objects saturated: saturation is an independent reading of the mask
+        saturation = image.max(0).values - image.min(0).values
+        assert bool((saturation[mask[0] > 0.99] > 0.25).all())
+        assert bool((saturation[mask[0] == 0] < 1e-4).all())
+        # the same index draws the same image whichever way it is rendered
+        attributes, rng = data.sample_attributes(i)
+        assert torch.equal(data.render(attributes, rng), image)
+
+
+def test_collate_marks_photo_pixels_as_background_in_mixed_batches():
+    from polytok.data.loader import collate
+
+    shapes, photos = ShapesDataset(split="train", image_size=32), PhotoCrops(split="train", image_size=32)
+    batch = collate([shapes[0], photos[0], shapes[1]])
+    assert batch["object_mask"].shape == (3, 1, 32, 32)
+    assert torch.equal(batch["object_mask"][0], shapes[0]["object_mask"])
+    assert float(batch["object_mask"][1].abs().sum()) == 0.0
+    assert "object_mask" not in collate([photos[0], photos[1]])

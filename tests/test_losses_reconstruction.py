@@ -153,3 +153,39 @@ def test_reconstruction_with_lpips_term(random_lpips, l1, l2):
     expected = l1 * float(l1_loss(x, y)) + l2 * float(l2_loss(x, y)) + 0.7 * float(random_lpips(x, y).loss)
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
     assert "perceptual/lpips" in out.terms
+
+
+def test_pixel_weights_scale_each_pixel_as_a_naive_loop_does():
+    gen = torch.Generator().manual_seed(3)
+    pred, target = torch.rand(2, 3, 5, 4, generator=gen), torch.rand(2, 3, 5, 4, generator=gen)
+    weight = torch.rand(2, 1, 5, 4, generator=gen) * 4
+    l1 = l2 = 0.0
+    for b, c, y, x in itertools.product(range(2), range(3), range(5), range(4)):
+        diff = float(pred[b, c, y, x]) - float(target[b, c, y, x])
+        l1 += float(weight[b, 0, y, x]) * abs(diff)
+        l2 += float(weight[b, 0, y, x]) * diff * diff
+    assert l1_loss(pred, target, weight).item() == pytest.approx(l1 / pred.numel(), rel=1e-5)
+    assert l2_loss(pred, target, weight).item() == pytest.approx(l2 / pred.numel(), rel=1e-5)
+    loss = ReconstructionLoss(l1_weight=0.2, l2_weight=1.0)
+    weighted = loss(pred, target, weight)
+    assert weighted.loss.item() == pytest.approx(0.2 * l1 / pred.numel() + l2 / pred.numel(), rel=1e-5)
+    # all-ones weights are the unweighted loss
+    unweighted = loss(pred, target).loss.item()
+    assert loss(pred, target, torch.ones(2, 1, 5, 4)).loss.item() == pytest.approx(unweighted)
+
+
+def test_pixel_weights_of_the_wrong_shape_are_refused():
+    pred = torch.rand(2, 3, 4, 4)
+    for bad in (torch.ones(2, 2, 4, 4), torch.ones(1, 1, 4, 4), torch.ones(2, 1, 4, 5), torch.ones(2, 4, 4)):
+        with pytest.raises(ValueError, match="pixel weights"):
+            l2_loss(pred, pred, bad)
+
+
+def test_object_pixel_weight_blends_background_and_object_weights():
+    from polytok.losses import object_pixel_weight
+
+    mask = torch.tensor([0.0, 0.25, 1.0]).view(1, 1, 1, 3)
+    assert object_pixel_weight(mask, 5.0).flatten().tolist() == [1.0, 2.0, 5.0]
+    assert torch.equal(object_pixel_weight(mask, 1.0), torch.ones_like(mask))
+    with pytest.raises(ValueError, match="object_weight"):
+        object_pixel_weight(mask, -1.0)

@@ -111,6 +111,13 @@ def test_stem_and_upsampler_strides_mirror():
     assert up(f).shape == (2, 3, 64, 48)
 
 
+def test_upsampler_without_a_first_upsampling_fits_a_stride_4_encoder():
+    up = ConvUpsampler(32, [16], [2], upsample_first=False)
+    assert up.factor == 4 and up(torch.rand(2, 32, 5, 3)).shape == (2, 3, 20, 12)
+    # the same config with the first upsampling is the x8 head it always was
+    assert ConvUpsampler(32, [16], [2]).factor == 8
+
+
 def test_vqgan_decoder_upsamples_by_ch_mult():
     dec = VQGANDecoder(4, ch=8, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, norm_groups=4)
     assert dec.factor == 16

@@ -3,7 +3,8 @@
 A batch is a dict::
 
     {"image": (B, 3, H, W) float in [0, 1], "caption": list[str], "label": LongTensor (B,) (-1 = none),
-     "key": list[str] (when samples have keys), "attributes": {task: LongTensor (B,)} (shapes only)}
+     "key": list[str] (when samples have keys), "attributes": {task: LongTensor (B,)} (shapes only),
+     "object_mask": (B, 1, H, W) float in [0, 1] (when some sample has one; zeros for those without)}
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def collate(samples: Sequence[dict]) -> dict:
     }
     if all("key" in s for s in samples):
         batch["key"] = [s["key"] for s in samples]
+    if any("object_mask" in s for s in samples):
+        # photos have no objects marked: their pixels all count as background
+        blank = torch.zeros((1, *batch["image"].shape[2:]))
+        batch["object_mask"] = torch.stack([s.get("object_mask", blank) for s in samples])
     if all("attributes" in s for s in samples):
         tasks = samples[0]["attributes"].keys()
         batch["attributes"] = {

@@ -231,8 +231,9 @@ def _pair_indices(pairs: Iterable[tuple[str, str]]) -> set[tuple[int, int]]:
 class ShapesDataset(Dataset):
     """Captioned synthetic shapes with attribute labels and held-out (shape, colour) pairs.
 
-    Each item: ``{"image": (3, S, S) float in [0, 1], "caption": str, "label": int,
-    "attributes": {task: int}}`` where ``label`` is the class of ``label_task``.
+    Each item: ``{"image": (3, S, S) float in [0, 1], "object_mask": (1, S, S) float in [0, 1], "caption":
+    str, "label": int, "attributes": {task: int}}`` where ``label`` is the class of ``label_task`` and
+    ``object_mask`` each pixel's coverage by the objects (what ``loss.object_weight`` up-weights).
 
     Args:
         split: ``"train"``, ``"val"`` (same pairs as train, other samples) or ``"heldout"``
@@ -307,6 +308,12 @@ class ShapesDataset(Dataset):
 
     def render(self, attributes: dict[str, int], rng: np.random.Generator) -> torch.Tensor:
         """Draw an image (3, S, S) float in [0, 1] with the given attributes."""
+        return self.render_with_mask(attributes, rng)[0]
+
+    def render_with_mask(
+        self, attributes: dict[str, int], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image (3, S, S) and its object mask (1, S, S): each pixel's anti-aliased object coverage."""
         size = self.image_size
         radius = SIZE_RADII[attributes["size"]] * rng.uniform(0.94, 1.06)
         spacing = 2 * radius + _GAP
@@ -320,14 +327,17 @@ class ShapesDataset(Dataset):
         colour = np.clip(base + rng.uniform(-12, 12, size=3), 0, 255) / 255.0
         alpha = mask[..., None]
         image = background[..., None] * (1.0 - alpha) + colour[None, None, :].astype(np.float32) * alpha
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        return image_t, torch.from_numpy(np.asarray(mask, dtype=np.float32)[None].copy())
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} shape images")
         attributes, rng = self.sample_attributes(index)
+        image, object_mask = self.render_with_mask(attributes, rng)
         return {
-            "image": self.render(attributes, rng),
+            "image": image,
+            "object_mask": object_mask,
             "caption": caption_for(attributes),
             "label": task_label(attributes, self.label_task),
             "attributes": attributes,

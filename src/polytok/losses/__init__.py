@@ -27,7 +27,7 @@ from polytok.losses.discriminators import (
 from polytok.losses.distillation import FeatureDistillationLoss, cosine_distance, fold_cosine_distance
 from polytok.losses.output import LossOutput
 from polytok.losses.perceptual import LPIPSLoss, vgg16_weights_path
-from polytok.losses.reconstruction import ReconstructionLoss, l1_loss, l2_loss
+from polytok.losses.reconstruction import ReconstructionLoss, l1_loss, l2_loss, object_pixel_weight
 
 __all__ = [
     "AdversarialLoss",
@@ -54,6 +54,7 @@ __all__ = [
     "l2_loss",
     "non_saturating_d_loss",
     "non_saturating_g_loss",
+    "object_pixel_weight",
     "vgg16_weights_path",
 ]
 

@@ -25,16 +25,47 @@ def _check_pair(prediction: Tensor, target: Tensor) -> None:
         raise TypeError(f"expected float tensors, got {prediction.dtype} and {target.dtype}")
 
 
-def l1_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error over every element. Shapes: any, equal; returns a scalar."""
-    _check_pair(prediction, target)
-    return F.l1_loss(prediction.float(), target.float())
+def _check_weight(weight: Tensor, target: Tensor) -> None:
+    same_layout = weight.dim() == target.dim() and weight.shape[0] == target.shape[0]
+    if not same_layout or weight.shape[2:] != target.shape[2:]:
+        raise ValueError(
+            f"pixel weights must be (B, 1, H, W) or (B, C, H, W) for images {tuple(target.shape)}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.shape[1] not in (1, target.shape[1]):
+        raise ValueError(f"pixel weights need 1 or {target.shape[1]} channels, got {weight.shape[1]}")
 
 
-def l2_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over every element. Shapes: any, equal; returns a scalar."""
+def l1_loss(prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean absolute error over every element, each scaled by ``weight`` when given.
+
+    Shapes: prediction and target (B, C, H, W) (any shape without ``weight``), weight (B, 1 or C, H, W);
+    returns a scalar: ``mean(weight * |prediction - target|)`` (the mean over all B*C*H*W elements).
+    """
     _check_pair(prediction, target)
-    return F.mse_loss(prediction.float(), target.float())
+    if weight is None:
+        return F.l1_loss(prediction.float(), target.float())
+    _check_weight(weight, target)
+    error = (prediction.float() - target.float()).abs()
+    return (error * weight.float()).mean()
+
+
+def l2_loss(prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean squared error over every element, each scaled by ``weight`` when given (see :func:`l1_loss`)."""
+    _check_pair(prediction, target)
+    if weight is None:
+        return F.mse_loss(prediction.float(), target.float())
+    _check_weight(weight, target)
+    error = (prediction.float() - target.float()).square()
+    return (error * weight.float()).mean()
+
+
+def object_pixel_weight(object_mask: Tensor, object_weight: float) -> Tensor:
+    """Per-pixel loss weights from an object mask: 1 on background, ``object_weight`` on objects, blended
+    by coverage at their anti-aliased edges. Shapes: (B, 1, H, W) in [0, 1] -> the same."""
+    if object_weight < 0:
+        raise ValueError(f"object_weight must be >= 0, got {object_weight}")
+    return 1.0 + (float(object_weight) - 1.0) * object_mask.float().clamp(0.0, 1.0)
 
 
 PerceptualFn = Callable[[Tensor, Tensor], "Tensor | LossOutput"]
@@ -84,16 +115,18 @@ class ReconstructionLoss(nn.Module):
         """EvoTok weights: 1.0 L2 + 1.0 perceptual."""
         return cls(l1_weight=0.0, l2_weight=1.0, perceptual=perceptual, perceptual_weight=1.0)
 
-    def forward(self, prediction: Tensor, target: Tensor) -> LossOutput:
+    def forward(self, prediction: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> LossOutput:
+        """``pixel_weight`` (B, 1, H, W), optional, scales L1 and L2 per pixel (e.g. object pixels more than
+        background); the perceptual term compares whole images and is not weighted."""
         _check_pair(prediction, target)
         total = prediction.new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
         if self.l1_weight:
-            value = l1_loss(prediction, target)
+            value = l1_loss(prediction, target, pixel_weight)
             total = total + self.l1_weight * value
             terms["l1"] = detached(value)
         if self.l2_weight:
-            value = l2_loss(prediction, target)
+            value = l2_loss(prediction, target, pixel_weight)
             total = total + self.l2_weight * value
             terms["l2"] = detached(value)
         if self.perceptual is not None and self.perceptual_weight:

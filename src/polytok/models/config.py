@@ -111,6 +111,8 @@ class PixelDecoderConfig:
     mlp_ratio: float = 2.0
     up_widths: list[int] = field(default_factory=lambda: [320, 160])
     up_depths: list[int] = field(default_factory=lambda: [4, 2])
+    # False: the upsampler's first conv keeps the token resolution (x 2 ** (stages + 1) in all)
+    upsample_first: bool = True
     ch: int = 128
     ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
     num_res_blocks: int = 2

@@ -45,7 +45,9 @@ class ViTPixelDecoder(nn.Module):
         self.transformer.grad_checkpointing = cfg.grad_checkpointing
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
         if cfg.up_widths:
-            self.upsampler: ConvUpsampler | PatchHead = ConvUpsampler(cfg.width, cfg.up_widths, cfg.up_depths)
+            self.upsampler: ConvUpsampler | PatchHead = ConvUpsampler(
+                cfg.width, cfg.up_widths, cfg.up_depths, upsample_first=cfg.upsample_first
+            )
         else:
             if patch_size is None:
                 raise ValueError(

@@ -127,17 +127,29 @@ class ConvUpsampler(nn.Module):
 
     Upsample2d (width -> widths[0]); inverted-MBConv stages (first block of each upsamples); then
     upsample + LN + GELU + conv 3x3 to ``out_ch``. UniTok-L: widths (320, 160), depths (4, 2) -> x16.
+    With ``upsample_first=False`` the first conv keeps the resolution, total ``2 ** (len(widths) + 1)``
+    (a x4 head for a stride-4 encoder from one stage).
     (B, width, h, w) -> (B, out_ch, h * up, w * up).
     """
 
-    def __init__(self, width: int, widths: Sequence[int], depths: Sequence[int], out_ch: int = 3) -> None:
+    def __init__(
+        self,
+        width: int,
+        widths: Sequence[int],
+        depths: Sequence[int],
+        out_ch: int = 3,
+        *,
+        upsample_first: bool = True,
+    ) -> None:
         super().__init__()
         if len(widths) != len(depths) or not widths:
             raise ValueError(
                 f"upsampler widths {list(widths)} and depths {list(depths)} must be non-empty and "
                 "of equal length"
             )
-        self.up_in = Upsample2d(width, widths[0])
+        self.up_in: nn.Module = (
+            Upsample2d(width, widths[0]) if upsample_first else nn.Conv2d(width, widths[0], 3, padding=1)
+        )
         stages = []
         prev = widths[0]
         for w, depth in zip(widths, depths):
@@ -148,7 +160,7 @@ class ConvUpsampler(nn.Module):
         self.up_out = Upsample2d(prev, prev)
         self.norm_out = LayerNorm2d(prev, eps=1e-6)
         self.conv_out = nn.Conv2d(prev, out_ch, 3, padding=1)
-        self.factor = 2 ** (len(widths) + 2)
+        self.factor = 2 ** (len(widths) + (2 if upsample_first else 1))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.up_in(x))

@@ -22,6 +22,7 @@ from polytok.losses import (
     LPIPSLoss,
     PatchGANDiscriminator,
     ReconstructionLoss,
+    object_pixel_weight,
 )
 from polytok.train.objective import StepContext
 
@@ -42,6 +43,10 @@ class LossConfig:
     perceptual_weight: float = 1.0
     perceptual_network: str = "efficientnet-lite0"
     perceptual_layers: tuple[int, ...] = (0, 1, 2, 3)
+    # L1/L2 weight of object pixels relative to background (1: unweighted), for data that marks its
+    # objects (built-in shapes: ``object_mask``); small objects on busy backgrounds otherwise hold a
+    # tiny share of the pixel loss
+    object_weight: float = 1.0
     quantizer: float = 1.0
     semantic: float = 1.0
     distill_folds: int = 4
@@ -59,7 +64,7 @@ class LossConfig:
     disc_weights: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("l1", "l2", "perceptual_weight", "quantizer", "semantic", "gan_weight"):
+        for name in ("l1", "l2", "perceptual_weight", "object_weight", "quantizer", "semantic", "gan_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -125,6 +130,14 @@ class TokenizerObjective:
             )
         self.adversarial: AdversarialLoss | None = None
 
+    def pixel_weight(self, batch: dict[str, Any]) -> Tensor | None:
+        """(B, 1, H, W): 1 on background, ``object_weight`` on object pixels (blended at their edges);
+        None when unweighted or when the batch marks no objects."""
+        mask = batch.get("object_mask")
+        if self.config.object_weight == 1.0 or mask is None:
+            return None
+        return object_pixel_weight(mask, self.config.object_weight)
+
     # -- generator --------------------------------------------------------------------------------
 
     def generator_loss(
@@ -136,7 +149,7 @@ class TokenizerObjective:
         texts = batch.get("caption") if contrastive else None  # weight 0: the text tower need not run
         out = model(images, texts)
         logs: dict[str, Tensor] = {}
-        rec = self.reconstruction(out.reconstruction.float(), images.float())
+        rec = self.reconstruction(out.reconstruction.float(), images.float(), self.pixel_weight(batch))
         total = rec.loss
         logs.update(rec.prefixed("rec/"))
         total = total + self.config.quantizer * out.quant.loss.float()
