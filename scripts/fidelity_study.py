@@ -79,7 +79,8 @@ def _config(name: str, out: Path, steps: int | None = None):
 
 
 def probe_step_seconds(names: list[str], out: Path, rounds: int) -> dict[str, float]:
-    """Median seconds of one optimiser step per variant, the variants timed in turn each round."""
+    """Seconds of one optimiser step per variant: the variants are timed in turn each round, and each is
+    the base's median time times its median ratio to the base over the rounds."""
     from polytok.data import collate
     from polytok.recipes.objective import build_objective
     from polytok.train.objective import StepContext
@@ -126,7 +127,10 @@ def probe_step_seconds(names: list[str], out: Path, rounds: int) -> dict[str, fl
             start = time.perf_counter()
             steppers[name]()
             times[name].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+    # each variant's cost relative to the base within the same round (load drifts cancel), median over rounds
+    base = times["base"]
+    ratios = {n: statistics.median(t / b for t, b in zip(times[n], base)) for n in names}
+    return {n: statistics.median(base) * ratios[n] for n in names}
 
 
 def train_all(plan: dict[str, int], out: Path, parallel: int) -> None:
@@ -207,7 +211,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fidelity")
     parser.add_argument("--variants", nargs="*", default=None)
     parser.add_argument("--base-steps", type=int, default=150, help="steps of the base variant")
-    parser.add_argument("--probe-rounds", type=int, default=4)
+    parser.add_argument("--probe-rounds", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--max-eval-images", type=int, default=256)
     parser.add_argument("--eval-only", action="store_true", help="measure the runs already in --out")
