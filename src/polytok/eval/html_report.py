@@ -42,14 +42,15 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.best { font-weight: bold; background: #e8f4e8; }
 td.ref, tr.reference th { color: #666; font-style: italic; }
 tr.reference th, tr.reference td { background: #fafafa; }
-th.name { text-align: left; max-width: 16em; }
+th.name { text-align: left; max-width: 16em; overflow-wrap: anywhere; }
 p.note { font-size: 0.8em; color: #555; margin: 0 0 10px; max-width: 1150px; }
 .protocol { font-size: 0.8em; color: #555; }
 .protocol span { display: inline-block; margin-right: 10px; }
 .strips { display: flex; flex-wrap: wrap; gap: 0 28px; }
 figure.strip-box { margin: 0; } figure.strip-box figcaption { font-weight: 600; margin: 4px 0; }
 table.strip td, table.strip th { padding: 1px; border: none; background: none; font-weight: normal; }
-table.strip th { text-align: right; padding-right: 6px; vertical-align: middle; max-width: 10em; }
+table.strip th { text-align: right; padding-right: 6px; vertical-align: middle; max-width: 10em;
+  overflow-wrap: anywhere; }
 table.strip tr.original th { font-weight: 600; }
 table.strip img { image-rendering: pixelated; width: 64px; height: 64px; display: block; }
 .grid img { image-rendering: pixelated; width: 128px; height: 128px; display: block; }

@@ -197,7 +197,7 @@ def headline_legend(groups: Sequence[DatasetGroup]) -> str:
         if c.metric in shown
     )
     return (
-        f'<p class="note">Pixel figures at the deepest decoded depth, semantic ones at every code level. '
+        f'<p class="note">Pixel figures at the deepest decoded depth, zero-shot from all code levels. '
         f"{defined}. Bold: the best tokenizer of a column; italic: references, not tokenizers. Hover a "
         "number for its protocol; every figure is under All figures.</p>"
     )
