@@ -26,6 +26,7 @@ from polytok.eval.report_html import (
     group_by_dataset,
     image_tag,
     protocol_html,
+    skip_reason,
 )
 from polytok.eval.report_overview import headline_legend, headline_table, reconstruction_strip
 
@@ -88,7 +89,7 @@ def _full_table(group: DatasetGroup) -> str:
         cells = []
         for report, value in zip(reports, values):
             if value is None:
-                reason = report.skipped.get(metric, "not measured")
+                reason = skip_reason(report, metric)
                 cells.append(f'<td class="skipped" title="{esc(reason)}">n/a</td>')
             else:
                 result = report.metrics[metric]

@@ -55,6 +55,17 @@ def figure_title(result: MetricResult, skip: Sequence[str] = DATA_FIELDS) -> str
     return "\n".join(lines)
 
 
+def skip_reason(report: EvalReport, metric: str) -> str:
+    """Why ``report`` has no ``metric``: its own entry in ``skipped``, else that of the family it
+    belongs to (``"zero-shot"`` for ``"zero-shot top-1"``)."""
+    if metric in report.skipped:
+        return report.skipped[metric]
+    for key, reason in report.skipped.items():
+        if metric.startswith(key):
+            return reason
+    return "not measured"
+
+
 @dataclass(frozen=True)
 class DatasetGroup:
     """Reports measured on one dataset and split. ``labels``: each report's name without the suffix

@@ -11,7 +11,7 @@ import torch
 
 from polytok.eval.plots import LOWER_IS_BETTER
 from polytok.eval.report_data import EvalReport
-from polytok.eval.report_html import DatasetGroup, esc, figure_title, image_tag
+from polytok.eval.report_html import DatasetGroup, esc, figure_title, image_tag, skip_reason
 from polytok.eval.result import MetricResult
 
 BITS = "bits / image"  # derived from the codec references' budget, not a metric of its own
@@ -119,7 +119,7 @@ def _best(values: Sequence[MetricResult | None], column: Column) -> float | None
 
 def _cell(report: EvalReport, column: Column, value: MetricResult | None, best: float | None) -> str:
     if value is None:
-        reason = report.skipped.get(column.metric, "not measured")
+        reason = skip_reason(report, column.metric)
         return f'<td class="skipped" title="{esc(reason)}">–</td>'
     classes = ["num"] + (["ref"] if column.reference else []) + (["best"] if value.value == best else [])
     return (
