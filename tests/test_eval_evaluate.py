@@ -229,7 +229,7 @@ def test_evaluate_presets_and_compare(tmp_path, monkeypatch) -> None:
     assert "text tower" in evo.skipped["zero-shot"]  # the distillation preset has no text encoder
     assert 0.0 <= poly.metrics["zero-shot top-1"].value <= poly.metrics["zero-shot top-5"].value <= 1.0
     html = write_report(reports, tmp_path / "compare.html").read_text()
-    assert html.count("<section") == 2 and 'id="comparison"' in html
+    assert html.count('<details class="tokenizer"') == 2 and 'class="comparison"' in html
 
 
 class PixelPrefixTokenizer(PatchResidualTokenizer):

@@ -1,38 +1,63 @@
 """``write_report``: one self-contained HTML page (inline CSS, images and plots as base64 PNG).
 
-Several reports side by side give a comparison table; each report then has its own section with the
-figures and their protocols, sample grids (one column per decoded depth), depth curves and codebook
-usage plots. A small script marks ``<body data-images-decoded=N data-images-total=M>`` once loaded.
+The first screen (readable at 1300 px without sideways scrolling) holds, per dataset, a narrow table of
+headline figures with tokenizers as rows and the strip of originals against reconstructions
+(``report_overview``). Optional further sections follow it. Below, per dataset, the full table (every
+figure as a row, tokenizers as columns), the depth curves of residual tokenizers, and per tokenizer its
+figures with their protocols, samples at every decoded depth and codebook usage. A small script marks
+``<body data-images-decoded=N data-images-total=M>`` once loaded.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from polytok.eval.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
 from polytok.eval.report_data import EvalReport
+from polytok.eval.report_html import (
+    DatasetGroup,
+    data_uri,
+    esc,
+    figure_title,
+    group_by_dataset,
+    image_tag,
+    protocol_html,
+    skip_reason,
+)
+from polytok.eval.report_overview import headline_legend, headline_table, reconstruction_strip
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
-h1 { font-size: 1.5em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }
-th { background: #f0f0f0; }
+body { font-family: system-ui, sans-serif; margin: 16px 24px; color: #222; font-size: 14px; }
+h1 { font-size: 1.4em; margin: 0 0 4px; } h2 { font-size: 1.15em; margin: 14px 0 4px; }
+h2.part { margin-top: 2em; border-bottom: 1px solid #ccc; font-size: 1.3em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 4px; }
+p.stamp { margin: 0 0 8px; color: #555; }
+table { border-collapse: collapse; margin: 4px 0 8px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }
+th { background: #f0f0f0; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { font-weight: bold; background: #e8f4e8; }
+td.ref, tr.reference th { color: #666; font-style: italic; }
+tr.reference th, tr.reference td { background: #fafafa; }
+th.name { text-align: left; max-width: 16em; overflow-wrap: anywhere; }
+p.note { font-size: 0.8em; color: #555; margin: 0 0 10px; max-width: 1150px; }
 .protocol { font-size: 0.8em; color: #555; }
 .protocol span { display: inline-block; margin-right: 10px; }
+.strips { display: flex; flex-wrap: wrap; gap: 0 28px; }
+figure.strip-box { margin: 0; } figure.strip-box figcaption { font-weight: 600; margin: 4px 0; }
+table.strip td, table.strip th { padding: 1px; border: none; background: none; font-weight: normal; }
+table.strip th { text-align: right; padding-right: 6px; vertical-align: middle; max-width: 10em;
+  overflow-wrap: anywhere; }
+table.strip tr.original th { font-weight: 600; }
+table.strip img { image-rendering: pixelated; width: 64px; height: 64px; display: block; }
 .grid img { image-rendering: pixelated; width: 128px; height: 128px; display: block; }
+img.plot { max-width: 100%; height: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+details.tokenizer { margin: 6px 0; } details.tokenizer > summary { cursor: pointer; font-weight: 600; }
 .skipped { color: #8a4b00; }
 """
 
@@ -46,48 +71,33 @@ window.addEventListener('load', function () {
 """
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _image_png(image: torch.Tensor) -> bytes:
-    """(3, H, W) in [0, 1] -> PNG bytes."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _protocol_html(protocol: dict[str, Any]) -> str:
-    items = "".join(f"<span><b>{_esc(k)}</b>: {_esc(v)}</span>" for k, v in protocol.items() if v is not None)
-    return f'<div class="protocol">{items}</div>'
-
-
-def _comparison_table(reports: Sequence[EvalReport]) -> str:
+def _full_table(group: DatasetGroup) -> str:
+    """Every figure of the group's reports as a row, tokenizers as columns (narrow: few tokenizers per
+    dataset); each number's protocol is its tooltip, and the per-tokenizer tables list it in full."""
+    reports = group.reports
     names: list[str] = []
     for report in reports:
         names += [m for m in report.metrics if m not in names]
-    head = "".join(f"<th>{_esc(r.name)}</th>" for r in reports)
+    head = "".join(f'<th title="{esc(r.name)}">{esc(label)}</th>' for r, label in zip(reports, group.labels))
     rows = []
     for metric in names:
         values = [r.metrics[metric].value if metric in r.metrics else None for r in reports]
         present = [v for v in values if v is not None]
         best = None
-        if len(present) > 1:
+        if len(set(present)) > 1:  # a tie everywhere: no best
             best = min(present) if metric.startswith(LOWER_IS_BETTER) else max(present)
         cells = []
         for report, value in zip(reports, values):
             if value is None:
-                reason = report.skipped.get(metric, "not measured")
-                cells.append(f'<td class="skipped" title="{_esc(reason)}">n/a</td>')
+                reason = skip_reason(report, metric)
+                cells.append(f'<td class="skipped" title="{esc(reason)}">n/a</td>')
             else:
+                result = report.metrics[metric]
                 cls = "num best" if best is not None and value == best else "num"
-                cells.append(f'<td class="{cls}">{_esc(report.metrics[metric].format())}</td>')
-        rows.append(f"<tr><th>{_esc(metric)}</th>{''.join(cells)}</tr>")
+                cells.append(
+                    f'<td class="{cls}" title="{esc(figure_title(result))}">{esc(result.format())}</td>'
+                )
+        rows.append(f"<tr><th>{esc(metric)}</th>{''.join(cells)}</tr>")
     rows_info = (
         ("images", "num_images"),
         ("image size", "image_size"),
@@ -97,26 +107,25 @@ def _comparison_table(reports: Sequence[EvalReport]) -> str:
         ("codebook size", "codebook_size"),
     )
     for label, key in rows_info:
-        cells = "".join(f'<td class="num">{_esc(r.protocol.get(key))}</td>' for r in reports)
+        cells = "".join(f'<td class="num">{esc(r.protocol.get(key))}</td>' for r in reports)
         rows.append(f"<tr><th>{label}</th>{cells}</tr>")
     return (
-        '<table id="comparison"><thead><tr><th>metric</th>'
+        '<div class="scroll"><table class="comparison"><thead><tr><th>metric</th>'
         + head
         + "</tr></thead><tbody>"
         + "".join(rows)
-        + "</tbody></table>"
+        + "</tbody></table></div>"
     )
 
 
 def _metrics_table(report: EvalReport) -> str:
     rows = [
-        f'<tr><th>{_esc(name)}</th><td class="num">{_esc(result.format())}</td>'
-        f"<td>{_protocol_html(result.protocol)}</td></tr>"
+        f'<tr><th>{esc(name)}</th><td class="num">{esc(result.format())}</td>'
+        f"<td>{protocol_html(result.protocol)}</td></tr>"
         for name, result in report.metrics.items()
     ]
     rows += [
-        f'<tr><th>{_esc(name)}</th><td class="skipped">skipped</td>'
-        f'<td class="skipped">{_esc(reason)}</td></tr>'
+        f'<tr><th>{esc(name)}</th><td class="skipped">skipped</td><td class="skipped">{esc(reason)}</td></tr>'
         for name, reason in report.skipped.items()
     ]
     return (
@@ -133,15 +142,15 @@ def _depth_table(report: EvalReport) -> str:
     rows = []
     for metric, curve in report.depth_curves.items():
         cells = "".join(
-            f'<td class="num">{_esc(curve[d].format()) if d in curve else "n/a"}</td>' for d in report.depths
+            f'<td class="num">{esc(curve[d].format()) if d in curve else "n/a"}</td>' for d in report.depths
         )
-        rows.append(f"<tr><th>{_esc(metric)}</th>{cells}</tr>")
+        rows.append(f"<tr><th>{esc(metric)}</th>{cells}</tr>")
     return (
-        '<table class="depth"><thead><tr><th>metric \\ levels (pixel rows: decoded)</th>'
+        '<div class="scroll"><table class="depth"><thead><tr><th>metric \\ levels (pixel rows: decoded)</th>'
         + head
         + "</tr></thead><tbody>"
         + "".join(rows)
-        + "</tbody></table>"
+        + "</tbody></table></div>"
     )
 
 
@@ -157,37 +166,41 @@ def _sample_grid(report: EvalReport) -> str:
     )
     rows = []
     for i in range(len(originals)):
-        cells = [f'<td><img alt="original {i}" src="{_data_uri(_image_png(originals[i]))}"></td>']
+        cells = [f"<td>{image_tag(originals[i], f'original {i}')}</td>"]
         cells += [
-            f'<td><img alt="depth {d} reconstruction {i}" src="{_data_uri(_image_png(recons[d][i]))}"></td>'
+            f"<td>{image_tag(recons[d][i], f'depth {d} reconstruction {i}')}</td>"
             for d in depths
             if i < len(recons[d])
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (
+        f'<div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
-def _section(report: EvalReport, index: int) -> str:
-    parts = [f'<section id="report-{index}"><h2>{_esc(report.name)}</h2>']
-    parts.append(_protocol_html(report.protocol))
-    parts.append("<h3>Figures</h3>" + _metrics_table(report))
+def _tokenizer_details(report: EvalReport, index: int) -> str:
+    """One tokenizer on one dataset: figures with protocols, depth table, samples, codebook, timing."""
+    parts = [f'<details class="tokenizer" id="report-{index}"><summary>{esc(report.name)}</summary>']
+    parts.append(protocol_html(report.protocol))
+    parts.append("<h4>Figures</h4>" + _metrics_table(report))
     if report.depth_curves:
-        parts.append("<h3>By number of decoded residual levels</h3>" + _depth_table(report))
+        parts.append("<h4>By number of decoded residual levels</h4>" + _depth_table(report))
     grid = _sample_grid(report)
     if grid:
-        parts.append("<h3>Originals and reconstructions</h3>" + grid)
+        parts.append("<h4>Originals and reconstructions</h4>" + grid)
     if report.codebook is not None:
         summary = report.codebook.summary()
         parts.append(
-            "<h3>Codebook usage</h3><p>"
+            "<h4>Codebook usage</h4><p>"
             + ", ".join(
-                f"{_esc(k)}: {_esc(round(v, 4) if isinstance(v, float) else v)}" for k, v in summary.items()
+                f"{esc(k)}: {esc(round(v, 4) if isinstance(v, float) else v)}" for k, v in summary.items()
             )
             + f" (codebook size {report.codebook.codebook_size}, "
             f"{report.codebook.num_tokens} tokens per codebook)</p>"
         )
         png = codebook_usage_png(report.codebook, report.name)
-        parts.append(f'<img class="plot" alt="codebook usage of {_esc(report.name)}" src="{_data_uri(png)}">')
+        parts.append(f'<img class="plot" alt="codebook usage of {esc(report.name)}" src="{data_uri(png)}">')
     timing = report.timing
     if timing:
         parts.append(
@@ -195,37 +208,90 @@ def _section(report: EvalReport, index: int) -> str:
             f"({timing.get('images_per_second', 0):.2f} images/s); final figures: "
             f"{timing.get('compute_seconds', 0):.1f} s.</p>"
         )
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def _dataset_figures(group: DatasetGroup, number: int) -> str:
+    parts = [
+        f'<section class="dataset" id="dataset-{number}"><h3>{esc(group.title)}</h3>',
+        _full_table(group),
+    ]
+    curves = depth_curves_png(group.reports, group.labels)
+    if curves is not None:
+        parts.append(
+            f'<h4>Depth curves</h4><img class="plot" alt="depth curves on {esc(group.title)}" '
+            f'src="{data_uri(curves)}">'
+        )
+    parts += [_tokenizer_details(r, i) for r, i in zip(group.reports, group.indices)]
     parts.append("</section>")
     return "".join(parts)
 
 
-def render_report(reports: EvalReport | Sequence[EvalReport], title: str = "polytok evaluation") -> str:
+def _check_sections(extra_sections: Sequence[str]) -> list[str]:
+    if isinstance(extra_sections, str):
+        raise ValueError("extra_sections must be a sequence of HTML fragments, got one string")
+    sections = list(extra_sections)
+    odd = [type(s).__name__ for s in sections if not isinstance(s, str)]
+    if odd:
+        raise ValueError(f"extra_sections must hold HTML strings, got {odd}")
+    return sections
+
+
+def render_report(
+    reports: EvalReport | Sequence[EvalReport],
+    title: str = "polytok evaluation",
+    extra_sections: Sequence[str] = (),
+) -> str:
     """The HTML text of the report (see ``write_report``)."""
     if isinstance(reports, EvalReport):
         reports = [reports]
     reports = list(reports)
     if not reports:
         raise ValueError("no reports to render")
+    sections = _check_sections(extra_sections)
+    groups = group_by_dataset(reports)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = [f"<h1>{_esc(title)}</h1><p>Generated {stamp}.</p>"]
-    body.append("<h2>Comparison</h2>" + _comparison_table(reports))
-    curves = depth_curves_png(reports)
-    if curves is not None:
-        body.append(f'<h2>Depth curves</h2><img class="plot" alt="depth curves" src="{_data_uri(curves)}">')
-    body += [_section(report, i) for i, report in enumerate(reports)]
+    body = [
+        f'<h1>{esc(title)}</h1><p class="stamp">Generated {stamp}. {len(reports)} evaluation'
+        f"{'s' if len(reports) > 1 else ''} on {len(groups)} dataset{'s' if len(groups) > 1 else ''}; "
+        'every figure, depth curves and protocols under <a href="#all-figures">All figures</a>.</p>'
+    ]
+    body.append('<section id="overview">')
+    body += [f"<h2>{esc(g.title)}</h2>{headline_table(g)}" for g in groups]
+    body.append(headline_legend(groups))
+    strips = [strip for strip in (reconstruction_strip(g) for g in groups) if strip]
+    if strips:
+        body.append(f'<h2>Originals and reconstructions</h2><div class="strips">{"".join(strips)}</div>')
+    body.append("</section>")
+    body += sections
+    body.append('<section id="all-figures"><h2 class="part">All figures</h2>')
+    body += [_dataset_figures(g, n) for n, g in enumerate(groups)]
+    body.append("</section>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
         + "".join(body)
         + f"<script>{_SCRIPT}</script></body></html>\n"
     )
 
 
 def write_report(
-    reports: EvalReport | Sequence[EvalReport], path: str | Path, title: str = "polytok evaluation"
+    reports: EvalReport | Sequence[EvalReport],
+    path: str | Path,
+    title: str = "polytok evaluation",
+    extra_sections: Sequence[str] = (),
 ) -> Path:
-    """Write one self-contained HTML file comparing one or more ``EvalReport``s; returns the path."""
+    """Write one self-contained HTML file comparing one or more ``EvalReport``s; returns the path.
+
+    Reports are grouped by the ``dataset`` and ``split`` of their protocol. ``extra_sections``: HTML
+    fragments (each best a ``<section>`` with its own ``<h2>``, self-contained and at most the page's
+    width) inserted in order after the per-dataset tokenizer tables and reconstruction strips, before
+    the full figures.
+    """
     path = Path(path)
+    text = render_report(reports, title, extra_sections)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(reports, title), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path

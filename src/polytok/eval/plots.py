@@ -37,11 +37,15 @@ def _decoded(reports: Sequence[EvalReport], metric: str) -> bool:
     )
 
 
-def depth_curves_png(reports: Sequence[EvalReport]) -> bytes | None:
-    """One panel per metric: value against the number of decoded residual levels, one line per report."""
+def depth_curves_png(reports: Sequence[EvalReport], labels: Sequence[str] | None = None) -> bytes | None:
+    """One panel per metric that some report measured at two depths or more: value against the number
+    of decoded residual levels, one line per report, named by ``labels`` (default: the reports' names)."""
+    names = list(labels) if labels is not None else [report.name for report in reports]
+    if len(names) != len(reports):
+        raise ValueError(f"{len(names)} labels for {len(reports)} reports")
     metrics: list[str] = []
     for report in reports:
-        metrics += [m for m in report.depth_curves if m not in metrics]
+        metrics += [m for m, curve in report.depth_curves.items() if len(curve) > 1 and m not in metrics]
     if not metrics:
         return None
     cols = min(3, len(metrics))
@@ -49,12 +53,12 @@ def depth_curves_png(reports: Sequence[EvalReport]) -> bytes | None:
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for report in reports:
+        for report, name in zip(reports, names):
             curve = report.depth_curves.get(metric)
             if not curve:
                 continue
             xs = sorted(curve)
-            ax.plot(xs, [curve[x].value for x in xs], marker="o", label=report.name)
+            ax.plot(xs, [curve[x].value for x in xs], marker="o", label=name)
         lower = metric.startswith(LOWER_IS_BETTER)
         ax.set_title(f"{metric} ({'lower' if lower else 'higher'} is better)", fontsize=9)
         ax.set_xlabel("levels decoded" if _decoded(reports, metric) else "code levels")
