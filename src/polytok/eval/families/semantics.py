@@ -1,5 +1,9 @@
 """Zero-shot accuracy and a linear probe on the tokenizer's semantic features of each code prefix
-(``tokenizer.semantic_features(codes)``, computed once per batch and depth for both)."""
+(``tokenizer.semantic_features(codes)``, computed once per batch and depth for both).
+
+The zero-shot figures carry their baselines in ``protocol["baselines"]``: chance and, for the (colour,
+shape) classes of ``shapes``, the models that know only the shape or only the colour
+(:func:`polytok.eval.attribute_baselines.zero_shot_baselines`)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 import torch
 
+from polytok.eval.attribute_baselines import zero_shot_baselines
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
 from polytok.eval.linear_probe import FeatureBank, probe_top1
 from polytok.eval.options import EvalOptions, ZeroShotSpec
@@ -54,6 +59,7 @@ class SemanticFeatures:
                     self.tokenizer.encode_text,
                     self.zero_shot.class_names,
                     self.zero_shot.templates,
+                    protocol={"baselines": zero_shot_baselines(self.zero_shot.class_names)},
                     class_embeddings=self.class_embeddings,
                 )
             self.classifiers[depth.levels].update(embedding, batch.labels)
