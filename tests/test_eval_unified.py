@@ -3,12 +3,20 @@ baselines against naive counts, and an end-to-end run of a tiny unified model tr
 
 from __future__ import annotations
 
+import base64
+import copy
+import html
+import io
 import json
 import math
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from polytok.cli import main
 from polytok.data.shapes import (
     BACKGROUNDS,
     COLOURS,
@@ -24,6 +32,7 @@ from polytok.data.shapes import (
 from polytok.eval import PROMPT_SUITE_VERSION, evaluate_unified, parse_caption, prompt_suite
 from polytok.eval.attribute_baselines import chance, single_attribute_baselines, zero_shot_baselines
 from polytok.eval.attribute_scores import accuracy, correct_flags
+from polytok.eval.html_unified import render_unified_section
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
 from polytok.unified import UnifiedModel, train_text_tokenizer
 from unified_helpers import tiny_config, tokenizer
@@ -314,3 +323,62 @@ def test_bad_settings_are_refused(trained) -> None:
             tok,
             progress=False,
         )
+
+
+# -- HTML section and the command line -------------------------------------------------------------------
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.open_sections = 0
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        self.open_sections += tag == "section"
+
+    def handle_endtag(self, tag) -> None:
+        self.open_sections -= tag == "section"
+
+
+def test_html_section_renders_samples_readings_and_captions(trained) -> None:
+    model, tok = trained
+    report = _run(model, tok)
+    fragment = render_unified_section(report)
+    parser = _Images()
+    parser.feed(fragment)
+    assert parser.open_sections == 0 and fragment.startswith("<section")
+    assert len(parser.sources) == 4 * 2 + len(report.captions)  # every sample and every captioned image
+    for source in parser.sources:
+        assert source.startswith("data:image/png;base64,")  # self-contained
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.size == (SIDE, SIDE)
+    first = report.samples[0]
+    assert html.escape(first.prompt.caption) in fragment and "held-out pair" in fragment
+    shape_read = TASK_CLASSES["shape"][first.readings[0]["shape"]]
+    assert shape_read in fragment
+    for captioned in report.captions:
+        assert html.escape(captioned.caption) in fragment
+    assert "t2i[heldout] attr[pair]" in fragment and "colour only" in fragment
+
+
+def test_cli_evaluates_a_saved_unified_model(trained, tmp_path, capsys) -> None:
+    model, tok = trained
+    folder = tmp_path / "model"
+    copy.deepcopy(model).float().save_pretrained(folder)
+    tok.save_pretrained(folder / "image_tokenizer")
+    args = ["eval", str(folder), "--max-prompts", "2", "--samples-per-prompt", "1", "--caption-images", "2"]
+    args += ["--bits-images", "2", "--no-gfd", "--report", str(tmp_path / "out" / "unified.html")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "t2i[heldout] attr[pair]" in out and "colour only" in out and "caption[val] unparsed" in out
+    paths = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(Path(paths["summary"]).read_text())
+    assert summary["protocol"]["num_prompts"] == 2 and summary["protocol"]["samples_per_prompt"] == 1
+    assert summary["protocol"]["prompt_suite"] == PROMPT_SUITE_VERSION
+    assert summary["skipped"] == {} and "gFD (EfficientNet-Lite0)" not in summary["metrics"]
+    assert Path(paths["report"]).read_text().count("<img") == 2 + 4
+    assert main(["eval", str(folder), "--temperature", "-1", "--report", str(tmp_path / "x.html")]) == 2
+    assert "polytok: error: temperature must be >= 0" in capsys.readouterr().err

@@ -337,7 +337,9 @@ def evaluate_unified(
     Returns a :class:`UnifiedReport`; the same arguments give the same figures.
     """
     from polytok.eval.shapes_judge import load_shapes_judge
+    from polytok.unified.sampling import SamplingOptions
 
+    SamplingOptions(temperature, top_k, top_p)  # bad settings refused before anything is loaded
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if caption_images_per_split < 0 or bits_images_per_split < 0:
