@@ -12,6 +12,7 @@ import math
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ from polytok.eval import PROMPT_SUITE_VERSION, evaluate_unified, parse_caption, 
 from polytok.eval.attribute_baselines import chance, single_attribute_baselines, zero_shot_baselines
 from polytok.eval.attribute_scores import accuracy, correct_flags
 from polytok.eval.html_unified import render_unified_section
-from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
+from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge
 from polytok.unified import UnifiedModel, train_text_tokenizer
 from unified_helpers import tiny_config, tokenizer
 
@@ -233,9 +234,13 @@ def _run(model, tok, seed=0, gfd=False):
     )  # fmt: skip
 
 
-def test_end_to_end_structure_and_protocol(trained) -> None:
-    model, tok = trained
-    report = _run(model, tok, gfd=True)
+@pytest.fixture(scope="module")
+def report(trained):
+    return _run(*trained, gfd=True)
+
+
+def test_end_to_end_structure_and_protocol(trained, report) -> None:
+    model = trained[0]
     assert [s.prompt.heldout for s in report.samples] == [True, False, True, False]
     for sample in report.samples:
         assert sample.images.dtype == torch.uint8 and sample.images.shape == (2, 3, SIDE, SIDE)
@@ -267,6 +272,22 @@ def test_end_to_end_structure_and_protocol(trained) -> None:
             assert protocol[key] == value, key
         assert protocol["num_images"] == 4 and protocol["group"] == group
         baselines = protocol["baselines"]
+        items = [{"attributes": s.prompt.attributes} for s in report.samples if s.prompt.heldout == heldout]
+        assert baselines["shape only"] == pytest.approx(_brute_force_pair_baseline(items, "shape"))
+        assert baselines["colour only"] == pytest.approx(_brute_force_pair_baseline(items, "colour"))
+        # the judge's ceiling on real images: redrawn here from the documented seeds and read again
+        renderer, judge = ShapesDataset("train", image_size=SIDE), load_shapes_judge()
+        right = 0
+        for sample in (s for s in report.samples if s.prompt.heldout == heldout):
+            truth = sample.prompt.attributes
+            for j in range(2):
+                image = renderer.render(truth, np.random.default_rng([0, sample.prompt.index, j]))
+                reading = judge.read(image[None])
+                right += (
+                    int(reading["shape"][0]) == truth["shape"]
+                    and int(reading["colour"][0]) == truth["colour"]
+                )
+        assert baselines["judge on real images"] == pytest.approx(right / 4)
         assert {
             "chance",
             "shape only",
@@ -343,9 +364,7 @@ class _Images(HTMLParser):
         self.open_sections -= tag == "section"
 
 
-def test_html_section_renders_samples_readings_and_captions(trained) -> None:
-    model, tok = trained
-    report = _run(model, tok)
+def test_html_section_renders_samples_readings_and_captions(report) -> None:
     fragment = render_unified_section(report)
     parser = _Images()
     parser.feed(fragment)
@@ -369,9 +388,14 @@ def test_cli_evaluates_a_saved_unified_model(trained, tmp_path, capsys) -> None:
     folder = tmp_path / "model"
     copy.deepcopy(model).float().save_pretrained(folder)
     tok.save_pretrained(folder / "image_tokenizer")
+    tokens = tmp_path / "tokens"  # the first 2 held-out images as a token set, each encoded alone
+    encode = ["encode", str(folder / "image_tokenizer"), "shapes", "--split", "heldout", "--image-size"]
+    encode += [str(SIDE), "--max-images", "2", "--batch-size", "1", "--out", str(tokens)]
+    assert main(encode) == 0
+    capsys.readouterr()
     args = ["eval", str(folder), "--max-prompts", "2", "--samples-per-prompt", "1", "--caption-images", "2"]
     args += ["--bits-images", "2", "--no-gfd", "--report", str(tmp_path / "out" / "unified.html")]
-    assert main(args) == 0
+    assert main([*args, "--bits-token-set", str(tokens)]) == 0
     out = capsys.readouterr().out
     assert "t2i[heldout] attr[pair]" in out and "colour only" in out and "caption[val] unparsed" in out
     paths = json.loads(out.strip().splitlines()[-1])
@@ -380,5 +404,9 @@ def test_cli_evaluates_a_saved_unified_model(trained, tmp_path, capsys) -> None:
     assert summary["protocol"]["prompt_suite"] == PROMPT_SUITE_VERSION
     assert summary["skipped"] == {} and "gFD (EfficientNet-Lite0)" not in summary["metrics"]
     assert Path(paths["report"]).read_text().count("<img") == 2 + 4
+    # the same images and captions read from the token set give the same bits
+    from_set = summary["metrics"]["bits/image token[set tokens]"]
+    assert from_set["value"] == summary["metrics"]["bits/image token[heldout]"]["value"]
+    assert from_set["protocol"]["num_images"] == 2
     assert main(["eval", str(folder), "--temperature", "-1", "--report", str(tmp_path / "x.html")]) == 2
     assert "polytok: error: temperature must be >= 0" in capsys.readouterr().err

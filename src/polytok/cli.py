@@ -254,6 +254,7 @@ def _cmd_eval_unified(args: argparse.Namespace) -> int:
         max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt, guidance_scale=args.cfg,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         caption_images_per_split=args.caption_images, bits_images_per_split=args.bits_images,
+        bits_token_sets=args.bits_token_set,
         gfd=False if args.no_gfd else "auto", batch_size=args.batch_size, **options,
     )  # fmt: skip
     return 0
@@ -370,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--caption-images", type=int, default=32, help="captioned images per split (val, heldout)")
     u.add_argument("--bits-images", type=int, default=32, help="images per split for bits per image token")
+    u.add_argument(
+        "--bits-token-set", action="append", default=[], metavar="DIR",
+        help="also bits per image token on a token set of this tokenizer (repeatable)",
+    )  # fmt: skip
     u.add_argument("--no-gfd", action="store_true", help="skip gFD (EfficientNet-Lite0)")
     u.add_argument("--summary", default=None, help="JSON summary (default: the report's path, .json)")
     p.set_defaults(func=_cmd_eval)

@@ -23,7 +23,9 @@ What is measured (figure names in :mod:`polytok.eval.unified_report`):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,12 @@ def pixel_prefix_reconstruction(model: Any, tokenizer: Any, images: Tensor) -> T
     return model.decode_images(model.layout.from_levels(levels), tokenizer).float().cpu().clamp(0, 1)
 
 
+def encode_alone(tokenizer: Any, images: Tensor) -> Tensor:
+    """Images (B, 3, S, S) -> codes (B, h, w, *code_shape) on the CPU, each image encoded alone (as
+    training encodes them): no code depends on which images share a batch."""
+    return torch.cat([tokenizer.encode(image[None].to(tokenizer.device)).cpu() for image in images])
+
+
 def _group(prompt: ShapesPrompt) -> str:
     return "heldout" if prompt.heldout else "seen"
 
@@ -103,7 +111,7 @@ def _t2i_figures(
                     "group": group,
                     "group_prompts": len(chosen),
                     "num_images": len(flags),
-                    "baselines": {k: round(v, 6) for k, v in baselines.items()},
+                    "baselines": baselines,
                 },
             )
     return figures
@@ -258,7 +266,7 @@ def caption_images(
     for start in tqdm(starts, desc=f"caption {split}", disable=not progress):
         chunk = items[start : start + batch_size]
         images = torch.stack([item["image"] for item in chunk])
-        codes = tokenizer.encode(images.to(tokenizer.device)).to(model.device)
+        codes = encode_alone(tokenizer, images).to(model.device)
         texts = generate_captions(model, codes, max_new_tokens=max_new_tokens)
         for i, (item, caption) in enumerate(zip(chunk, texts)):
             parsed = parse_caption(caption)
@@ -291,9 +299,7 @@ def _caption_figures(captioned: Sequence[CaptionedImage], split: str) -> dict[st
         baselines = {"chance": chance(joint)}
         if score == PAIR_SCORE:
             baselines.update(single_attribute_baselines(truths, joint))
-        figures[f"caption[{split}] attr[{score}]"] = MetricResult(
-            value, {**protocol, "baselines": {k: round(v, 6) for k, v in baselines.items()}}
-        )
+        figures[f"caption[{split}] attr[{score}]"] = MetricResult(value, {**protocol, "baselines": baselines})
     unparsed = sum(c.parsed is None for c in captioned)
     figures[f"caption[{split}] unparsed"] = MetricResult(float(unparsed), dict(protocol))
     return figures
@@ -313,6 +319,7 @@ def evaluate_unified(
     seed: int = 0,
     caption_images_per_split: int = 32,
     bits_images_per_split: int = 32,
+    bits_token_sets: Sequence[str | os.PathLike] = (),
     data_seed: int = 0,
     gfd: Toggle = "auto",
     gfd_size: int = SEMANTIC_FIDELITY_SIZE,
@@ -330,6 +337,8 @@ def evaluate_unified(
             recorded in every figure; prompt i is sampled with seed ``seed + i``.
         caption_images_per_split / bits_images_per_split: images of the ``val`` and of the ``heldout``
             split (``shapes`` seed ``data_seed``) captioned / scored for bits (0: skipped).
+        bits_token_sets: token sets (``polytok encode`` directories, of this tokenizer at the model's
+            image size) whose first ``bits_images_per_split`` samples (all with 0) are also scored.
         gfd: ``True`` (the EfficientNet-Lite0 weights must load), ``False``, ``"auto"`` (skipped with
             the reason when they do not); ``gfd_size``: the network's input size.
         judge: a loaded shapes judge (default: the shipped one).
@@ -396,23 +405,11 @@ def evaluate_unified(
         items = _split_images(split, side, count, data_seed)
         if bits_images_per_split:
             chosen = items[:bits_images_per_split]
-            codes = tokenizer.encode(torch.stack([it["image"] for it in chosen]).to(tokenizer.device))
-            per_token, per_image, tokens = bits_per_image_token(
-                model, codes.cpu(), [it["caption"] for it in chosen], batch_size
-            )
-            bits_protocol = {
-                **protocol,
-                "split": split,
-                "num_images": len(chosen),
-                "image_tokens_per_image": tokens,
-                "definition": "mean -log2 p(pixel-prefix sub-code | caption, earlier sub-codes), teacher "
-                "forced (the model's image loss)",
-                "baselines": {"uniform": round(math.log2(model.layout.codebook_size), 6)},
-            }
-            report.metrics[f"bits/image token[{split}]"] = MetricResult(per_token, bits_protocol)
-            uniform = {"uniform": math.log2(model.layout.codebook_size) * tokens}
-            report.metrics[f"bits/image[{split}]"] = MetricResult(
-                per_image, {**bits_protocol, "baselines": uniform}
+            codes = encode_alone(tokenizer, torch.stack([it["image"] for it in chosen]))
+            captions = [it["caption"] for it in chosen]
+            source = {"split": split, "source": f"shapes {split} images 0..{len(chosen) - 1}, encoded"}
+            report.metrics.update(
+                _bits_figures(model, codes, captions, split, {**protocol, **source}, batch_size)
             )
         if caption_images_per_split:
             captioned = caption_images(
@@ -423,4 +420,61 @@ def evaluate_unified(
             figures = _caption_figures(captioned, split)
             for key, value in figures.items():
                 report.metrics[key] = MetricResult(value.value, {**protocol, **value.protocol})
+    for path in bits_token_sets:
+        report.metrics.update(
+            _token_set_bits(model, tokenizer, path, bits_images_per_split or None, protocol, batch_size)
+        )
     return report
+
+
+def _bits_figures(
+    model: Any,
+    codes: Tensor,
+    captions: Sequence[str],
+    label: str,
+    protocol: dict[str, Any],
+    batch_size: int = 16,
+) -> dict[str, MetricResult]:
+    """``bits/image token[label]`` and ``bits/image[label]`` of codes (B, h, w, *code_shape)."""
+    per_token, per_image, tokens = bits_per_image_token(model, codes, captions, batch_size)
+    uniform = math.log2(model.layout.codebook_size)
+    bits_protocol = {
+        **protocol,
+        "num_images": len(codes),
+        "image_tokens_per_image": tokens,
+        "definition": "mean -log2 p(pixel-prefix sub-code | caption, earlier sub-codes), teacher forced "
+        "(the model's image loss)",
+    }
+    return {
+        f"bits/image token[{label}]": MetricResult(
+            per_token, {**bits_protocol, "baselines": {"uniform": uniform}}
+        ),
+        f"bits/image[{label}]": MetricResult(
+            per_image, {**bits_protocol, "baselines": {"uniform": uniform * tokens}}
+        ),
+    }
+
+
+def _token_set_bits(
+    model: Any,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    limit: int | None,
+    protocol: dict[str, Any],
+    batch_size: int = 16,
+) -> dict[str, MetricResult]:
+    """Bits per image token on a token set written by ``polytok encode`` with this model's tokenizer."""
+    from polytok.token_shards import load_token_shards
+
+    rows = load_token_shards(path, tokenizer=tokenizer, limit=limit)  # another tokenizer is refused
+    codes = rows["codes"]
+    if not len(codes):
+        raise ValueError(f"token set {path} holds no samples")
+    if tuple(codes.shape[1:3]) != model.layout.grid:
+        raise ValueError(
+            f"token set {path} holds a {codes.shape[1]} x {codes.shape[2]} grid of codes; this model reads "
+            f"{model.layout.grid[0]} x {model.layout.grid[1]}: encode at the model's image size"
+        )
+    label = f"set {Path(path).name}"
+    source = {"source": f"token set {path}, its first {len(codes)} samples"}
+    return _bits_figures(model, codes, rows["captions"], label, {**protocol, **source}, batch_size)
