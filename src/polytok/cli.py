@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the EfficientNet-Lite0 agreement / KL / rFD figures",
     )
-    p.add_argument("--fidelity-size", type=int, help="classifier input size for them (library default)")
+    p.add_argument("--fidelity-size", type=int, help="their classifier input size, also gFD's")
     u = p.add_argument_group("unified model (generation and captioning on shapes)")
     u.add_argument("--samples-per-prompt", type=positive_int, default=4)
     u.add_argument(

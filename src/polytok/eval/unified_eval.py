@@ -66,7 +66,7 @@ def image_side(model: Any, tokenizer: Any) -> int:
 
 def pixel_prefix_reconstruction(model: Any, tokenizer: Any, images: Tensor) -> Tensor:
     """Images (B, 3, S, S) -> decoded from the pixel prefix of their codes (what generation predicts)."""
-    codes = tokenizer.encode(images.to(tokenizer.device))
+    codes = encode_alone(tokenizer, images)
     levels = model.layout.to_levels(codes)[:, :, : model.layout.pixel_levels]
     return model.decode_images(model.layout.from_levels(levels), tokenizer).float().cpu().clamp(0, 1)
 
