@@ -146,8 +146,9 @@ def test_scores_against_hand_made_readings() -> None:
     assert scores == {"shape": 0.5, "colour": 0.5, "count": 0.5, "all": 0.25, "pair": 0.25}
 
 
-def _brute_force_pair_baseline(items, known: str) -> float:
-    """Mean over items of 1 / (object classes of the dataset that share the item's ``known`` name)."""
+def _brute_force_pair_baseline(items, known: str, k: int = 1) -> float:
+    """Mean over items of the chance that the truth is among k picks, without replacement, from the
+    object classes of the dataset that share the item's ``known`` name."""
     total = 0.0
     for item in items:
         truth_name = (SHAPES if known == "shape" else list(COLOURS))[item["attributes"][known]]
@@ -155,7 +156,7 @@ def _brute_force_pair_baseline(items, known: str) -> float:
         for object_name in TASK_CLASSES["object"]:
             colour_name, shape_name = object_name.split(" ")
             agreeing += (shape_name if known == "shape" else colour_name) == truth_name
-        total += 1.0 / agreeing
+        total += min(k, agreeing) / agreeing
     return total / len(items)
 
 
@@ -173,6 +174,13 @@ def test_pair_baselines_against_a_brute_force_count(split) -> None:
     assert zero_shot["shape only"] == pytest.approx(baselines["shape only"])
     assert zero_shot["colour only"] == pytest.approx(baselines["colour only"])
     assert zero_shot_baselines(SHAPES) == {"chance": 1 / len(SHAPES)}  # one attribute: chance only
+    every_class = [
+        {"attributes": {"shape": i // len(COLOURS), "colour": i % len(COLOURS)}} for i in range(42)
+    ]
+    top5 = zero_shot_baselines(TASK_CLASSES["object"], top_k=5)
+    assert top5["chance"] == pytest.approx(5 / len(TASK_CLASSES["object"]))
+    assert top5["shape only"] == pytest.approx(_brute_force_pair_baseline(every_class, "shape", k=5))
+    assert top5["colour only"] == pytest.approx(_brute_force_pair_baseline(every_class, "colour", k=5))
 
 
 def test_chance_is_the_product_of_the_class_counts() -> None:
@@ -194,6 +202,10 @@ def test_zero_shot_figure_carries_its_single_attribute_baselines() -> None:
     )  # fmt: skip
     baselines = report.metrics["zero-shot top-1"].protocol["baselines"]
     assert baselines == zero_shot_baselines(TASK_CLASSES["object"])
+    top5 = report.metrics["zero-shot top-5"].protocol["baselines"]
+    assert (
+        top5 == zero_shot_baselines(TASK_CLASSES["object"], top_k=5) and top5["chance"] > baselines["chance"]
+    )
     assert baselines["colour only"] > baselines["shape only"] > baselines["chance"]
 
 

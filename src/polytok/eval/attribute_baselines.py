@@ -38,12 +38,14 @@ def single_attribute_baselines(
     truths: Sequence[Mapping[str, int]],
     attributes: Sequence[str],
     candidates: Sequence[Mapping[str, int]] | None = None,
+    top_k: int = 1,
 ) -> dict[str, float]:
     """``{"<a> only": accuracy}`` for each attribute a of a joint task over ``attributes``.
 
-    A model that knows only a picks uniformly among the ``candidates`` (default: every combination of
-    the attributes' classes) that agree with the truth on a; it is right with probability 1 / (their
-    number). The figure is the mean of that over ``truths`` (the evaluated items).
+    A model that knows only a ranks the ``candidates`` (default: every combination of the attributes'
+    classes) that agree with the truth on a first, in random order; its top-``top_k`` holds the truth
+    with probability min(k, n) / n for n such candidates. The figure is the mean of that over
+    ``truths`` (the evaluated items).
     """
     if len(attributes) < 2:
         raise ValueError(f"a single-attribute baseline needs a joint task of 2+ attributes, got {attributes}")
@@ -58,7 +60,7 @@ def single_attribute_baselines(
         total = 0.0
         for truth in truths:
             count = agreeing.get(truth[known], 0)
-            total += 1.0 / count if count else 0.0
+            total += min(top_k, count) / count if count else 0.0
         baselines[f"{known} only"] = total / len(truths)
     return baselines
 
@@ -71,15 +73,15 @@ def object_class_attributes(name: str) -> dict[str, int] | None:
     return {"shape": SHAPES.index(shape), "colour": tuple(COLOURS).index(colour)}
 
 
-def zero_shot_baselines(class_names: Sequence[str]) -> dict[str, float]:
-    """Baselines of zero-shot top-1 over ``class_names``: chance (1 / classes) and, when the classes are
+def zero_shot_baselines(class_names: Sequence[str], top_k: int = 1) -> dict[str, float]:
+    """Baselines of zero-shot top-k over ``class_names``: chance (k / classes) and, when the classes are
     (colour, shape) pairs of ``shapes``, the shape-only and colour-only models among those classes."""
     names = list(class_names)
     if not names:
         raise ValueError("class_names is empty")
-    baselines = {"chance": 1.0 / len(names)}
+    baselines = {"chance": min(top_k, len(names)) / len(names)}
     pairs = [object_class_attributes(name) for name in names]
     if all(pair is not None for pair in pairs):
         # every class is a candidate and equally likely to be the truth
-        baselines.update(single_attribute_baselines(pairs, PAIR, candidates=pairs))  # type: ignore[arg-type]
+        baselines.update(single_attribute_baselines(pairs, PAIR, pairs, top_k))  # type: ignore[arg-type]
     return baselines

@@ -15,6 +15,7 @@ from polytok.eval.attribute_baselines import zero_shot_baselines
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
 from polytok.eval.linear_probe import FeatureBank, probe_top1
 from polytok.eval.options import EvalOptions, ZeroShotSpec
+from polytok.eval.result import MetricResult
 from polytok.eval.zero_shot import ZeroShotClassifier, check_templates
 
 
@@ -59,7 +60,6 @@ class SemanticFeatures:
                     self.tokenizer.encode_text,
                     self.zero_shot.class_names,
                     self.zero_shot.templates,
-                    protocol={"baselines": zero_shot_baselines(self.zero_shot.class_names)},
                     class_embeddings=self.class_embeddings,
                 )
             self.classifiers[depth.levels].update(embedding, batch.labels)
@@ -78,7 +78,12 @@ class SemanticFeatures:
             figures = {}
             if levels in self.classifiers:
                 accuracy = self.classifiers[levels].compute()
-                figures["zero-shot top-1"], figures["zero-shot top-5"] = accuracy["top1"], accuracy["top5"]
+                for k in (1, 5):
+                    result = accuracy[f"top{k}"]
+                    baselines = zero_shot_baselines(self.zero_shot.class_names, top_k=k)
+                    figures[f"zero-shot top-{k}"] = MetricResult(
+                        result.value, {**result.protocol, "baselines": baselines}, result.std
+                    )
             if levels in self.banks:
                 outcome = probe_top1(self.banks[levels], "semantic features of the code")
                 if isinstance(outcome, str):
