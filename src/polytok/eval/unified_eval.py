@@ -199,7 +199,9 @@ def text_to_image(
             network_input_size=gfd_space.size[0],
             samples="every sample of every prompt",
             reference="as many real shapes images of the same prompts' attributes",
-            note="Frechet distance in EfficientNet-Lite0 features: not gFID (no Inception-v3)",
+            note="Frechet distance in EfficientNet-Lite0 features: not gFID (no Inception-v3); below 1281 "
+            "images per set the covariances are singular and the figure falls as images are added, so "
+            "compare figures at equal image counts only",
         )
         figures[GFD_LABEL] = result
     return samples, figures
