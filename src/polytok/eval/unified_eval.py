@@ -303,7 +303,7 @@ def _caption_figures(captioned: Sequence[CaptionedImage], split: str) -> dict[st
             baselines.update(single_attribute_baselines(truths, joint))
         figures[f"caption[{split}] attr[{score}]"] = MetricResult(value, {**protocol, "baselines": baselines})
     unparsed = sum(c.parsed is None for c in captioned)
-    figures[f"caption[{split}] unparsed"] = MetricResult(float(unparsed), dict(protocol))
+    figures[f"caption[{split}] unparsed"] = MetricResult(float(unparsed), {**protocol, "unit": "captions"})
     return figures
 
 

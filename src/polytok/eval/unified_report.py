@@ -108,7 +108,10 @@ class UnifiedReport:
         for key, result in self.metrics.items():
             baselines = result.protocol.get("baselines", {})
             text = ", ".join(f"{name} {_short(value)}" for name, value in baselines.items())
-            rows.append((key, _short(result.value), text))
+            value = (
+                f"{result.value:.0f}" if result.protocol.get("unit") == "captions" else _short(result.value)
+            )
+            rows.append((key, value, text))
         return rows
 
     def format_tables(self) -> str:
