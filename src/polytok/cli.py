@@ -6,6 +6,7 @@ polytok train CONFIG.yaml [key=value ...]     # train (single process or under t
 polytok generate MODEL "PROMPT" ... --out-dir DIR   # unified model: images from text (PNG + JSON lines)
 polytok caption MODEL IMAGE ...                # unified model: one JSON line per image
 polytok eval MODEL --data shapes --report out/report.html
+polytok eval UNIFIED_MODEL --samples-per-prompt 4 --cfg 3.0   # unified model: generation + captions on shapes
 polytok encode MODEL DATA --out tokens/       # a dataset to tar shards of tokens (also under torchrun)
 polytok encode MODEL DATA --out tokens.npz    # ... or to .npz token files
 polytok decode MODEL tokens/ --out-dir images/
@@ -244,9 +245,27 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_unified(args: argparse.Namespace) -> int:
+    from polytok.recipes.unified_evaluation import evaluate_unified_to_files
+
+    options = {} if args.fidelity_size is None else {"gfd_size": args.fidelity_size}
+    evaluate_unified_to_files(
+        args.model, report=args.report, summary=args.summary, prompts_per_pair=args.prompts_per_pair,
+        max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt, guidance_scale=args.cfg,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        caption_images_per_split=args.caption_images, bits_images_per_split=args.bits_images,
+        bits_token_sets=args.bits_token_set,
+        gfd=False if args.no_gfd else "auto", batch_size=args.batch_size, **options,
+    )  # fmt: skip
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from polytok.recipes.evaluation import evaluate_to_report
+    from polytok.recipes.unified_evaluation import is_unified_model
 
+    if is_unified_model(args.model):
+        return _cmd_eval_unified(args)
     evaluate_to_report(
         [_load_model(args)],
         names=[args.model],
@@ -325,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=positive_int, default=8)
         p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_caption)
 
-    p = add_parser("eval", help="measure a tokenizer and write the HTML report")
+    p = add_parser("eval", help="measure a tokenizer (or a unified model on shapes), write the HTML report")
     _add_model_args(p)
     p.add_argument("--data", default="photos", help="built-in dataset, image folder or shard pattern")
     p.add_argument("--split", default="val")
@@ -338,7 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the EfficientNet-Lite0 agreement / KL / rFD figures",
     )
-    p.add_argument("--fidelity-size", type=int, help="classifier input size for them (library default)")
+    p.add_argument("--fidelity-size", type=int, help="their classifier input size, also gFD's")
+    u = p.add_argument_group("unified model (generation and captioning on shapes)")
+    u.add_argument("--samples-per-prompt", type=positive_int, default=4)
+    u.add_argument(
+        "--prompts-per-pair", type=positive_int, default=1, help="prompts per (shape, colour) pair"
+    )
+    u.add_argument("--max-prompts", type=positive_int, default=None, help="only the suite's first N prompts")
+    u.add_argument("--cfg", type=float, default=3.0, help="guidance scale (1: no guidance)")
+    u.add_argument("--temperature", type=float, default=1.0)
+    u.add_argument("--top-k", type=int, default=0)
+    u.add_argument("--top-p", type=float, default=1.0)
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--caption-images", type=int, default=32, help="captioned images per split (val, heldout)")
+    u.add_argument("--bits-images", type=int, default=32, help="images per split for bits per image token")
+    u.add_argument(
+        "--bits-token-set", action="append", default=[], metavar="DIR",
+        help="also bits per image token on a token set of this tokenizer (repeatable)",
+    )  # fmt: skip
+    u.add_argument("--no-gfd", action="store_true", help="skip gFD (EfficientNet-Lite0)")
+    u.add_argument("--summary", default=None, help="JSON summary (default: the report's path, .json)")
     p.set_defaults(func=_cmd_eval)
 
     p = add_parser("encode", help="encode a dataset to tar shards (a directory) or a token file (.npz)")

@@ -1,8 +1,10 @@
 """Evaluation: reconstruction metrics (rFID, PSNR, SSIM, LPIPS, Frechet distance in any feature space,
 Inception Score), codebook health, zero-shot and linear-probe accuracy, depth curves for residual
 tokenizers, and a self-contained HTML report. Every figure is a ``MetricResult`` carrying its protocol.
-Each kind of figure is a metric family (``polytok.eval.families``) run by ``evaluate_tokenizer``."""
+Each kind of figure is a metric family (``polytok.eval.families``) run by ``evaluate_tokenizer``.
+``evaluate_unified`` measures a unified model's generation and captioning on the ``shapes`` world."""
 
+from polytok.eval.captions import parse_caption
 from polytok.eval.codebook import CodebookStats, CodebookUsage
 from polytok.eval.evaluate import DepthPlan, code_prefix, evaluate_tokenizer
 from polytok.eval.families import DepthBatch, DepthResult, MetricFamily, RealBatch
@@ -14,8 +16,11 @@ from polytok.eval.linear_probe import FeatureBank, linear_probe
 from polytok.eval.options import SEMANTIC_FIDELITY_SIZE, EvalOptions, ZeroShotSpec
 from polytok.eval.perceptual import LPIPS, build_lpips_vgg
 from polytok.eval.pixel import PSNR, SSIM, psnr_per_image, ssim_per_image
+from polytok.eval.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
 from polytok.eval.report_data import EvalReport
 from polytok.eval.result import MetricResult
+from polytok.eval.unified_eval import evaluate_unified
+from polytok.eval.unified_report import CaptionedImage, PromptSamples, UnifiedReport
 from polytok.eval.weights import inception_weights_path, vgg16_weights_path
 from polytok.eval.zero_shot import (
     TopKAccuracy,
@@ -42,9 +47,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "LPIPS",
+    "PROMPT_SUITE_VERSION",
     "PSNR",
     "SEMANTIC_FIDELITY_SIZE",
     "SSIM",
+    "CaptionedImage",
     "CodebookStats",
     "CodebookUsage",
     "DepthBatch",
@@ -62,19 +69,25 @@ __all__ = [
     "MetricFamily",
     "MetricResult",
     "ModuleFeatures",
+    "PromptSamples",
     "RealBatch",
     "SemanticAgreement",
     "SemanticFidelity",
+    "ShapesPrompt",
     "TopKAccuracy",
+    "UnifiedReport",
     "ZeroShotClassifier",
     "ZeroShotSpec",
     "build_class_embeddings",
     "build_lpips_vgg",
     "code_prefix",
     "evaluate_tokenizer",
+    "evaluate_unified",
     "frechet_distance",
     "inception_weights_path",
     "linear_probe",
+    "parse_caption",
+    "prompt_suite",
     "psnr_per_image",
     "render_report",
     "ssim_per_image",

@@ -1,5 +1,9 @@
 """Zero-shot accuracy and a linear probe on the tokenizer's semantic features of each code prefix
-(``tokenizer.semantic_features(codes)``, computed once per batch and depth for both)."""
+(``tokenizer.semantic_features(codes)``, computed once per batch and depth for both).
+
+The zero-shot figures carry their baselines in ``protocol["baselines"]``: chance and, for the (colour,
+shape) classes of ``shapes``, the models that know only the shape or only the colour
+(:func:`polytok.eval.attribute_baselines.zero_shot_baselines`)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from typing import Any
 
 import torch
 
+from polytok.eval.attribute_baselines import zero_shot_baselines
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
 from polytok.eval.linear_probe import FeatureBank, probe_top1
 from polytok.eval.options import EvalOptions, ZeroShotSpec
+from polytok.eval.result import MetricResult
 from polytok.eval.zero_shot import ZeroShotClassifier, check_templates
 
 
@@ -72,7 +78,12 @@ class SemanticFeatures:
             figures = {}
             if levels in self.classifiers:
                 accuracy = self.classifiers[levels].compute()
-                figures["zero-shot top-1"], figures["zero-shot top-5"] = accuracy["top1"], accuracy["top5"]
+                for k in (1, 5):
+                    result = accuracy[f"top{k}"]
+                    baselines = zero_shot_baselines(self.zero_shot.class_names, top_k=k)
+                    figures[f"zero-shot top-{k}"] = MetricResult(
+                        result.value, {**result.protocol, "baselines": baselines}, result.std
+                    )
             if levels in self.banks:
                 outcome = probe_top1(self.banks[levels], "semantic features of the code")
                 if isinstance(outcome, str):

@@ -1,0 +1,55 @@
+"""``polytok eval`` on a unified model: the shapes evaluation (:func:`polytok.eval.evaluate_unified`),
+its tables printed with their baselines, a JSON summary and an HTML page."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from polytok.eval.unified_report import UnifiedReport
+
+
+def is_unified_model(name_or_path: str) -> bool:
+    """True for a folder written by the unified model's ``save_pretrained`` or a shipped unified name."""
+    from polytok.recipes.unified_run import list_shipped_unified
+    from polytok.unified.model import META_NAME
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        return (path / META_NAME).is_file()
+    return str(name_or_path) in list_shipped_unified()
+
+
+def evaluate_unified_to_files(
+    name_or_path: str,
+    *,
+    report: str | os.PathLike,
+    summary: str | os.PathLike | None = None,
+    prompts_per_pair: int = 1,
+    max_prompts: int | None = None,
+    **kwargs: Any,
+) -> UnifiedReport:
+    """Load the unified model, evaluate it, print the tables, write the HTML ``report`` and the JSON
+    ``summary`` (default: beside the report, ``.json``). ``max_prompts``: only the suite's first N
+    prompts (a quick look; the figures then cover fewer pairs). Other keywords: ``evaluate_unified``'s."""
+    from polytok.eval.html_unified import write_unified_report
+    from polytok.eval.prompts import prompt_suite
+    from polytok.eval.unified_eval import evaluate_unified
+    from polytok.recipes.unified_run import load_unified
+
+    if max_prompts is not None and max_prompts < 1:
+        raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+    model, tokenizer = load_unified(name_or_path)
+    prompts = prompt_suite(prompts_per_pair)[:max_prompts]
+    result = evaluate_unified(model, tokenizer, name=str(name_or_path), prompts=prompts, **kwargs)
+    print(result.format_tables())
+    page = write_unified_report(result, report)
+    summary_path = Path(summary) if summary is not None else page.with_suffix(".json")
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    os.replace(tmp, summary_path)
+    print(json.dumps({"report": str(page), "summary": str(summary_path)}))
+    return result
