@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from polytok.eval.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
+from polytok.eval.progress import progress_bar
 from polytok.eval.report_data import EvalReport
 
 _CSS = """
@@ -199,7 +200,11 @@ def _section(report: EvalReport, index: int) -> str:
     return "".join(parts)
 
 
-def render_report(reports: EvalReport | Sequence[EvalReport], title: str = "polytok evaluation") -> str:
+def render_report(
+    reports: EvalReport | Sequence[EvalReport],
+    title: str = "polytok evaluation",
+    progress: bool | None = None,
+) -> str:
     """The HTML text of the report (see ``write_report``)."""
     if isinstance(reports, EvalReport):
         reports = [reports]
@@ -208,11 +213,21 @@ def render_report(reports: EvalReport | Sequence[EvalReport], title: str = "poly
         raise ValueError("no reports to render")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>{_esc(title)}</h1><p>Generated {stamp}.</p>"]
-    body.append("<h2>Comparison</h2>" + _comparison_table(reports))
-    curves = depth_curves_png(reports)
-    if curves is not None:
-        body.append(f'<h2>Depth curves</h2><img class="plot" alt="depth curves" src="{_data_uri(curves)}">')
-    body += [_section(report, i) for i, report in enumerate(reports)]
+    with progress_bar(len(reports) + 2, "report", progress, unit="part") as bar:
+        bar.set_postfix_str("comparison table", refresh=True)
+        body.append("<h2>Comparison</h2>" + _comparison_table(reports))
+        bar.update(1)
+        bar.set_postfix_str("depth curves", refresh=True)
+        curves = depth_curves_png(reports)
+        if curves is not None:
+            body.append(
+                f'<h2>Depth curves</h2><img class="plot" alt="depth curves" src="{_data_uri(curves)}">'
+            )
+        bar.update(1)
+        for i, report in enumerate(reports):
+            bar.set_postfix_str(report.name, refresh=True)
+            body.append(_section(report, i))
+            bar.update(1)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
@@ -222,10 +237,14 @@ def render_report(reports: EvalReport | Sequence[EvalReport], title: str = "poly
 
 
 def write_report(
-    reports: EvalReport | Sequence[EvalReport], path: str | Path, title: str = "polytok evaluation"
+    reports: EvalReport | Sequence[EvalReport],
+    path: str | Path,
+    title: str = "polytok evaluation",
+    progress: bool | None = None,
 ) -> Path:
-    """Write one self-contained HTML file comparing one or more ``EvalReport``s; returns the path."""
+    """Write one self-contained HTML file comparing one or more ``EvalReport``s; returns the path.
+    ``progress``: a bar per section on stderr (True), none (False), only on a terminal (None)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(reports, title), encoding="utf-8")
+    path.write_text(render_report(reports, title, progress), encoding="utf-8")
     return path
