@@ -26,7 +26,9 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capfd):
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     trained = {x["preset"]: x for x in lines if "preset" in x}
     assert all(trained[p]["steps"] == 1 for p in DEMO_PRESETS)  # stopped by the clock, not by max_steps
-    stages = next(x["stage_seconds"] for x in lines if "stage_seconds" in x)
+    timing = next(x for x in lines if "stage_seconds" in x)
+    stages = timing["stage_seconds"]
+    assert list(timing["stage_cpu_seconds"]) == list(stages)
     expected = [*(f"train {p}" for p in DEMO_PRESETS), "load shipped", "evaluate photos", "evaluate shapes"]
     assert list(stages) == [*expected, "write report"]
     for i, stage in enumerate(stages, 1):  # each stage announced on stderr with what it does
