@@ -7,7 +7,8 @@ tower frozen vs fine-tuned vs a tower trained from scratch).
     python scripts/study.py --group shipped --out runs/shipped-eval     # the shipped checkpoints as they are
 
 Every variant is a shipped tiny config (``polytok/configs/<preset>.yaml``) with only the named parts
-changed, trained on built-in photos + captioned shapes for the same wall-clock budget, then measured with
+changed, trained on built-in photos + captioned shapes for the same wall-clock budget (``train.max_minutes``,
+capped by the config's ``max_steps``; the steps each run took are listed), then measured with
 the same protocol: PSNR / SSIM / codebook usage / semantic fidelity / rFD on held-out photo crops,
 zero-shot classification of the (colour, shape) pair (42 classes) and linear probes on held-out
 (shape, colour) combinations. Bits per image are listed beside each row; the residual rows also report
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polytok.demo import CONFIG_DIR, evaluate_on_builtin, fit_to_budget
+from polytok.demo import CONFIG_DIR, evaluate_on_builtin, trained_steps
 from polytok.hub import list_shipped, load_tokenizer
 from polytok.recipes.run import load_run_config, train_tokenizer
 
@@ -143,7 +144,6 @@ def bits_per_image(tok, image_size: int = 64) -> float:
 
 
 def run_study(out: Path, minutes: float, group: str, variants: list[str], max_eval_images: int) -> Path:
-    budget = minutes * 60
     tokenizers, rows = {}, []
     for name in variants:
         claim, preset, model_overrides, run_overrides = GROUPS[group][name]
@@ -154,32 +154,33 @@ def run_study(out: Path, minutes: float, group: str, variants: list[str], max_ev
                 "train.save_every=0",
                 "train.progress=false",
                 "train.overwrite=true",  # a rerun of the study replaces its runs
+                f"train.max_minutes={minutes}",
                 *run_overrides,
             ],
         )
         config.model.overrides = model_overrides
         if group == "shipped":
             tokenizers[name] = load_tokenizer(name).eval()  # its config's max_steps trained it
-            train_seconds = None
+            train_seconds, steps = None, config.train.max_steps
         else:
-            fit_to_budget(config, budget, min_steps=10)
             start = time.perf_counter()
             tokenizers[name] = train_tokenizer(config).eval()
             train_seconds = round(time.perf_counter() - start)
+            steps = trained_steps(out / name)
         rows.append(
             {
                 "variant": name,
                 "claim": claim,
-                "steps": config.train.max_steps,
+                "steps": steps,
                 "train_seconds": train_seconds,
                 "bits_per_image": bits_per_image(tokenizers[name]),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images)
+    photos, shapes = evaluate_on_builtin(tokenizers, max_eval_images, progress=True)
     from polytok.eval import write_report
 
-    write_report(photos + shapes, out / "report.html", title=f"polytok study: {group}")
+    write_report(photos + shapes, out / "report.html", title=f"polytok study: {group}", progress=True)
     (out / "study.json").write_text(
         json.dumps({"runs": rows, "reports": [r.to_dict() for r in photos + shapes]}, indent=1, default=str)
     )

@@ -1,16 +1,16 @@
 """The main job end to end at a toy budget: trains the three tiny presets, measures them beside the
-shipped checkpoints on the held-out built-in data and writes one report."""
+shipped checkpoints on the held-out built-in data and writes one report; every stage shows progress."""
 
 from __future__ import annotations
 
 import json
 
-from polytok.demo import DEMO_PRESETS, run_demo
-from polytok.hub import list_shipped
+from polytok.demo import DEMO_PRESETS, evaluate_on_builtin, run_demo
+from polytok.hub import list_shipped, load_tokenizer
 
 
-def test_demo_trains_evaluates_and_reports(tmp_path):
-    path = run_demo(out_dir=tmp_path, minutes=0.001, max_eval_images=8, min_steps=2)
+def test_demo_trains_evaluates_and_reports(tmp_path, capfd):
+    path = run_demo(out_dir=tmp_path, minutes=0.001, max_eval_images=8)  # each preset: its first step
     reports = json.loads((tmp_path / "report.json").read_text())
     names = [r["name"] for r in reports]
     models = [*DEMO_PRESETS, *(f"{n} (shipped)" for n in list_shipped())]
@@ -22,3 +22,33 @@ def test_demo_trains_evaluates_and_reports(tmp_path):
     assert "zero-shot top-1" in by_name["unitok-tiny | shapes held-out"]["metrics"]
     html = path.read_text()
     assert all(m in html for m in models)
+    out, err = capfd.readouterr()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    trained = {x["preset"]: x for x in lines if "preset" in x}
+    assert all(trained[p]["steps"] == 1 for p in DEMO_PRESETS)  # stopped by the clock, not by max_steps
+    timing = next(x for x in lines if "stage_seconds" in x)
+    stages = timing["stage_seconds"]
+    assert list(timing["stage_cpu_seconds"]) == list(stages)
+    expected = [*(f"train {p}" for p in DEMO_PRESETS), "load shipped", "evaluate photos", "evaluate shapes"]
+    assert list(stages) == [*expected, "write report"]
+    for i, stage in enumerate(stages, 1):  # each stage announced on stderr with what it does
+        assert f"[demo {i}/{len(stages)}] {stage}: " in err
+    assert f"train ({0.001 / 3:g} min budget)" in err  # the trainer's bar shows the time budget
+    assert "eval polytok-tiny | shapes held-out" in err and "report: 100%" in err
+
+
+def test_evaluation_stage_shows_progress_per_tokenizer_dataset_and_family(capfd):
+    tokenizers = {"unitok-tiny (shipped)": load_tokenizer("unitok-tiny")}
+    photos, shapes = evaluate_on_builtin(tokenizers, max_images=4, progress=True)
+    err = capfd.readouterr().err
+    for name in ("unitok-tiny (shipped) | photos val", "unitok-tiny (shipped) | shapes held-out"):
+        bar_lines = [line for line in err.replace("\r", "\n").splitlines() if f"eval {name}" in line]
+        assert any("4/4" in line for line in bar_lines), err  # counts the images to the end
+    # the slow families are named while they run and timed in the final line, and in the report
+    for family in ("semantic fidelity", "codec references", "encode", "decode"):
+        assert family in err
+        assert photos[0].timing[f"seconds[{family}]"] >= 0
+    assert "attribute judge" in err and "seconds[attribute judge]" in shapes[0].timing
+    quiet, _ = evaluate_on_builtin(tokenizers, max_images=4, progress=False)
+    assert "eval unitok-tiny" not in capfd.readouterr().err
+    assert quiet[0].metrics["PSNR"].value == photos[0].metrics["PSNR"].value

@@ -36,6 +36,8 @@ class ToyConfig:
     nan_rank: int = -1  # rank that produces the NaN (-1: every rank)
     sleep_after_step: int = -1  # after this many completed steps, sleep sleep_s per step
     sleep_s: float = 0.0
+    delay_rank: int = -1  # this rank waits delay_s before its training loop starts (a late clock)
+    delay_s: float = 0.0
     gan: bool = False
     shards: str = ""  # webdataset shard pattern: stream images instead of the regression pairs
     image_size: int = 4
@@ -197,7 +199,10 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(
         build_model(toy), objective, dataset, config, collate_fn=collate_fn, callbacks=[keep_keys, slow_down]
     )
+    if rank == toy.delay_rank:
+        time.sleep(toy.delay_s)
     last = trainer.fit()
+    Path(config.out_dir, f"final_rank{rank}.json").write_text(json.dumps({"step": trainer.step}))
     if toy.save_rank_weights:
         from safetensors.torch import save_file
 

@@ -278,6 +278,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         semantic_fidelity=not args.no_semantic_fidelity,
         semantic_fidelity_size=args.fidelity_size,
+        progress=True,  # on stderr, as the training bar; stdout keeps the JSON lines
     )
     return 0
 

@@ -4,6 +4,8 @@ Per batch the images are encoded once and every family sees the originals once (
 for each depth ``k``, pixel families measure the image decoded from the first ``min(k, pixel_depth)``
 levels (the levels the pixel decoder actually reads) and code families the first ``k`` levels of the
 code. Everything streams; only a few sample images and the (B, E) features for the probes are kept.
+With ``progress`` a bar on stderr counts the images and names the family running; its final line gives
+each family's seconds (also in the report's ``timing``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from polytok.eval._checks import check_images
 from polytok.eval.codebook import CodebookUsage
 from polytok.eval.families import DepthBatch, DepthResult, MetricFamily, RealBatch, build_families
+from polytok.eval.families.base import family_label
 from polytok.eval.options import EvalOptions, Toggle, ZeroShotSpec
+from polytok.eval.progress import StageTimes, progress_bar
 from polytok.eval.report_data import EvalReport
 from polytok.eval.result import MetricResult
 
@@ -107,6 +111,7 @@ def evaluate_tokenizer(
     protocol: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     families: Sequence[MetricFamily] = (),
+    progress: bool | None = None,
     **option_fields: Any,
 ) -> EvalReport:
     """Evaluate a tokenizer on batches ``{"image": (B, 3, H, W) in [0, 1], "label": (B,), ...}``.
@@ -118,6 +123,7 @@ def evaluate_tokenizer(
         protocol: dataset description reported with every figure (dataset, split, resize/crop, ...).
         device: where the tokenizer's outputs and the metric networks run.
         families: further :class:`MetricFamily` objects, run after the ones ``options`` ask for.
+        progress: a bar on stderr (True), none (False), or one only when stderr is a terminal (None).
 
     Pixel figures carry ``decoded_levels`` (levels the pixel decoder read), code figures
     ``code_levels``; the headline figures are each kind's deepest.
@@ -137,19 +143,21 @@ def evaluate_tokenizer(
     odd = [type(f).__name__ for f in families if f.reads not in ("pixels", "codes")]
     if odd:
         raise ValueError(f"a metric family reads 'pixels' or 'codes'; {odd} read neither")
+    label = name or type(tokenizer).__name__
+    bar = progress_bar(_expected_images(dataloader, options.max_images), f"eval {label}", progress)
+    times = StageTimes(bar)
     start = time.perf_counter()
-    stream = _stream(tokenizer, dataloader, plan, families, options, device)
-    elapsed = time.perf_counter() - start
-    data_protocol = {
-        "reference_set": "the same originals, before encoding",
-        **(protocol or {}),
-        "num_images": stream.seen,
-        "image_size": f"{stream.image_size[0]}x{stream.image_size[1]}",
-    }
-    curves, metrics = _figures(families, plan, data_protocol, skipped)
-    compute_seconds = time.perf_counter() - start - elapsed
+    try:
+        stream = _stream(tokenizer, dataloader, plan, families, options, device, times)
+        elapsed = time.perf_counter() - start
+        data_protocol = _data_protocol(protocol, stream)
+        curves, metrics = _figures(families, plan, data_protocol, skipped, times)
+        compute_seconds = time.perf_counter() - start - elapsed
+        bar.set_postfix_str(times.summary(), refresh=True)
+    finally:
+        bar.close()
     return EvalReport(
-        name=name or type(tokenizer).__name__,
+        name=label,
         metrics=metrics,
         depth_curves=curves if len(plan.levels) > 1 else {},
         depths=plan.levels,
@@ -166,8 +174,27 @@ def evaluate_tokenizer(
             "seconds": elapsed,
             "images_per_second": stream.seen / elapsed if elapsed > 0 else float("inf"),
             "compute_seconds": compute_seconds,
+            **{f"seconds[{part}]": seconds for part, seconds in times.seconds.items()},
         },
     )
+
+
+def _expected_images(dataloader: Any, max_images: int | None) -> int | None:
+    """Images the pass will see, for the bar's total (None when the loader cannot say)."""
+    try:
+        available = len(dataloader.dataset)
+    except (AttributeError, TypeError):
+        return max_images
+    return available if max_images is None else min(available, max_images)
+
+
+def _data_protocol(protocol: dict[str, Any] | None, stream: _Stream) -> dict[str, Any]:
+    return {
+        "reference_set": "the same originals, before encoding",
+        **(protocol or {}),
+        "num_images": stream.seen,
+        "image_size": f"{stream.image_size[0]}x{stream.image_size[1]}",
+    }
 
 
 @dataclass
@@ -188,6 +215,7 @@ def _stream(
     families: Sequence[MetricFamily],
     options: EvalOptions,
     device: str | torch.device | None,
+    times: StageTimes,
 ) -> _Stream:
     """One pass: encode each batch once, let every family see the originals, then each depth."""
     pixel_families = [f for f in families if f.reads == "pixels"]
@@ -212,30 +240,36 @@ def _stream(
                 out.image_size = tuple(images.shape[-2:])
                 if device is not None:
                     images = images.to(device)
-                codes = tokenizer.encode(images)
+                with times.part("encode"):
+                    codes = tokenizer.encode(images)
                 usage.update(codes)
                 fields = {
                     k: _first(v, images.shape[0]) for k, v in batch.items() if k not in ("image", "label")
                 }
                 real = RealBatch(images, labels, codes, out.seen, fields)
                 for family in families:
-                    family.prepare(real)
+                    with times.part(family_label(family)):
+                        family.prepare(real)
                 keep = max(0, min(options.num_samples - out.seen, images.shape[0]))
                 if keep:
                     out.originals.append(images[:keep].float().cpu())
                 for levels in plan.levels:
                     prefix = code_prefix(codes, levels, plan.code_shape, plan.num_levels)
                     if levels in out.reconstructions:
-                        recon = tokenizer.decode(prefix)
+                        with times.part("decode"):
+                            recon = tokenizer.decode(prefix)
                         check_images(recon, f"decode(codes of depth {levels})")
                         for family in pixel_families:
-                            family.measure(real, DepthBatch(levels, prefix, recon))
+                            with times.part(family_label(family)):
+                                family.measure(real, DepthBatch(levels, prefix, recon))
                         if keep:
                             out.reconstructions[levels].append(recon[:keep].float().cpu())
                     if levels in plan.depths:
                         for family in code_families:
-                            family.measure(real, DepthBatch(levels, prefix))
+                            with times.part(family_label(family)):
+                                family.measure(real, DepthBatch(levels, prefix))
                 out.seen += images.shape[0]
+                times.bar.update(images.shape[0])
     finally:
         if was_training and hasattr(tokenizer, "train"):
             tokenizer.train()
@@ -245,14 +279,20 @@ def _stream(
 
 
 def _figures(
-    families: Sequence[MetricFamily], plan: DepthPlan, data_protocol: dict[str, Any], skipped: dict[str, str]
+    families: Sequence[MetricFamily],
+    plan: DepthPlan,
+    data_protocol: dict[str, Any],
+    skipped: dict[str, str],
+    times: StageTimes,
 ) -> tuple[dict[str, dict[int, MetricResult]], dict[str, MetricResult]]:
     """Depth curves ``{metric: {levels: figure}}`` and headline figures (each kind's deepest level), every
     figure's protocol completed with the data protocol and its level count; adds the families' skips."""
     curves: dict[str, dict[int, MetricResult]] = {}
     headline: dict[str, MetricResult] = {}
     for family in families:
-        for result in family.compute():
+        with times.part(family_label(family)):
+            results = family.compute()  # the probes fit their classifiers here
+        for result in results:
             for metric, figure in result.figures.items():
                 record = {**data_protocol, **figure.protocol, result.level_field: result.levels}
                 curves.setdefault(metric, {})[result.levels] = MetricResult(figure.value, record, figure.std)

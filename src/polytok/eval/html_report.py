@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from polytok.eval.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
+from polytok.eval.progress import progress_bar
 from polytok.eval.report_data import EvalReport
 from polytok.eval.report_html import (
     DatasetGroup,
@@ -242,6 +243,7 @@ def render_report(
     reports: EvalReport | Sequence[EvalReport],
     title: str = "polytok evaluation",
     extra_sections: Sequence[str] = (),
+    progress: bool | None = None,
 ) -> str:
     """The HTML text of the report (see ``write_report``)."""
     if isinstance(reports, EvalReport):
@@ -257,17 +259,23 @@ def render_report(
         f"{'s' if len(reports) > 1 else ''} on {len(groups)} dataset{'s' if len(groups) > 1 else ''}; "
         'every figure, depth curves and protocols under <a href="#all-figures">All figures</a>.</p>'
     ]
-    body.append('<section id="overview">')
-    body += [f"<h2>{esc(g.title)}</h2>{headline_table(g)}" for g in groups]
-    body.append(headline_legend(groups))
-    strips = [strip for strip in (reconstruction_strip(g) for g in groups) if strip]
-    if strips:
-        body.append(f'<h2>Originals and reconstructions</h2><div class="strips">{"".join(strips)}</div>')
-    body.append("</section>")
-    body += sections
-    body.append('<section id="all-figures"><h2 class="part">All figures</h2>')
-    body += [_dataset_figures(g, n) for n, g in enumerate(groups)]
-    body.append("</section>")
+    with progress_bar(len(groups) + 1, "report", progress, unit="part") as bar:
+        bar.set_postfix_str("headline tables", refresh=True)
+        body.append('<section id="overview">')
+        body += [f"<h2>{esc(g.title)}</h2>{headline_table(g)}" for g in groups]
+        body.append(headline_legend(groups))
+        strips = [strip for strip in (reconstruction_strip(g) for g in groups) if strip]
+        if strips:
+            body.append(f'<h2>Originals and reconstructions</h2><div class="strips">{"".join(strips)}</div>')
+        body.append("</section>")
+        body += sections
+        body.append('<section id="all-figures"><h2 class="part">All figures</h2>')
+        bar.update(1)
+        for n, g in enumerate(groups):
+            bar.set_postfix_str(g.title, refresh=True)
+            body.append(_dataset_figures(g, n))
+            bar.update(1)
+        body.append("</section>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -282,16 +290,18 @@ def write_report(
     path: str | Path,
     title: str = "polytok evaluation",
     extra_sections: Sequence[str] = (),
+    progress: bool | None = None,
 ) -> Path:
     """Write one self-contained HTML file comparing one or more ``EvalReport``s; returns the path.
 
     Reports are grouped by the ``dataset`` and ``split`` of their protocol. ``extra_sections``: HTML
     fragments (each best a ``<section>`` with its own ``<h2>``, self-contained and at most the page's
     width) inserted in order after the per-dataset tokenizer tables and reconstruction strips, before
-    the full figures.
+    the full figures. ``progress``: a bar over the parts on stderr (True), none (False), only on a
+    terminal (None).
     """
     path = Path(path)
-    text = render_report(reports, title, extra_sections)
+    text = render_report(reports, title, extra_sections, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path

@@ -44,8 +44,11 @@ def evaluate_many(
     semantic_fidelity_size: int | None = None,
     linear_probe: bool = True,
     dataset_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> list[EvalReport]:
     """One :class:`EvalReport` per tokenizer on the same images, with the protocol written in each.
+
+    ``progress``: one bar per tokenizer on stderr (True), none (False), only on a terminal (None).
 
     ``semantic_fidelity_size``: the classifier's input size; None means the library's
     ``SEMANTIC_FIDELITY_SIZE`` (recorded in each report's protocol either way).
@@ -75,7 +78,9 @@ def evaluate_many(
     reports = []
     for tok, name in zip(tokenizers, names):
         loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False)
-        reports.append(evaluate_tokenizer(tok, loader, options, name=name, protocol=protocol))
+        reports.append(
+            evaluate_tokenizer(tok, loader, options, name=name, protocol=protocol, progress=progress)
+        )
     return reports
 
 
@@ -85,11 +90,12 @@ def evaluate_to_report(
     *,
     report: str | Path,
     title: str = "polytok evaluation",
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> list[EvalReport]:
     """:func:`evaluate_many`, then the HTML report at ``report`` and a JSON summary beside it."""
-    reports = evaluate_many(tokenizers, names, **kwargs)
-    path = write_report(reports, report, title=title)
+    reports = evaluate_many(tokenizers, names, progress=progress, **kwargs)
+    path = write_report(reports, report, title=title, progress=progress)
     summary = path.with_suffix(".json")
     summary.write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
     for r in reports:

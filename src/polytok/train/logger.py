@@ -1,5 +1,6 @@
 """Run logging: one JSON object per logged step (file, optionally stdout), TensorBoard when installed,
-and a tqdm progress bar with throughput and ETA. Only rank 0 writes; the other ranks get no-ops.
+and a tqdm progress bar with throughput and ETA (and, for a run with a time budget, the minutes used of
+it: the ETA then counts steps that the clock may cut short). Only rank 0 writes; the other ranks get no-ops.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ class RunLogger:
         stdout: bool = False,
         progress: bool = True,
         tensorboard: bool = True,
+        max_minutes: float | None = None,
     ) -> None:
         self.enabled = enabled
+        self.max_minutes = max_minutes
         self.stdout = stdout and enabled
         self.jsonl = None
         self.tb = None
@@ -56,7 +59,7 @@ class RunLogger:
             self.bar = tqdm(
                 total=total_steps,
                 initial=start_step,
-                desc="train",
+                desc="train" if max_minutes is None else f"train ({max_minutes:g} min budget)",
                 unit="img",
                 unit_scale=images_per_step,
                 dynamic_ncols=True,
@@ -77,13 +80,15 @@ class RunLogger:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(key, value, record["step"])
 
-    def progress(self, steps: int, postfix: Mapping[str, Any]) -> None:
-        """Advance the bar by ``steps`` and show e.g. loss and images/s (tqdm shows the ETA)."""
+    def progress(self, steps: int, postfix: Mapping[str, Any], train_seconds: float | None = None) -> None:
+        """Advance the bar by ``steps`` and show e.g. loss and images/s (tqdm shows the ETA); with a time
+        budget also the minutes of it used so far (``train_seconds``)."""
         if self.bar is not None:
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}
+            if self.max_minutes is not None and train_seconds is not None:
+                shown["min"] = f"{train_seconds / 60:.2f}/{self.max_minutes:g}"
             self.bar.update(steps)
-            self.bar.set_postfix(
-                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False
-            )
+            self.bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,6 +5,11 @@ The multiplier for optimiser step ``s`` (0-based: the lr used by the s-th update
   warm-up  (s < W):   (s + 1) / W
   cosine   (s >= W):  r + (1 - r) * 0.5 * (1 + cos(pi * t)),  t = (s - W) / max(1, T - W), clipped to [0, 1]
   linear   (s >= W):  r + (1 - r) * (1 - t)
+
+A run with a wall-clock limit (``TrainConfig.max_minutes``) follows the fraction of its budget used: the
+schedule reads the position ``x = max(s, f * T)`` on the step axis, ``f`` the fraction of the time budget
+spent so far, so warm-up and decay are laid out over whichever of the step budget or the time budget runs
+out first, and a run stopped by the clock ends at the floor ``r``. Without a time limit ``x = s``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from polytok.train.train_config import OptimConfig
 
 
 def lr_multiplier(
-    step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float, kind: str = "cosine"
+    step: float, total_steps: int, warmup_steps: int, min_lr_ratio: float, kind: str = "cosine"
 ) -> float:
-    """Multiplier of the peak learning rate for 0-based optimiser step ``step``."""
+    """Multiplier of the peak learning rate at position ``step`` (the 0-based optimiser step, or a
+    fractional position further on when the time budget is ahead of the steps)."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if warmup_steps > 0 and step < warmup_steps:
@@ -36,7 +42,13 @@ def lr_multiplier(
 
 
 class WarmupDecay:
-    """Picklable multiplier function (``LambdaLR`` state dicts keep callable objects' ``__dict__``)."""
+    """Picklable multiplier function (``LambdaLR`` state dicts keep callable objects' ``__dict__``).
+
+    ``clock_position`` is where the time budget stands on the step axis (``f * total_steps``); the
+    engine moves it forward in runs with a time limit, and it is saved with the scheduler's state.
+    """
+
+    clock_position: float = 0.0  # class default: state saved before this field existed still loads
 
     def __init__(self, total_steps: int, warmup_steps: int, min_lr_ratio: float, kind: str) -> None:
         lr_multiplier(0, total_steps, warmup_steps, min_lr_ratio, kind)  # validates ``kind``
@@ -44,7 +56,16 @@ class WarmupDecay:
         self.min_lr_ratio, self.kind = min_lr_ratio, kind
 
     def __call__(self, step: int) -> float:
-        return lr_multiplier(step, self.total_steps, self.warmup_steps, self.min_lr_ratio, self.kind)
+        position = max(float(step), self.clock_position) if self.clock_position else step
+        return lr_multiplier(position, self.total_steps, self.warmup_steps, self.min_lr_ratio, self.kind)
+
+
+def set_time_fraction(scheduler: LambdaLR, fraction: float) -> None:
+    """Tell ``scheduler`` that ``fraction`` (clipped to [0, 1]) of the time budget is spent; it takes
+    effect at the next ``scheduler.step()``."""
+    for fn in scheduler.lr_lambdas:
+        if isinstance(fn, WarmupDecay):
+            fn.clock_position = min(1.0, max(0.0, fraction)) * fn.total_steps
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> LambdaLR:

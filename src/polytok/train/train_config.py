@@ -53,6 +53,11 @@ class TrainConfig:
     """
 
     max_steps: int = 1000
+    # wall-clock limit of the training loop in minutes (None: none); training stops at whichever of
+    # max_steps or max_minutes comes first, the lr schedule follows the larger of the two fractions used
+    # (see ``schedule.py``) and the time spent is kept in checkpoints, so a resumed run continues the
+    # same budget. A run stopped by the clock is not bit-reproducible in its length.
+    max_minutes: float | None = None
     batch_size: int = 8
     grad_accum_steps: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -96,6 +101,8 @@ class TrainConfig:
         for name in ("save_every", "keep_last", "num_workers", "ema_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 or None (no time limit), got {self.max_minutes}")
         if self.resume and self.overwrite:
             raise ValueError(
                 "resume (continue the run in out_dir) and overwrite (replace it) exclude each other"

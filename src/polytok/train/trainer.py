@@ -12,6 +12,13 @@ Checkpoints hold everything needed to continue bit-exactly (see ``checkpoint.py`
 size. Random augmentations inside the dataset continue exactly with ``num_workers=0`` (they draw from the
 restored process RNG); with worker processes, derive their randomness from the sample index instead.
 
+Training stops at ``max_steps`` or, with ``max_minutes``, when the wall-clock budget is spent, whichever
+comes first. Rank 0's clock decides: its elapsed time is broadcast each step, so every rank stops after
+the same step and uses the same learning rate (the schedule follows the larger of the step and time
+fractions, see ``schedule.py``). The time spent is stored in checkpoints and resumes with the run; the
+length of a run stopped by the clock depends on the machine's speed, so only runs stopped by steps
+resume bit-exactly.
+
 Data come from a map-style dataset (a resumable sampler splits it over ranks) or from a streaming
 ``IterableDataset`` such as webdataset shards (it splits itself over ranks and workers); at the end of an
 epoch the next one starts, and ``dataset.set_epoch(epoch)`` is called when the dataset has it. For
@@ -26,6 +33,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -63,7 +71,7 @@ from polytok.train.objective import StepContext, has_discriminator
 from polytok.train.optim import build_adamw
 from polytok.train.out_dir import previous_run_entries, refuse_or_clear
 from polytok.train.precision import resolve_precision
-from polytok.train.schedule import build_scheduler
+from polytok.train.schedule import build_scheduler, set_time_fraction
 from polytok.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -207,6 +215,9 @@ class Trainer:
         # progress counters (all saved in checkpoints)
         self.step = 0  # completed optimiser steps
         self.skipped_steps = 0
+        self.train_seconds = 0.0  # wall-clock time of the training loop, over all resumes (rank 0's)
+        self.time_up = False  # the max_minutes budget is spent (the same on every rank)
+        self._clock_origin = time.perf_counter()  # perf_counter() - train_seconds
         self.resumed_from: Path | None = None
         if not config.resume:
             self._claim_out_dir()  # before anything is written into out_dir
@@ -375,6 +386,7 @@ class Trainer:
         }
         if self.disc_optimizer is not None:
             record["disc_lr"] = self.disc_optimizer.param_groups[0]["lr"]
+        self._advance_clock()  # before the schedule steps: the next lr follows the time used too
         with warnings.catch_warnings():
             # lr is a function of the step, also for skipped steps and a discriminator that starts later
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
@@ -388,7 +400,40 @@ class Trainer:
         record.update({k: float(v) for k, v in self._mean_over_ranks(sums).items()})
         record["skipped"] = self.skipped_steps
         record["step_skipped"] = not ok
+        if cfg.max_minutes is not None:
+            record["train_seconds"] = self.train_seconds
         return record
+
+    # ----------------------------------------------------------------------------------------------------
+    # the wall-clock budget
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.config.max_minutes is None else self.config.max_minutes * 60.0
+
+    def _start_clock(self) -> None:
+        """(Re)start the clock so that it reads ``train_seconds`` now (after a resume: the time spent)."""
+        self._clock_origin = time.perf_counter() - self.train_seconds
+        budget = self.time_budget_s
+        self.time_up = budget is not None and self.train_seconds >= budget
+
+    def _advance_clock(self) -> None:
+        """Read the clock; with a time budget, rank 0's reading is shared (one scalar broadcast per step)
+        and moves the schedule and the stop decision on every rank alike."""
+        elapsed = time.perf_counter() - self._clock_origin
+        budget = self.time_budget_s
+        if budget is None:
+            self.train_seconds = elapsed
+            return
+        if self.dist.distributed:
+            shared = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, src=0)
+            elapsed = float(shared.item())
+        self.train_seconds = elapsed
+        self.time_up = elapsed >= budget
+        set_time_fraction(self.scheduler, elapsed / budget)
+        if self.disc_scheduler is not None:
+            set_time_fraction(self.disc_scheduler, elapsed / budget)
 
     def _mean_over_ranks(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         if not self.dist.distributed or not values:
@@ -403,7 +448,8 @@ class Trainer:
     # the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``max_steps`` (resuming first when ``config.resume``); returns the last record."""
+        """Train until ``max_steps`` or the ``max_minutes`` budget, whichever comes first (resuming first
+        when ``config.resume``); returns the last record. The final step is logged and saved either way."""
         cfg = self.config
         if cfg.resume and self.resume() is None and self.dist.is_main:
             log.warning("train.resume is set but %s holds no checkpoint: starting afresh", self.ckpt_root)
@@ -416,21 +462,33 @@ class Trainer:
             stdout=cfg.log_stdout,
             progress=cfg.progress,
             tensorboard=cfg.tensorboard,
+            max_minutes=cfg.max_minutes,
         )
         record: dict[str, Any] = {"step": self.step, "skipped": self.skipped_steps}
         meter = Throughput()
+        self._start_clock()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not self.time_up:
                 record = self.train_step()
                 meter.add(self.images_per_step)
-                logger.progress(1, {"loss": record["loss"], "skipped": self.skipped_steps})
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or record["step_skipped"]:
+                done = self.step >= cfg.max_steps or self.time_up
+                logger.progress(
+                    1, {"loss": record["loss"], "skipped": self.skipped_steps}, self.train_seconds
+                )
+                if self.step % cfg.log_every == 0 or done or record["step_skipped"]:
                     record["images_per_s"] = meter.rate()
                     logger.log(record)
                 for callback in self.callbacks:
                     callback(self, record)
-                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+                if (cfg.save_every and self.step % cfg.save_every == 0) or done:
                     self.save_checkpoint()
+            if self.time_up and self.dist.is_main:
+                log.info(
+                    "time budget of %g min spent after %d of %d steps",
+                    cfg.max_minutes,
+                    self.step,
+                    cfg.max_steps,
+                )
         finally:
             logger.close()
         return record
@@ -480,6 +538,7 @@ class Trainer:
                 **self.batches.state_dict(),  # epoch, samples_in_epoch, batches_in_epoch, batch_size
                 "world_size": self.dist.world_size,
                 "skipped_steps": self.skipped_steps,
+                "train_seconds": self.train_seconds,
                 "optimizer": optim_sd,
                 "scheduler": self.scheduler.state_dict(),
                 "disc_optimizer": disc_optim_sd,
@@ -558,6 +617,7 @@ class Trainer:
                 self.ema.update(self.raw_model, decay=0.0)
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
         self.batches.load_state_dict(state, saved_world_size=int(state["world_size"]))
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():

@@ -52,6 +52,7 @@ class AttributeFidelity:
     """
 
     reads = "pixels"
+    label = "attribute judge"  # named in progress lines
 
     def __init__(self, judge: Any, required: bool = False) -> None:
         from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES

@@ -61,7 +61,8 @@ class DepthResult:
 
 class MetricFamily(Protocol):
     """A group of figures measured together. ``reads``: what ``measure`` receives per depth;
-    ``skipped``: metric -> reason for figures it could not give."""
+    ``skipped``: metric -> reason for figures it could not give. An optional ``label`` names the family in
+    progress lines (default: its class name)."""
 
     reads: Reads
     skipped: dict[str, str]
@@ -74,6 +75,11 @@ class MetricFamily(Protocol):
 
     def compute(self) -> list[DepthResult]:
         """The figures, one result per measured depth (ascending)."""
+
+
+def family_label(family: Any) -> str:
+    """The family's name in progress lines."""
+    return str(getattr(family, "label", type(family).__name__))
 
 
 def load_optional(toggle: Toggle, metric: str, build: Callable[[], Any], skipped: dict[str, str]) -> Any:

@@ -12,6 +12,7 @@ from polytok.eval.options import EvalOptions
 
 class CodeProbe:
     reads = "codes"
+    label = "code probe"  # named in progress lines
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer

@@ -17,6 +17,7 @@ class FrechetFamily:
     """``spaces``: metric name (``"rFID"``, ``"rFD[name]"``) -> feature space."""
 
     reads = "pixels"
+    label = "Frechet features"  # named in progress lines
 
     def __init__(self, spaces: dict[str, FeatureSpace]) -> None:
         self.spaces = spaces

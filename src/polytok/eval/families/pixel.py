@@ -16,6 +16,7 @@ class PixelFidelity:
     """Per-image pixel figures, streamed per decoded depth. ``lpips_model``: one network for all depths."""
 
     reads = "pixels"
+    label = "pixel fidelity"  # named in progress lines
 
     def __init__(self, lpips_model: torch.nn.Module | None = None) -> None:
         self.lpips_model = lpips_model

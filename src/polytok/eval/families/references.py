@@ -83,6 +83,7 @@ class CodecReferences:
     batch are made at the next batch's ``prepare`` or at ``compute``."""
 
     reads = "pixels"
+    label = "codec references"  # named in progress lines
 
     def __init__(self, codebook_size: int) -> None:
         self.bits_per_code = math.log2(codebook_size)

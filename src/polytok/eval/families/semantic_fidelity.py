@@ -15,6 +15,7 @@ class SemanticFidelityFamily:
     """``classifier``: a loaded EfficientNet-Lite; ``size``: its input resolution (px)."""
 
     reads = "pixels"
+    label = "semantic fidelity"  # named in progress lines
 
     def __init__(self, classifier: Any, size: int) -> None:
         from polytok.eval.semantic_fidelity import SemanticFidelity, rfd_label

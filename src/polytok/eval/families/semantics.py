@@ -23,6 +23,7 @@ class SemanticFeatures:
     """``class_embeddings`` (K, E): the zero-shot classes (None: no zero-shot); ``probe``: fit a probe."""
 
     reads = "codes"
+    label = "semantic features"  # named in progress lines
 
     def __init__(
         self,
