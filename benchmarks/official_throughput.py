@@ -6,13 +6,15 @@
 Each official model is built as scripts/compare_official_full.py builds it (published size, seeded random
 weights, nothing downloaded), converted into the polytok preset, and both run side by side: encode
 (images -> codes), decode (codes -> image) and, for EvoTok, the semantic branch (codes -> semantic
-tokens), at batch 1 and 8, in fp32 and under bf16 autocast. Calls alternate official, polytok, official,
-polytok... after one warm-up call each, and the median is kept, so load on the machine falls on both
-sides alike. Everything runs under ``torch.inference_mode``. The table gives seconds per image and the
-speed-up official / polytok (above 1: polytok is faster), with a check that both computed the same thing
-(the fraction of equal codes, or the largest difference of the outputs). ``--quick`` runs the reduced
-widths of the parity fixtures instead (a smoke run). The official code needs the packages named in
-scripts/make_parity_fixtures.py (``pytz``, ``typed-argument-parser`` on PYTHONPATH).
+tokens), at batch 1 and 8, in fp32 and under bf16 autocast. Calls alternate official, polytok,
+official, polytok... after one warm-up call each (``--no-warmup-large``: none at batch 8), and the
+median is kept, so load on the machine falls on both sides alike. Everything runs under
+``torch.inference_mode``. The table gives seconds per image and the speed-up official / polytok (above 1:
+polytok is faster), with a check that both computed the same thing (the fraction of equal codes, or the
+largest difference of the outputs). ``--quick`` runs the reduced widths of the parity fixtures instead
+(a smoke run). The official code needs the packages named in scripts/make_parity_fixtures.py (UniTok:
+timm 1.0.8, ``pytz``, ``typed-argument-parser``, e.g. ``pip install --target /tmp/offpkgs ...`` and
+that directory on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -160,21 +162,20 @@ def evotok_cases(root: Path, quick: bool, batch: int, seed: int) -> list[Case]:
     ]
 
 
-def time_pair(case: Case, dtype: str, repeats: int) -> tuple[float, float, tuple[str, float]]:
-    """Median seconds of the official and polytok calls, alternated after a warm-up call each."""
+def time_pair(case: Case, dtype: str, repeats: int, warmup: bool) -> tuple[float, float, tuple[str, float]]:
+    """Median seconds of the official and polytok calls, alternated (after a warm-up call each)."""
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     runs: dict[str, list[float]] = {"official": [], "polytok": []}
     outputs: dict[str, Tensor] = {}
     with torch.inference_mode(), autocast:
-        for side in runs:
-            outputs[side] = getattr(case, side)()
-        for _ in range(repeats):
+        for _ in range(repeats + int(warmup)):
             for side in runs:
                 start = time.perf_counter()
-                getattr(case, side)()
+                outputs[side] = getattr(case, side)()
                 runs[side].append(time.perf_counter() - start)
+    first = int(warmup)
     check = case.agreement(outputs["official"], outputs["polytok"])
-    return statistics.median(runs["official"]), statistics.median(runs["polytok"]), check
+    return statistics.median(runs["official"][first:]), statistics.median(runs["polytok"][first:]), check
 
 
 def run(opts: argparse.Namespace) -> list[dict]:
@@ -188,11 +189,12 @@ def run(opts: argparse.Namespace) -> list[dict]:
             repeats = opts.repeats if batch == 1 else opts.batch8_repeats
             for case in cases:
                 for dtype in opts.dtypes:
-                    official, ours, check = time_pair(case, dtype, repeats)
+                    warmup = batch == 1 or opts.warmup_large
+                    official, ours, check = time_pair(case, dtype, repeats, warmup)
                     row = {"model": case.model, "op": case.op, "batch": batch, "dtype": dtype,
                            "official s/img": official / batch, "polytok s/img": ours / batch,
                            "speed-up": official / ours, "check": check[0], "check value": check[1],
-                           "repeats": repeats}
+                           "repeats": repeats, "warm-up": warmup}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
             del cases
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per side at batch 1")
     parser.add_argument("--batch8-repeats", type=int, default=1, help="timed calls per side, larger batches")
+    parser.add_argument("--no-warmup-large", dest="warmup_large", action="store_false",
+                        help="no warm-up call before the timed ones at larger batches (batch 1 warms up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
     opts = parser.parse_args(argv)
