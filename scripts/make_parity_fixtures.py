@@ -272,7 +272,13 @@ def build_official_evotok(root: Path, args: dict, arch: dict, seed: int) -> nn.M
     """The official ``EvoTok`` for ``args`` and ``arch`` (the widths its ``--teacher`` stands for), with a
     randomly initialised SigLIP tower, seeded, norms and biases perturbed, in eval mode."""
     import transformers
+    import transformers.modeling_utils as hf_modeling
 
+    # EvoTok's model file imports two helpers that transformers 5 dropped (used only by its device and
+    # dtype properties): put equivalents back so that it imports under either major version.
+    if not hasattr(hf_modeling, "get_parameter_device"):
+        hf_modeling.get_parameter_device = lambda module: next(module.parameters()).device
+        hf_modeling.get_parameter_dtype = lambda module: next(module.parameters()).dtype
     sys.path.insert(0, str(root / "evotok"))
     try:
         from tokenizer.quantizer.shared_rq_quantizer import SharedResidualQuantizer

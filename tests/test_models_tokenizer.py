@@ -405,3 +405,30 @@ def test_code_embedding_is_the_mean_code_vector_over_positions(name):
         for j in range(w):  # one position at a time through indices_to_codes
             expected += tok.quantizer.indices_to_codes(codes[:, i, j].reshape(b, 1, *tok.code_shape))[:, 0]
     torch.testing.assert_close(emb, expected / (h * w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("feature_layer", [-2, -3, 1])
+def test_siglip_encoder_stops_at_its_feature_layer(feature_layer):
+    """The tokens are the hidden state ``feature_layer`` of the whole tower, and the blocks after it
+    (whose outputs are unused) are not run."""
+    pytest.importorskip("transformers")
+    from polytok.models.config import EncoderConfig
+    from polytok.models.encoders import HFSiglipEncoder
+
+    siglip = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+    torch.manual_seed(0)
+    cfg = EncoderConfig(kind="siglip", hf_config=siglip, feature_layer=feature_layer)
+    encoder = HFSiglipEncoder(cfg).eval()
+    layers = getattr(encoder.model, "vision_model", encoder.model).encoder.layers
+    calls = []
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda *_, i=i: calls.append(i))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens, grid = encoder(x)
+        n_run = len(calls)
+        expected = encoder.model(pixel_values=x, output_hidden_states=True).hidden_states[feature_layer]
+    assert grid == (4, 4)
+    torch.testing.assert_close(tokens, expected, atol=1e-6, rtol=0)
+    assert n_run == (feature_layer if feature_layer > 0 else len(layers) + 1 + feature_layer)

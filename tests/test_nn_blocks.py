@@ -151,3 +151,49 @@ def test_patch_head_places_each_token_vector_in_its_own_patch():
         for j in range(5):
             pixels = (x[:, :, i, j] @ w.T + b).reshape(2, 3, 4, 4)  # channel-major, then rows, columns
             torch.testing.assert_close(out[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4], pixels)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "h", "w"), [(3, 5, 4, 6), (8, 8, 1, 3), (4, 2, 7, 5)])
+def test_nearest_upsample_conv_at_the_input_resolution_equals_upsampling_first(c_in, c_out, h, w) -> None:
+    """The four 2x2 phase kernels give conv3x3(nearest_x2(x)), borders included, values and gradients
+    (float64: only rounding separates the two orders of summation)."""
+    from polytok.nn.conv import Upsample2d
+    from polytok.nn.vqgan import _NearestConvUp
+
+    g = torch.Generator().manual_seed(11)
+    for module in (Upsample2d(c_in, c_out), _NearestConvUp(c_in)):
+        module = module.double()
+        with torch.no_grad():
+            module.conv.bias.normal_(generator=g)
+        x = torch.randn(2, c_in, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+        got = module(x)
+        ref = module.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        assert got.shape == ref.shape == (2, module.conv.out_channels, 2 * h, 2 * w)
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+        upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(got, (x, module.conv.weight, module.conv.bias), upstream)
+        ref_grads = torch.autograd.grad(ref, (x, module.conv.weight, module.conv.bias), upstream)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_upsampling_kernel_kept_without_gradients_follows_weight_changes() -> None:
+    """Without gradients the folded kernel is reused; an in-place update or a loaded state replaces it."""
+    from polytok.nn.conv import Upsample2d
+
+    g = torch.Generator().manual_seed(12)
+    module = Upsample2d(3, 4).double()
+    x = torch.randn(1, 3, 5, 5, generator=g, dtype=torch.float64)
+
+    def reference() -> torch.Tensor:
+        return module.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    with torch.no_grad():
+        first = module(x)
+        assert module(x) is not first and torch.equal(module(x), first)
+        module.conv.weight.mul_(-2.0)  # as an optimizer step would
+        torch.testing.assert_close(module(x), reference(), atol=1e-12, rtol=0)
+    state = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), reference(), atol=1e-12, rtol=0)

@@ -194,3 +194,16 @@ def test_a_failing_tile_is_raised_to_the_caller(thread_count) -> None:
     caller.join(timeout=60)
     assert not caller.is_alive(), "the caller hung"
     assert isinstance(outcome[0], ArithmeticError) and 7 not in done
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_search_under_inference_mode_on_several_threads(thread_count, groups: int) -> None:
+    """Inference mode is per thread like grad mode: the helper threads write into buffers the caller made
+    under inference mode, which outside it would be refused."""
+    thread_count(2)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(groups, 5000, 8, generator=g)
+    codes = torch.randn(groups, 400, 8, generator=g)
+    with torch.inference_mode():
+        got = nearest_codes(x, codes, buffer_bytes=4 * 64 * 400)
+    assert torch.equal(got, nearest_codes_reference(x, codes))

@@ -149,8 +149,10 @@ class HFSiglipEncoder(ImageEncoder):
         vc = self.model.config
         self.stride, self.width = int(vc.patch_size), int(vc.hidden_size)
         self.feature_layer = cfg.feature_layer
-        inner = getattr(self.model, "vision_model", self.model)  # layout differs across transformers versions
+        inner = self.inner
         layers = inner.encoder.layers
+        # Blocks run for the feature layer (hidden state k is the output of block k; 0: the embeddings).
+        self.blocks_needed = cfg.feature_layer % (len(layers) + 1)
         for layer in list(layers)[len(layers) - cfg.freeze_last_blocks :] if cfg.freeze_last_blocks else []:
             layer.requires_grad_(False)
         if cfg.feature_layer != -1:  # post-layernorm only applies to the last layer's output
@@ -171,11 +173,30 @@ class HFSiglipEncoder(ImageEncoder):
                 pixel_attention_mask=mask,
                 output_hidden_states=True,
             )
+        elif self.feature_layer != -1:
+            return self._hidden_state(x), (h, w)
         else:
             out = self.model(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
         if self.feature_layer == -1:
             return out.last_hidden_state, (h, w)
         return out.hidden_states[self.feature_layer], (h, w)
+
+
+    @property
+    def inner(self) -> nn.Module:
+        """The vision transformer (embeddings, encoder, post_layernorm): the model itself, or its
+        ``vision_model`` in the older transformers layout."""
+        return getattr(self.model, "vision_model", self.model)
+
+    def _hidden_state(self, x: Tensor) -> Tensor:
+        """SigLIP's hidden state ``feature_layer`` without running the blocks after it (EvoTok reads the
+        second to last: its last block and the final LayerNorm would be computed for nothing).
+        (B, 3, H, W) -> (B, N, width)."""
+        hidden = self.inner.embeddings(x, interpolate_pos_encoding=True)
+        for layer in self.inner.encoder.layers[: self.blocks_needed]:
+            out = layer(hidden, None)  # no mask: every patch is real
+            hidden = out[0] if isinstance(out, tuple) else out  # a tuple in transformers 4
+        return hidden
 
 
 def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> ImageEncoder:

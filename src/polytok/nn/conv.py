@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -87,15 +88,46 @@ class HybridConvStem(nn.Module):
         return self.down(self.down_norm(x))
 
 
+def upsampling_kernel(weight: Tensor) -> Tensor:
+    """3x3 kernels (C_out, C_in, 3, 3) -> the transposed-convolution kernel (C_in, C_out, 4, 4) of
+    ``conv3x3(nearest_x2(x))``.
+
+    After a nearest x2 upsampling, output row 2i reads source rows (i - 1, i, i) through the kernel's rows
+    (0, 1, 2) and output row 2i + 1 reads (i, i, i + 1): the 3 taps fold into 2 per output phase,
+    (w0, w1 + w2) and (w0 + w1, w2). A stride-2 transposed convolution with padding 1 places them with
+    the 4 taps (w2, w1 + w2, w0 + w1, w0); the same along columns.
+    """
+    w0, w1, w2 = weight.unbind(2)
+    rows = torch.stack([w2, w1 + w2, w0 + w1, w0], 2)  # (C_out, C_in, 4, 3)
+    c0, c1, c2 = rows.unbind(3)
+    return torch.stack([c2, c1 + c2, c0 + c1, c0], 3).transpose(0, 1)
+
+
 class Upsample2d(nn.Module):
-    """Nearest-neighbour x2 then conv 3x3. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+    """Nearest-neighbour x2 then conv 3x3 (zero padding 1). (B, C_in, H, W) -> (B, C_out, 2H, 2W).
+
+    Computed as one stride-2 transposed convolution at the input resolution (``upsampling_kernel``):
+    16 instead of 36 multiply-adds per output pixel and channel pair, no upsampled copy of the input.
+    The same function up to float rounding (folded taps are summed before the product). Without
+    gradients the folded kernel is kept until the weight changes.
+    """
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self._kernel: tuple[tuple, Tensor] | None = None
+
+    def kernel(self) -> Tensor:
+        weight = self.conv.weight
+        if torch.is_grad_enabled():
+            return upsampling_kernel(weight)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._kernel is None or self._kernel[0] != key:
+            self._kernel = (key, upsampling_kernel(weight.detach()))
+        return self._kernel[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return F.conv_transpose2d(x, self.kernel(), self.conv.bias, stride=2, padding=1)
 
 
 class InvertedMBConvBlock(nn.Module):

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polytok.nn.conv import Upsample2d
+
 
 def _group_norm(ch: int, groups: int) -> nn.GroupNorm:
     g = groups
@@ -96,10 +98,8 @@ class VQGANDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class _NearestConvUp(nn.Module):
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+class _NearestConvUp(Upsample2d):
+    """Nearest x2 then conv 3x3 at constant width (see Upsample2d)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def __init__(self, ch: int) -> None:
+        super().__init__(ch, ch)

@@ -71,6 +71,9 @@ def _run_tiles(tile: Callable[[int, int], None], count: int, workers: int) -> No
     all_done = threading.Condition(lock)
     state = {"taken": 0, "finished": 0}
     errors: list[BaseException] = []
+    # Grad mode and inference mode are per thread: the helpers take the caller's, or they could not
+    # write into buffers the caller made under inference mode.
+    inference = torch.is_inference_mode_enabled()
 
     def take() -> int | None:
         with lock:
@@ -84,7 +87,7 @@ def _run_tiles(tile: Callable[[int, int], None], count: int, workers: int) -> No
         if t is None:
             return
         torch.set_num_threads(1)
-        with torch.no_grad():  # grad mode is per thread
+        with torch.inference_mode(inference), torch.no_grad():
             while t is not None:
                 try:
                     tile(t, worker)
