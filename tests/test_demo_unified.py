@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,14 @@ from PIL import Image
 from polytok.cli import main
 from polytok.demo import UNIFIED_SUMMARY, choose_unified
 from polytok.eval.prompts import prompt_suite
-from polytok.recipes.unified_run import IMAGE_TOKENIZER_DIR, WEIGHTS_ENV, list_shipped_unified, load_unified
-from polytok.storage import MANIFEST, write_manifest
+from polytok.recipes.unified_run import (
+    IMAGE_TOKENIZER_DIR,
+    WEIGHTS_ENV,
+    list_shipped_unified,
+    load_unified,
+    load_unified_run_config,
+)
+from polytok.storage import MANIFEST, read_manifest, verify_files, write_manifest
 from unified_helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +127,46 @@ def test_package_data_ships_every_file_of_a_unified_model_folder(model_dir, tmp_
     assert f"weights/tiny-unified/{MANIFEST}" in files
     matched = {m for pattern in patterns["polytok"] for m in glob.glob(pattern, root_dir=package)}
     assert files <= matched, sorted(files - matched)
+
+
+def test_shipping_script_trains_and_places_a_unified_model_found_by_name(tmp_path, monkeypatch, capfd):
+    """scripts/train_shipped_unified.sh with the shipped config at a 2-step budget, into a weights
+    directory outside the package: the folder is complete, checksummed, and generates by name."""
+    venv = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "POLYTOK": str(venv / "polytok"),
+        "PYTHON": sys.executable,
+        "NAME": "shipped-unified",
+        "WEIGHTS_DIR": str(tmp_path / "weights"),
+        "RUN_DIR": str(tmp_path / "run"),
+    }
+    budget = ["train.max_steps=2", "train.max_minutes=null", "unified.text_captions=64"]
+    budget += ["unified.heldout_samples=4", "train.save_every=0", "train.log_every=1"]
+    script = ROOT / "scripts" / "train_shipped_unified.sh"
+    done = subprocess.run(["bash", str(script), *budget], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr + (tmp_path / "run.log").read_text()
+    folder = tmp_path / "weights" / "shipped-unified"
+    assert done.stdout.strip() == str(folder)
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["shipped-unified"]  # nothing aside
+    manifest = read_manifest(folder)
+    assert manifest["config"] == "configs/unified-shipped.yaml"
+    assert {"unified.json", "model.safetensors", "text_tokenizer.json"} <= set(manifest["files"])
+    verify_files(folder, manifest)
+    assert (folder / IMAGE_TOKENIZER_DIR / "model.safetensors").is_file()
+    run_yaml = (tmp_path / "run" / "run.yaml").read_text()
+    assert "max_steps: 2" in run_yaml and "tokenizer: evotok-tiny" in run_yaml
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    capfd.readouterr()
+    argv = ["generate", "shipped-unified", "a red circle", "--out-dir", str(tmp_path / "gen")]
+    assert main(argv) == 0
+    (line,) = capfd.readouterr().out.splitlines()
+    assert Path(json.loads(line)["path"]).is_file()
+
+
+def test_shipped_unified_config_is_the_evotok_recipe_on_an_hour_with_a_step_cap():
+    shipped = load_unified_run_config(ROOT / "configs" / "unified-shipped.yaml")
+    recipe = load_unified_run_config(ROOT / "configs" / "unified-evotok-tiny.yaml")
+    assert shipped.train.max_minutes == 60 and shipped.train.max_steps == 8000
+    assert shipped.unified == recipe.unified and shipped.data == recipe.data
+    assert shipped.train.optim == recipe.train.optim and shipped.train.batch_size == recipe.train.batch_size

@@ -383,12 +383,14 @@ def find_shipped_unified(name: str) -> Path | None:
 def list_shipped_unified() -> list[str]:
     """Names of the unified models shipped inside the package (folders holding ``unified.json``), and of
     those in the directories of ``POLYTOK_UNIFIED_WEIGHTS``."""
+    from polytok.storage import is_aside
+
     names = {
         p.name
         for root in unified_weights_dirs()
         if root.is_dir()
         for p in root.iterdir()
-        if (p / META_NAME).is_file()
+        if (p / META_NAME).is_file() and not is_aside(p)
     }
     return sorted(names)
 
