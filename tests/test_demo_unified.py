@@ -76,10 +76,13 @@ def test_demo_unified_stage_samples_and_captions_into_the_report(model_dir, tmp_
     assert list(timing) == ["sample unified", "write report"]
 
 
-def test_demo_refuses_a_unified_name_that_is_nothing_before_training(tmp_path, capfd):
+def test_demo_refuses_a_bad_unified_name_or_budget_before_training(tmp_path, capfd):
     assert main(["demo", "--unified", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "d")]) == 2
     err = capfd.readouterr().err
     assert err.startswith("polytok: error: --unified") and "[demo" not in err
+    assert main(["demo", "--unified-samples", "0", "--out-dir", str(tmp_path / "d")]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("polytok: error: unified_samples_per_prompt must be >= 1") and "[demo" not in err
     assert not (tmp_path / "d").exists()
 
 

@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer over the library (no logic lives only here).
 
 polytok demo                                  # the main job on the built-in data
+polytok demo --unified NAME_OR_DIR            # ... also sampling and captioning a unified model
 polytok presets                               # registered presets and shipped checkpoints
 polytok train CONFIG.yaml [key=value ...]     # train (single process or under torchrun)
 polytok generate MODEL "PROMPT" ... --out-dir DIR   # unified model: images from text (PNG + JSON lines)

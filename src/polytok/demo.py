@@ -122,8 +122,8 @@ def choose_unified(named: str | None) -> str | None:
     shipped = list_shipped_unified()
     if not shipped:
         print(
-            "[demo] no unified model shipped (polytok/weights/*/unified.json) and none named with "
-            "--unified: skipping the unified stage",
+            "[demo] no unified model shipped (polytok/weights/*/unified.json, $POLYTOK_UNIFIED_WEIGHTS) "
+            "and none named with --unified: skipping the unified stage",
             file=sys.stderr,
             flush=True,
         )
@@ -140,7 +140,8 @@ def sample_unified(
 ) -> Any:
     """The unified model's :class:`~polytok.eval.unified_report.UnifiedReport` on the prompt suite
     (``samples_per_prompt`` each, held-out pairs included) and on ``caption_images`` held-out shapes
-    images (captions and bits per image token); the judge's default settings otherwise."""
+    images (captions and bits per image token); :func:`evaluate_unified`'s sampling defaults otherwise
+    (guidance 3.0, temperature 1.0)."""
     from polytok.eval.unified_eval import evaluate_unified
     from polytok.recipes.unified_run import load_unified
 
