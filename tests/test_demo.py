@@ -1,5 +1,6 @@
 """The main job end to end at a toy budget: trains the three tiny presets, measures them beside the
-shipped checkpoints on the held-out built-in data and writes one report; every stage shows progress."""
+shipped checkpoints on the held-out built-in data, samples and captions a (tiny) unified model and writes
+one report; every stage shows progress."""
 
 from __future__ import annotations
 
@@ -7,30 +8,47 @@ import json
 
 from polytok.demo import DEMO_PRESETS, evaluate_on_builtin, run_demo
 from polytok.hub import list_shipped, load_tokenizer
+from polytok.recipes.unified_run import IMAGE_TOKENIZER_DIR
+from unified_helpers import tiny_model, tokenizer
 
 
 def test_demo_trains_evaluates_and_reports(tmp_path, capfd):
-    path = run_demo(out_dir=tmp_path, minutes=0.001, max_eval_images=8)  # each preset: its first step
-    reports = json.loads((tmp_path / "report.json").read_text())
+    unified = tmp_path / "tiny-unified"
+    tiny_model("evotok-tiny", grid=(4, 4)).float().save_pretrained(unified)
+    tokenizer("evotok-tiny").save_pretrained(unified / IMAGE_TOKENIZER_DIR)
+    out = tmp_path / "demo"
+    path = run_demo(
+        out_dir=out,
+        minutes=0.001,  # each preset: its first step
+        max_eval_images=8,
+        unified=str(unified),
+        unified_samples_per_prompt=1,
+        unified_caption_images=2,
+    )
+    reports = json.loads((out / "report.json").read_text())
     names = [r["name"] for r in reports]
     models = [*DEMO_PRESETS, *(f"{n} (shipped)" for n in list_shipped())]
     assert names == [f"{m} | photos val" for m in models] + [f"{m} | shapes held-out" for m in models]
     for preset in DEMO_PRESETS:
-        assert (tmp_path / preset / "tokenizer" / "model.safetensors").is_file()
+        assert (out / preset / "tokenizer" / "model.safetensors").is_file()
     by_name = {r["name"]: r for r in reports}
     assert "PSNR" in by_name["unitok-tiny | photos val"]["metrics"]
     assert "zero-shot top-1" in by_name["unitok-tiny | shapes held-out"]["metrics"]
     html = path.read_text()
     assert all(m in html for m in models)
-    out, err = capfd.readouterr()
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    # the unified model's section after the tokenizers' tables: sample grid (held-out pairs tagged), captions
+    assert html.index("unitok-tiny | photos val") < html.index('<section class="unified">')
+    assert "held-out pair</span>" in html and "<h3>Captions</h3>" in html
+    stdout, err = capfd.readouterr()
+    lines = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
     trained = {x["preset"]: x for x in lines if "preset" in x}
     assert all(trained[p]["steps"] == 1 for p in DEMO_PRESETS)  # stopped by the clock, not by max_steps
     timing = next(x for x in lines if "stage_seconds" in x)
     stages = timing["stage_seconds"]
     assert list(timing["stage_cpu_seconds"]) == list(stages)
     expected = [*(f"train {p}" for p in DEMO_PRESETS), "load shipped", "evaluate photos", "evaluate shapes"]
-    assert list(stages) == [*expected, "write report"]
+    assert list(stages) == [*expected, "sample unified", "write report"]
+    assert any(x.get("unified") == f"{unified} (unified)" for x in lines)
     for i, stage in enumerate(stages, 1):  # each stage announced on stderr with what it does
         assert f"[demo {i}/{len(stages)}] {stage}: " in err
     assert f"train ({0.001 / 3:g} min budget)" in err  # the trainer's bar shows the time budget

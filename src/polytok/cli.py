@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer over the library (no logic lives only here).
 
 polytok demo                                  # the main job on the built-in data
+polytok demo --unified NAME_OR_DIR            # ... also sampling and captioning a unified model
 polytok presets                               # registered presets and shipped checkpoints
 polytok train CONFIG.yaml [key=value ...]     # train (single process or under torchrun)
 polytok generate MODEL "PROMPT" ... --out-dir DIR   # unified model: images from text (PNG + JSON lines)
@@ -29,15 +30,25 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from polytok.demo import run_demo
 
-    run_demo(out_dir=args.out_dir, minutes=args.minutes, seed=args.seed)
+    run_demo(
+        out_dir=args.out_dir,
+        minutes=args.minutes,
+        seed=args.seed,
+        unified=args.unified,
+        unified_samples_per_prompt=args.unified_samples,
+        unified_caption_images=args.unified_captions,
+        unified_only=args.unified_only,
+    )
     return 0
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     from polytok.hub import list_shipped
     from polytok.models.registry import list_presets
+    from polytok.recipes.unified_run import list_shipped_unified
 
-    print(json.dumps({"presets": list_presets(), "shipped": list_shipped()}, indent=1))
+    shipped = {"shipped": list_shipped(), "shipped_unified": list_shipped_unified()}
+    print(json.dumps({"presets": list_presets(), **shipped}, indent=1))
     return 0
 
 
@@ -317,9 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget for all presets together")
     p.add_argument("--seed", type=int, default=0)
+    u = p.add_argument_group("unified model stage (sampling and captioning on shapes)")
+    u.add_argument(
+        "--unified",
+        metavar="NAME_OR_DIR",
+        default=None,
+        help="unified model to sample: a folder or a shipped name (default: the first shipped one; "
+        "the stage is skipped when none is shipped)",
+    )
+    u.add_argument("--unified-samples", type=int, default=2, help="samples of each of the 42 prompts")
+    u.add_argument("--unified-captions", type=int, default=16, help="held-out shapes images captioned")
+    u.add_argument(
+        "--unified-only", action="store_true", help="only the unified stage and the report (no tokenizers)"
+    )
     p.set_defaults(func=_cmd_demo)
 
-    p = add_parser("presets", help="list registered presets and shipped checkpoints")
+    p = add_parser("presets", help="list registered presets and shipped checkpoints (unified models too)")
     p.set_defaults(func=_cmd_presets)
 
     p = add_parser("train", help="train from a run config (YAML) with key=value overrides")

@@ -321,6 +321,7 @@ def evaluate_unified(
     seed: int = 0,
     caption_images_per_split: int = 32,
     bits_images_per_split: int = 32,
+    caption_splits: Sequence[str] = CAPTION_SPLITS,
     bits_token_sets: Sequence[str | os.PathLike] = (),
     data_seed: int = 0,
     gfd: Toggle = "auto",
@@ -338,7 +339,8 @@ def evaluate_unified(
         samples_per_prompt, guidance_scale, temperature, top_k, top_p, seed: the sampling settings,
             recorded in every figure; prompt i is sampled with seed ``seed + i``.
         caption_images_per_split / bits_images_per_split: images of the ``val`` and of the ``heldout``
-            split (``shapes`` seed ``data_seed``) captioned / scored for bits (0: skipped).
+            split (``shapes`` seed ``data_seed``) captioned / scored for bits (0: skipped);
+            ``caption_splits``: which of the two (``("heldout",)``: the held-out pairs only).
         bits_token_sets: token sets (``polytok encode`` directories, of this tokenizer at the model's
             image size) whose first ``bits_images_per_split`` samples (all with 0) are also scored.
         gfd: ``True`` (the EfficientNet-Lite0 weights must load), ``False``, ``"auto"`` (skipped with
@@ -355,6 +357,9 @@ def evaluate_unified(
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if caption_images_per_split < 0 or bits_images_per_split < 0:
         raise ValueError("caption_images_per_split and bits_images_per_split must be >= 0")
+    unknown = [split for split in caption_splits if split not in CAPTION_SPLITS]
+    if unknown:
+        raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")
     model.check_tokenizer(tokenizer)
     side = image_side(model, tokenizer)
     prompts = list(prompt_suite() if prompts is None else prompts)
@@ -400,7 +405,7 @@ def evaluate_unified(
         report.metrics.update(figures)
         if space is not None and GFD_LABEL not in figures:
             skipped[GFD_LABEL] = "skipped: a Frechet distance needs at least 2 images"
-    for split in CAPTION_SPLITS:
+    for split in caption_splits:
         count = max(caption_images_per_split, bits_images_per_split)
         if not count:
             break

@@ -359,13 +359,40 @@ def _write_json(path: Path, data: dict) -> None:
 # -- loading a trained model ----------------------------------------------------------------------------
 
 
-def list_shipped_unified() -> list[str]:
-    """Names of the unified models shipped inside the package (folders holding ``unified.json``)."""
+WEIGHTS_ENV = "POLYTOK_UNIFIED_WEIGHTS"
+
+
+def unified_weights_dirs() -> list[Path]:
+    """Where unified models are found by name: the package's ``weights/`` first, then the directories
+    listed in the environment variable ``POLYTOK_UNIFIED_WEIGHTS`` (``os.pathsep``-separated), for
+    models kept outside the package."""
     from polytok.hub import SHIPPED_DIR
 
-    if not SHIPPED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / META_NAME).is_file())
+    extra = [Path(p) for p in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if p]
+    return [SHIPPED_DIR, *extra]
+
+
+def find_shipped_unified(name: str) -> Path | None:
+    """The folder of the unified model called ``name`` in :func:`unified_weights_dirs` (the first)."""
+    for root in unified_weights_dirs():
+        if (root / name / META_NAME).is_file():
+            return root / name
+    return None
+
+
+def list_shipped_unified() -> list[str]:
+    """Names of the unified models shipped inside the package (folders holding ``unified.json``), and of
+    those in the directories of ``POLYTOK_UNIFIED_WEIGHTS``."""
+    from polytok.storage import is_aside
+
+    names = {
+        p.name
+        for root in unified_weights_dirs()
+        if root.is_dir()
+        for p in root.iterdir()
+        if (p / META_NAME).is_file() and not is_aside(p)
+    }
+    return sorted(names)
 
 
 def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple[UnifiedModel, Any]:
@@ -374,17 +401,18 @@ def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple
     The image tokenizer is the one saved beside the model (``image_tokenizer/``), else the shipped
     checkpoint of the recorded name; either way it must be the one the model was trained on.
     """
-    from polytok.hub import SHIPPED_DIR, load_tokenizer
+    from polytok.hub import load_tokenizer
 
     path = Path(name_or_path)
     if not path.is_dir():
-        shipped = list_shipped_unified()
-        if str(name_or_path) not in shipped:
+        found = find_shipped_unified(str(name_or_path))
+        if found is None:
             raise FileNotFoundError(
                 f"no unified model {str(name_or_path)!r}: not a folder holding {META_NAME} (written by "
-                f"'polytok train' into <out_dir>/model), nor a shipped unified model {shipped}"
+                f"'polytok train' into <out_dir>/model), nor a shipped unified model "
+                f"{list_shipped_unified()} (searched: the package's weights/ and ${WEIGHTS_ENV})"
             )
-        path = SHIPPED_DIR / str(name_or_path)
+        path = found
     model = UnifiedModel.from_pretrained(path, map_location=device).eval()
     beside = path / IMAGE_TOKENIZER_DIR
     if beside.is_dir():
