@@ -77,7 +77,9 @@ QUICK_EVAL: dict[str, Any] = dict(
     max_seen_prompts=2, max_heldout_prompts=2,
 )  # fmt: skip
 QUICK_MINUTES = 0.3
-QUICK_PIXEL_ONLY_STEPS = 3
+QUICK_PIXEL_ONLY_STEPS = 2
+QUICK_IMAGE_SIZE = 32  # the smoke run's default: 64 px samples cost 4 x the positions
+CEILING = "judge on reconstructions"  # evaluate_unified's name for the tokens' ceiling
 
 
 
@@ -274,9 +276,10 @@ def study_row(summary: Mapping[str, Any]) -> dict[str, float | None]:
     for group in ("seen", "heldout"):
         for attr in (*JUDGED, "all", "pair"):
             row[f"t2i[{group}] {attr}"] = _value(m, f"t2i[{group}] attr[{attr}]")
-        entry = m.get(f"t2i[{group}] attr[all]")
-        baselines = entry["protocol"]["baselines"] if entry else {}
-        row[f"ceiling[{group}] all"] = baselines.get("judge on reconstructions")
+        for score in ("all", "pair"):  # what the tokens can carry: the judge on their reconstructions
+            entry = m.get(f"t2i[{group}] attr[{score}]")
+            baselines = entry["protocol"]["baselines"] if entry else {}
+            row[f"ceiling[{group}] {score}"] = baselines.get(CEILING)
     row["gFD"] = _value(m, "gFD (EfficientNet-Lite0)")
     for split in ("val", "heldout"):
         for attr in (*CAPTIONED, "all", "pair"):
@@ -296,11 +299,16 @@ def mean_row(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float | No
 
 
 def study_baselines(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Figure -> its baselines (chance, single-attribute, judge on real images), from one run."""
+    """Figure -> its baselines that every row shares (chance, single-attribute, judge on real images),
+    from one run; the ceiling (the judge on the tokenizer's reconstructions) is a column instead."""
     wanted = [f"t2i[{g}] attr[{s}]" for g in ("seen", "heldout") for s in ("all", "pair")]
     wanted += [f"caption[{g}] attr[{s}]" for g in ("val", "heldout") for s in ("all", "pair")]
     metrics = summary["metrics"]
-    return {k: dict(metrics[k]["protocol"]["baselines"]) for k in wanted if k in metrics}
+    return {
+        k: {name: v for name, v in metrics[k]["protocol"]["baselines"].items() if name != CEILING}
+        for k in wanted
+        if k in metrics
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -312,7 +320,8 @@ def _attrs(row: Mapping[str, float | None], prefix: str, names: Sequence[str]) -
 
 
 COLUMNS = (
-    "tokenizer", "seed", "steps", "judge ceiling seen / held-out (all)", "gen seen all", "gen seen pair",
+    "tokenizer", "seed", "steps", "judge ceiling: all seen / held-out (held-out pair)", "gen seen all",
+    "gen seen pair",
     "gen held-out all", "gen held-out pair", "gen seen per attr", "gen held-out per attr", "gFD",
     "cap val all", "cap held-out all", "cap held-out pair", "cap val per attr", "cap held-out per attr",
     "bits/token val", "bits/token held-out",
@@ -324,7 +333,8 @@ def table_line(name: str, seed: str, steps: str, row: Mapping[str, float | None]
         name,
         seed,
         steps,
-        f"{_fmt(row.get('ceiling[seen] all'))} / {_fmt(row.get('ceiling[heldout] all'))}",
+        f"{_fmt(row.get('ceiling[seen] all'))} / {_fmt(row.get('ceiling[heldout] all'))} "
+        f"(pair {_fmt(row.get('ceiling[heldout] pair'))})",
         _fmt(row.get("t2i[seen] all")),
         _fmt(row.get("t2i[seen] pair")),
         _fmt(row.get("t2i[heldout] all")),
@@ -500,7 +510,7 @@ def main() -> None:
     parser.add_argument("--tokenizers", nargs="*", default=None, help=f"rows (default: {list(TOKENIZERS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 (--quick: 0)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of every unified run")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=None, help=f"px; 64 (--quick: {QUICK_IMAGE_SIZE})")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and evaluation")
     parser.add_argument("--eval-only", action="store_true", help="measure the runs already in --out")
@@ -525,11 +535,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown tokenizers {unknown}: {list(TOKENIZERS)}")
     minutes = QUICK_MINUTES if args.quick else args.minutes
+    image_size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else 64)
     runs = [(row, seed) for seed in seeds for row in rows]
     start = time.perf_counter()
     if not args.eval_only:
         pixel_steps = QUICK_PIXEL_ONLY_STEPS if args.quick else None
-        jobs = training_jobs(rows, seeds, out, minutes, args.image_size, pixel_steps)
+        jobs = training_jobs(rows, seeds, out, minutes, image_size, pixel_steps)
         run_side_by_side(jobs, out / "logs", args.parallel)
     trained_at = time.perf_counter()
     summaries = {run_name(r, s): out / "runs" / run_name(r, s) / "eval.json" for r, s in runs}
@@ -554,14 +565,14 @@ def main() -> None:
         "pixel_only": {"config": f"{PIXEL_ONLY_BASE}.yaml", "overrides": PIXEL_ONLY_OVERRIDES},
         "seeds": seeds,
         "max_minutes": minutes,
-        "image_size": args.image_size,
+        "image_size": image_size,
         "parallel": args.parallel,
         "sampling": SAMPLING,
         "evaluation": settings,
         "wall_seconds": {"train": trained_at - start, "evaluate": time.perf_counter() - trained_at},
     }
     header = (
-        f"Unified model ({UNIFIED_CONFIG.name}) at {args.image_size} px, {minutes} min per run "
+        f"Unified model ({UNIFIED_CONFIG.name}) at {image_size} px, {minutes} min per run "
         f"({args.parallel} side by side, one thread each), seeds {seeds}; sampling {SAMPLING}; "
         f"evaluation {settings}.\n\n"
     )

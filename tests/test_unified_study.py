@@ -86,10 +86,11 @@ def test_table_rows_means_and_baselines():
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 3 + 1  # header, rule, three runs, one mean
     assert lines[-2].startswith("| **a** | mean | 12 |") and "| 5.0 |" in lines[-2]
-    assert lines[-1].startswith("| b | 0 | 9 | 1.00 / 0.00 |") and "| - |" in lines[-1]
+    assert lines[-1].startswith("| b | 0 | 9 | 1.00 / 0.00 (pair 0.00) |") and "| - |" in lines[-1]
     # baselines: chance of the shape-and-colour pair is 1/42, and the single-attribute models beside it
     pair = table["baselines"]["t2i[heldout] attr[pair]"]
     assert pair["chance"] == pytest.approx(1 / 42) and len(pair) > 3
+    assert pair["judge on real images"] == 1.0 and "judge on reconstructions" not in pair  # a column
     assert "Baselines" in markdown and "chance 0.024" in markdown
 
 
