@@ -8,7 +8,7 @@ for the same wall-clock time on the codes of each tokenizer, then measured by ``
 
 Rows: the shipped ``unitok-tiny``, ``evotok-tiny`` and ``polytok-tiny`` tokenizers, and ``pixel-only``:
 unitok-tiny's shipped config (same architecture, data and ``max_steps``) with ``loss.semantic=0``, trained
-by this script into ``<out>/pixel-only-tokenizer`` and reused when already there.
+by this script into ``<out>/pixel-only-tokenizer`` (reused when one of that length is there).
 
 Held fixed for every row: the unified config ``unified-unitok-tiny.yaml`` with only ``unified.tokenizer``
 changed (the same Llama backbone, learned input and depth embeddings, running-sum depth head, batch, lr
@@ -185,13 +185,13 @@ def training_jobs(
     image_size: int,
     pixel_steps: int | None,
 ) -> list[Job]:
-    """The pixel-only tokenizer's training (unless ``<out>/pixel-only-tokenizer/tokenizer`` exists: reused)
-    first, then every unified run, seed-major; the pixel-only rows wait for their tokenizer while the
-    others train beside it."""
+    """The pixel-only tokenizer's training first (unless ``<out>/pixel-only-tokenizer`` holds one trained
+    for as many steps: reused), then every unified run, seed-major; the pixel-only rows wait for their
+    tokenizer while the others train beside it."""
     jobs: list[Job] = []
     needs = None
     folder = out / "pixel-only-tokenizer"
-    if PIXEL_ONLY in rows and not (folder / "tokenizer").is_dir():
+    if PIXEL_ONLY in rows and not pixel_only_done(folder, pixel_steps):
         needs = "pixel-only-tokenizer"
         jobs.append((needs, pixel_only_command(folder, pixel_steps), None))
     for seed in seeds:
@@ -199,6 +199,18 @@ def training_jobs(
             command = unified_command(row, seed, out, minutes, image_size)
             jobs.append((run_name(row, seed), command, needs if row == PIXEL_ONLY else None))
     return jobs
+
+
+def pixel_only_done(folder: Path, steps: int | None) -> bool:
+    """Whether ``folder`` holds the pixel-only tokenizer trained for ``steps`` (None: the shipped
+    config's ``max_steps``), not one of another length (a quick run's, say)."""
+    from polytok.recipes.run import load_run_config
+
+    if not (folder / "tokenizer").is_dir() or not (folder / "log.jsonl").is_file():
+        return False
+    if steps is None:
+        steps = load_run_config(CONFIG_DIR / f"{PIXEL_ONLY_BASE}.yaml").train.max_steps
+    return trained_steps(folder) == steps
 
 
 def trained_steps(run_dir: Path) -> int:

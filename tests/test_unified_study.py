@@ -143,10 +143,16 @@ def test_pixel_only_rows_wait_for_their_tokenizer_and_reuse_it(tmp_path):
     needs = {name: after for name, _, after in jobs}
     assert needs["pixel-only-seed0"] == needs["pixel-only-seed1"] == "pixel-only-tokenizer"
     assert needs["unitok-tiny-seed1"] is None and len(jobs) == 1 + 8
-    (tmp_path / "pixel-only-tokenizer" / "tokenizer").mkdir(parents=True)
+    folder = tmp_path / "pixel-only-tokenizer"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "log.jsonl").write_text('{"step": 5}\n{"step": 7}\n')
     again = study.training_jobs(list(study.TOKENIZERS), [0], tmp_path, 1.0, 32, 7)
     assert [name for name, _, _ in again] == [f"{row}-seed0" for row in study.TOKENIZERS]
     assert all(after is None for _, _, after in again)
+    # a tokenizer of another length (a quick run's, or the shipped config's 600 steps) is not reused
+    for steps in (8, None):
+        retrained = study.training_jobs([study.PIXEL_ONLY], [0], tmp_path, 1.0, 32, steps)
+        assert retrained[0][0] == "pixel-only-tokenizer" and len(retrained) == 2
 
 
 def test_side_by_side_runs_a_waiting_job_after_the_one_it_needs(tmp_path):
