@@ -26,8 +26,8 @@ unified configs. ``--probe-sizes 32 64`` times training steps at both sizes side
 one process) and reads the judge on the real images and on the tokenizers' pixel-prefix reconstructions at
 each size: the judge reads real 32 px images perfectly, but the tiny tokenizers' 32 px reconstructions
 carry almost no shape (all attributes right on 6-11 % of images, against 41-42 % at 64 px), so a 32 px
-study would compare tokens that cannot carry the pair at all; 64 px costs about 5 x per step (docs/
-study.md section 5 records the measurement). The table lists the judge's ceiling (its accuracy on the
+study would compare tokens that cannot carry the pair at all; 64 px costs about 5 x per step (the
+measurement is in section 5 of docs/study.md). The table lists the judge's ceiling (its accuracy on the
 reconstructions of the prompts' real images, at the chosen size) beside every row, so a reader sees what
 the tokens can carry at all.
 
