@@ -69,6 +69,12 @@ VARIANTS: dict[str, tuple[str, str, list[str], float]] = {
         1.0,
     ),
     "length-2x": ("the base recipe with twice the training budget", "unitok-tiny", [], 2.0),
+    "objects-x8-length-2x": (
+        "object pixels at 8x with twice the training budget",
+        "unitok-tiny",
+        ["loss.object_weight=8"],
+        2.0,
+    ),
 }
 
 
@@ -225,11 +231,16 @@ def main() -> None:
     plan_path = out / "plan.json"
     if not args.eval_only:
         torch.set_num_threads(1)
-        probed = sorted({n if VARIANTS[n][3] == 1.0 else "base" for n in names} | {"base"})
+        # a longer-budget variant costs per step what its 1x twin does
+        twin = {
+            n: next((m for m in VARIANTS if VARIANTS[m][2] == VARIANTS[n][2] and VARIANTS[m][3] == 1.0), n)
+            for n in names
+        }
+        probed = sorted(set(twin.values()) | {"base"})
         seconds = probe_step_seconds(probed, out, args.probe_rounds)
         plan = {}
         for n in names:
-            cost = seconds[n] if n in seconds else seconds["base"]
+            cost = seconds[twin[n]]
             plan[n] = max(10, round(args.base_steps * VARIANTS[n][3] * seconds["base"] / cost))
         plan_path.write_text(json.dumps({"seconds_per_step": seconds, "steps": plan}, indent=1))
         print(json.dumps({"seconds_per_step": seconds, "steps": plan}), flush=True)
