@@ -228,6 +228,19 @@ def _pair_indices(pairs: Iterable[tuple[str, str]]) -> set[tuple[int, int]]:
     return indices
 
 
+def draw_scene_attributes(shape: int, colour: int, rng: np.random.Generator) -> dict[str, int]:
+    """The attributes of one image of the pair (shape, colour): size, position, count and background
+    drawn from ``rng`` in that order (the order fixes every dataset image and prompt suite)."""
+    return {
+        "shape": shape,
+        "colour": colour,
+        "size": int(rng.integers(len(SIZES))),
+        "position": int(rng.integers(len(POSITIONS))),
+        "count": int(rng.integers(len(COUNTS))),
+        "background": int(rng.integers(len(BACKGROUNDS))),
+    }
+
+
 class ShapesDataset(Dataset):
     """Captioned synthetic shapes with attribute labels and held-out (shape, colour) pairs.
 
@@ -296,15 +309,7 @@ class ShapesDataset(Dataset):
         """The attributes of sample ``index`` and the generator, ready for drawing."""
         rng = np.random.default_rng([self.seed, SHAPE_SPLITS.index(self.split), index])
         shape, colour = self.pairs[int(rng.integers(len(self.pairs)))]
-        attributes = {
-            "shape": shape,
-            "colour": colour,
-            "size": int(rng.integers(len(SIZES))),
-            "position": int(rng.integers(len(POSITIONS))),
-            "count": int(rng.integers(len(COUNTS))),
-            "background": int(rng.integers(len(BACKGROUNDS))),
-        }
-        return attributes, rng
+        return draw_scene_attributes(shape, colour, rng), rng
 
     def render(self, attributes: dict[str, int], rng: np.random.Generator) -> torch.Tensor:
         """Draw an image (3, S, S) float in [0, 1] with the given attributes."""

@@ -23,14 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from polytok.data.shapes import (
-    BACKGROUNDS,
     COLOURS,
-    COUNTS,
     HELDOUT_PAIRS,
-    POSITIONS,
     SHAPES,
-    SIZES,
     caption_for,
+    draw_scene_attributes,
 )
 
 PROMPT_SUITE_VERSION = "shapes-prompts/1"
@@ -76,14 +73,7 @@ def prompt_suite(prompts_per_pair: int = 1, heldout_pairs=HELDOUT_PAIRS) -> list
         for colour in range(len(COLOURS)):
             for k in range(int(prompts_per_pair)):
                 rng = np.random.default_rng([_SUITE_SEED, shape, colour, k])
-                attributes = {
-                    "shape": shape,
-                    "colour": colour,
-                    "size": int(rng.integers(len(SIZES))),
-                    "position": int(rng.integers(len(POSITIONS))),
-                    "count": int(rng.integers(len(COUNTS))),
-                    "background": int(rng.integers(len(BACKGROUNDS))),
-                }
+                attributes = draw_scene_attributes(shape, colour, rng)
                 prompts.append(
                     ShapesPrompt(len(prompts), caption_for(attributes), attributes, (shape, colour) in held)
                 )
