@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -158,37 +156,27 @@ def probe_step_seconds(names: list[str], out: Path, rounds: int) -> dict[str, fl
 
 
 def train_all(plan: dict[str, int], out: Path, parallel: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending, running = list(plan), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name = pending.pop(0)
-            _, preset, overrides, _ = VARIANTS[name]
-            cmd = [
-                sys.executable,
-                "-m",
-                "polytok.cli",
-                "train",
-                str(CONFIG_DIR / f"{preset}.yaml"),
-                *overrides,
-                f"train.max_steps={plan[name]}",
-                f"train.out_dir={out / name}",
-                "train.save_every=0",
-                "train.progress=false",
-                "train.overwrite=true",
-            ]
-            print("$", " ".join(cmd[2:]), flush=True)
-            log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed when the run ends
-            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        time.sleep(5)
-        for item in list(running):
-            name, proc, log = item
-            if proc.poll() is not None:
-                log.close()
-                running.remove(item)
-                if proc.returncode != 0:
-                    raise SystemExit(f"variant {name} failed (exit {proc.returncode}): see {out / name}.log")
-                print(f"trained {name}", flush=True)
+    """Train every planned variant with ``polytok train``, ``parallel`` at a time, one thread each."""
+    from unified_study import run_side_by_side  # scripts/ is on the path when run as a script
+
+    jobs = []
+    for name, steps in plan.items():
+        _, preset, overrides, _ = VARIANTS[name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "polytok.cli",
+            "train",
+            str(CONFIG_DIR / f"{preset}.yaml"),
+            *overrides,
+            f"train.max_steps={steps}",
+            f"train.out_dir={out / name}",
+            "train.save_every=0",
+            "train.progress=false",
+            "train.overwrite=true",
+        ]
+        jobs.append((name, cmd, None))
+    run_side_by_side(jobs, out, parallel)
 
 
 def evaluate(names: list[str], out: Path, max_images: int) -> list[dict[str, Any]]:
