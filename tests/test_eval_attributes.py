@@ -9,7 +9,7 @@ import torch
 from polytok.data import build_dataloader, build_dataset
 from polytok.data.shapes import ShapesDataset
 from polytok.eval import EvalOptions, evaluate_tokenizer
-from polytok.eval.families.attributes import AttributeFidelity, figure_name
+from polytok.eval.families.attributes import AttributeFidelity, cell_means, figure_name
 from polytok.eval.families.base import DepthBatch, RealBatch
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
 from polytok.hub import load_tokenizer
@@ -28,8 +28,8 @@ def shapes_batch():
     return images, labels
 
 
-def _measure(judge, images, labels, reconstructions):
-    family = AttributeFidelity(judge)
+def _measure(judge, images, labels, reconstructions, stride=None):
+    family = AttributeFidelity(judge, stride=stride)
     batch = RealBatch(images, None, torch.zeros(0), 0, {"attributes": labels, "caption": ["x"] * N})
     family.prepare(batch)
     family.measure(batch, DepthBatch(1, torch.zeros(0), reconstructions))
@@ -74,6 +74,8 @@ def test_evaluation_reports_attribute_fidelity_per_decoded_depth() -> None:
     report = evaluate_tokenizer(tok, loader, EvalOptions(max_images=32, lpips=False, fid=False), name="evo")
     shape = report.metrics[figure_name("shape")]
     assert shape.protocol["decoded_levels"] == 4 and shape.protocol["judge_accuracy_on_originals"] >= 0.98
+    assert shape.protocol["cell_mean_stride"] == tok.stride == 4
+    assert 0.0 <= shape.protocol["judge_accuracy_on_cell_means"] <= 1.0
     assert 0.0 <= shape.value <= 1.0
     assert sorted(report.depth_curves[figure_name("all")]) == [1, 2, 3, 4]
 
@@ -87,3 +89,32 @@ def test_no_attribute_figures_on_photos_unless_required() -> None:
         evaluate_tokenizer(
             tok, loader, EvalOptions(max_images=8, lpips=False, fid=False, attribute_fidelity=True)
         )
+
+
+def test_cell_means_match_a_naive_loop() -> None:
+    images = torch.rand(2, 3, 8, 12, dtype=torch.float64)
+    out = cell_means(images, 4)
+    for b in range(2):
+        for c in range(3):
+            for i in range(0, 8, 4):
+                for j in range(0, 12, 4):
+                    cell = images[b, c, i : i + 4, j : j + 4]
+                    assert torch.allclose(out[b, c, i : i + 4, j : j + 4], cell.mean().expand(4, 4))
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        cell_means(images, 5)
+
+
+def test_cell_mean_reference_is_the_judge_on_flat_token_cells(judge, shapes_batch) -> None:
+    """The reference beside every figure is what a tokenizer returning one flat colour per token scores:
+    reconstructions that are exactly those cell means score it, and at stride 4 it loses shapes that the
+    judge reads on every original (the 64 px shapes are 10-17 px wide)."""
+    images, labels = shapes_batch
+    flat = cell_means(images, 4)
+    figures = _measure(judge, images, labels, flat, stride=4)
+    for name, figure in figures.items():
+        assert figure.value == pytest.approx(figure.protocol["judge_accuracy_on_cell_means"], abs=5e-5), name
+        assert figure.protocol["cell_mean_stride"] == 4
+    assert figures["shape"].protocol["judge_accuracy_on_originals"] == 1.0
+    assert figures["shape"].value < 0.8
+    without = _measure(judge, images, labels, flat)
+    assert "judge_accuracy_on_cell_means" not in without["shape"].protocol

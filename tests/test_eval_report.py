@@ -353,10 +353,12 @@ def test_overview_tables_per_dataset(builtin_reports) -> None:
     assert columns[5:] == [*attributes, "zero-shot top-1"]
     rows = {row[0][1]: dict(zip(columns, [c[1] for c in row[1:]])) for row in shapes[2:]}
     judge, chance = rows["judge on originals"], rows["chance"]
+    cells = rows["judge on token-cell means"]  # every tiny tokenizer has stride 4: one value per column
     first = builtin_reports[4].metrics
     for column, attribute in zip(attributes, ("shape", "colour", "all")):
         protocol = first[f"attr[{attribute}]"].protocol
         assert judge[column] == f"{protocol['judge_accuracy_on_originals']:.3f}"
+        assert cells[column] == f"{protocol['judge_accuracy_on_cell_means']:.3f}"
         assert chance[column] == f"{protocol['chance']:.3f}"
     classes = first["zero-shot top-1"].protocol["num_classes"]
     assert classes == 42 and chance["zero-shot top-1"] == f"{1 / classes:.3f}"

@@ -136,10 +136,12 @@ def _chance(result: MetricResult) -> float | None:
 
 
 def _reference_rows(group: DatasetGroup, columns: Sequence[Column]) -> list[str]:
-    """Rows under the tokenizers: the judge's accuracy on the originals and chance, where figures carry
-    them (the same images for every tokenizer; differing values are shown as a range)."""
+    """Rows under the tokenizers: the judge's accuracy on the originals, on their token-cell means (one
+    flat colour per token) and chance, where figures carry them (the same images for every tokenizer;
+    differing values, e.g. cell means at different strides, are shown as a range)."""
     readers = (
         ("judge on originals", lambda r: r.protocol.get("judge_accuracy_on_originals")),
+        ("judge on token-cell means", lambda r: r.protocol.get("judge_accuracy_on_cell_means")),
         ("chance", _chance),
     )
     rows = []

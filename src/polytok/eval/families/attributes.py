@@ -4,6 +4,10 @@ was made of (shape, colour, count, size, position), as read by the shapes judge?
 Ground truth is the generator's own attributes. The judge's accuracy on the originals is measured on the
 same images and recorded in every figure's protocol: a reconstruction cannot score above what the judge
 reads on real images, and a judge that misreads originals cannot judge anything.
+
+Beside it, the simplest strong reference: the judge on the originals' *token-cell means* (each
+stride x stride cell of the token grid replaced by its mean colour), what a tokenizer keeping one flat
+colour per token would score. A tokenizer at or below it carries no geometry finer than its grid.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
@@ -18,6 +23,14 @@ from polytok.eval.options import EvalOptions
 from polytok.eval.result import MetricResult
 
 ALL_CORRECT = "all"
+
+
+def cell_means(images: Tensor, stride: int) -> Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W): each stride x stride cell replaced by its mean colour (H, W multiples
+    of ``stride``): what a tokenizer that keeps one flat colour per token would return."""
+    if images.shape[-1] % stride or images.shape[-2] % stride:
+        raise ValueError(f"image side {tuple(images.shape[-2:])} is not a multiple of the stride {stride}")
+    return F.interpolate(F.avg_pool2d(images, stride), scale_factor=stride, mode="nearest")
 
 
 def figure_name(attribute: str) -> str:
@@ -54,14 +67,16 @@ class AttributeFidelity:
     reads = "pixels"
     label = "attribute judge"  # named in progress lines
 
-    def __init__(self, judge: Any, required: bool = False) -> None:
+    def __init__(self, judge: Any, required: bool = False, stride: int | None = None) -> None:
         from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
 
         self.judge = judge
+        self.stride = stride  # the token grid's cell side; None: no cell-mean reference
         self.attributes: tuple[str, ...] = JUDGED_ATTRIBUTES
         self.required = required
         self.skipped: dict[str, str] = {}
         self._originals = _Counts(self.attributes)
+        self._cell_means = _Counts(self.attributes)
         self._depths: dict[int, _Counts] = {}
         self._truth: dict[str, Tensor] | None = None
 
@@ -74,7 +89,10 @@ class AttributeFidelity:
     def prepare(self, batch: RealBatch) -> None:
         self._truth = self._batch_truth(batch)
         if self._truth is not None:
-            self._originals.update(self.judge.read(batch.images.float().cpu()), self._truth)
+            images = batch.images.float().cpu()
+            self._originals.update(self.judge.read(images), self._truth)
+            if self.stride is not None and self.stride > 1:
+                self._cell_means.update(self.judge.read(cell_means(images, self.stride)), self._truth)
 
     def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
         if self._truth is None:
@@ -91,6 +109,7 @@ class AttributeFidelity:
                 )
             return []
         judge_on_originals = self._originals.accuracy()
+        judge_on_cell_means = self._cell_means.accuracy() if self._cell_means.images else None
         results = []
         for levels in sorted(self._depths):
             counts = self._depths[levels]
@@ -103,6 +122,9 @@ class AttributeFidelity:
                     "judge_accuracy_on_originals": round(judge_on_originals[name], 4),
                     "chance": _chance(name),
                 }
+                if judge_on_cell_means is not None:
+                    protocol["judge_accuracy_on_cell_means"] = round(judge_on_cell_means[name], 4)
+                    protocol["cell_mean_stride"] = self.stride
                 figures[figure_name(name)] = MetricResult(value, protocol)
             results.append(DepthResult(levels, "pixels", figures))
         return results
@@ -127,4 +149,6 @@ def build(
         return None
     from polytok.eval.shapes_judge import load_shapes_judge
 
-    return AttributeFidelity(load_shapes_judge(), required=options.attribute_fidelity is True)
+    stride = getattr(tokenizer, "stride", None)
+    required = options.attribute_fidelity is True
+    return AttributeFidelity(load_shapes_judge(), required=required, stride=int(stride) if stride else None)
