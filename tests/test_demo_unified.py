@@ -4,6 +4,7 @@ and captioned by ``polytok demo --unified DIR``, and one placed in a weights dir
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -167,9 +168,15 @@ def test_shipping_script_trains_and_places_a_unified_model_found_by_name(tmp_pat
     assert Path(json.loads(line)["path"]).is_file()
 
 
-def test_shipped_unified_config_is_the_evotok_recipe_on_an_hour_with_a_step_cap():
+def test_shipped_unified_config_is_the_evotok_recipe_at_64_px_on_an_hour_with_a_step_cap():
     shipped = load_unified_run_config(ROOT / "configs" / "unified-shipped.yaml")
     recipe = load_unified_run_config(ROOT / "configs" / "unified-evotok-tiny.yaml")
     assert shipped.train.max_minutes == 60 and shipped.train.max_steps == 8000
-    assert shipped.unified == recipe.unified and shipped.data == recipe.data
+    # 64 px (a 16 x 16 grid), the size the tokenizer was trained at; the rest is the recipe
+    assert shipped.data.image_size == 64 and dataclasses.replace(shipped.data, image_size=32) == recipe.data
+    model = shipped.unified.model
+    assert model.backbone["max_position_embeddings"] >= 16 * 16 + model.max_caption_tokens + 6
+    backbone = {**model.backbone, "max_position_embeddings": 256}
+    model = dataclasses.replace(model, backbone=backbone)
+    assert dataclasses.replace(shipped.unified, model=model) == recipe.unified
     assert shipped.train.optim == recipe.train.optim and shipped.train.batch_size == recipe.train.batch_size
