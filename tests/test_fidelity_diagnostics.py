@@ -25,7 +25,8 @@ def test_references_rank_the_degradations_by_the_geometry_they_keep() -> None:
     assert rows["blur sigma 0.5"]["shape"] >= 0.95  # the judge is trained to read slightly soft images
     # one flat colour per 2 x 2 cell keeps the 10-17 px shapes; per 4 x 4 cell it does not
     assert rows["token-cell means 2 x 2"]["shape"] >= 0.9 > rows["token-cell means 4 x 4"]["shape"]
-    assert rows["token-cell means 4 x 4"]["psnr"] < rows["token-cell means 2 x 2"]["psnr"]
+    assert rows["token-cell means 4 x 4"]["psnr_pooled"] < rows["token-cell means 2 x 2"]["psnr_pooled"]
+    assert rows["original"]["psnr_pooled"] is None  # no error at all
 
 
 def test_finetune_reports_before_and_after_each_interval() -> None:
@@ -33,4 +34,4 @@ def test_finetune_reports_before_and_after_each_interval() -> None:
     rows = _run("--images", "8", *probe)
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["parts"] == "decoder" and row["overrides"] == ["loss.l2=2"] for row in rows)
-    assert all(0.0 <= row["shape"] <= 1.0 and row["psnr"] > 10 for row in rows)
+    assert all(0.0 <= row["shape"] <= 1.0 and row["psnr_pooled"] > 10 for row in rows)
