@@ -7,9 +7,10 @@
         --set loss.l2=10 loss.l1=2                                         # dotted overrides of its config
 
 ``references``: the shapes judge (shape, all attributes) and PSNR on the originals after Gaussian blurs,
-bicubic down-and-ups and token-cell means (each cell of a stride x stride grid replaced by its mean
-colour): how much geometry each degradation leaves. ``latents``: a shipped tokenizer's reconstruction from
-its codes against its decoder on the encoder's unquantized latents (normalised per codebook where the
+bicubic down-and-ups (the codec reference of ``polytok eval``) and token-cell means (each cell of a
+stride x stride grid replaced by its mean colour): how much geometry each degradation leaves.
+``latents``: a shipped tokenizer's reconstruction from its codes against its decoder on the encoder's
+unquantized latents (normalised per codebook where the
 codebooks are cosine ones): is the quantizer what loses the shapes? ``finetune``: continues training a
 shipped tokenizer from its weights with only some parts trainable (``decoder``: post-projection and pixel
 decoder; ``autoencoder``: encoder, projections, quantizer and pixel decoder), its shipped config's losses
@@ -34,7 +35,9 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from polytok.data.shapes import ShapesDataset
+from polytok.eval.attribute_scores import ALL, accuracy, correct_flags
 from polytok.eval.families.attributes import cell_means
+from polytok.eval.families.references import bicubic_at_bits
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
 from polytok.hub import load_tokenizer
 
@@ -49,25 +52,32 @@ def heldout(images: int, size: int = 64) -> tuple[Tensor, dict[str, Tensor]]:
     return render_batch(dataset, list(range(images)))
 
 
-def scores(judge, originals: Tensor, labels: dict[str, Tensor], images: Tensor) -> dict[str, float]:
+def scores(judge, originals: Tensor, labels: dict[str, Tensor], images: Tensor) -> dict[str, float | None]:
     """Judge's shape and all-attribute accuracy of ``images``, and their PSNR (dB) against the originals
     from the squared error pooled over all images (``polytok eval`` averages per-image PSNRs instead,
     which reads higher on images of very different difficulty)."""
     readings = judge.read(images.clamp(0, 1))
-    every = torch.ones_like(labels["shape"], dtype=torch.bool)
-    for name in JUDGED_ATTRIBUTES:
-        every &= readings[name] == labels[name]
+    flags = [
+        correct_flags(
+            {name: readings[name][i] for name in JUDGED_ATTRIBUTES},
+            {name: labels[name][i] for name in JUDGED_ATTRIBUTES},
+            JUDGED_ATTRIBUTES,
+        )
+        for i in range(len(images))
+    ]
+    right = accuracy(flags)
     mse = F.mse_loss(images.clamp(0, 1).double(), originals.double()).item()
     return {
-        "shape": round(float((readings["shape"] == labels["shape"]).float().mean()), 4),
-        "all": round(float(every.float().mean()), 4),
+        "shape": round(right["shape"], 4),
+        "all": round(right[ALL], 4),
         "psnr_pooled": round(-10 * math.log10(mse), 2) if mse > 0 else None,
     }
 
 
 def bicubic_down_up(images: Tensor, factor: int) -> Tensor:
-    small = F.interpolate(images, scale_factor=1 / factor, mode="bicubic", antialias=True)
-    return F.interpolate(small, scale_factor=factor, mode="bicubic")
+    """(B, 3, S, S) -> the codec reference of ``polytok eval`` at the bits of an (S / factor)-px image."""
+    side = images.shape[-1] // factor
+    return torch.stack([bicubic_at_bits(image, side * side * 24)[0] for image in images])
 
 
 def references(args: argparse.Namespace) -> None:
