@@ -2,6 +2,7 @@
 
     python scripts/fidelity_diagnostics.py references                      # the judge on degraded originals
     python scripts/fidelity_diagnostics.py latents unitok-tiny             # codes against unquantized latents
+    python scripts/fidelity_diagnostics.py linear                          # linear codec of the token grid
     python scripts/fidelity_diagnostics.py finetune unitok-tiny --parts decoder --steps 200
     python scripts/fidelity_diagnostics.py finetune unitok-tiny --parts autoencoder --steps 300 \\
         --set loss.l2=10 loss.l1=2                                         # dotted overrides of its config
@@ -11,7 +12,11 @@ bicubic down-and-ups (the codec reference of ``polytok eval``) and token-cell me
 stride x stride grid replaced by its mean colour): how much geometry each degradation leaves.
 ``latents``: a shipped tokenizer's reconstruction from its codes against its decoder on the encoder's
 unquantized latents (normalised per codebook where the
-codebooks are cosine ones): is the quantizer what loses the shapes? ``finetune``: continues training a
+codebooks are cosine ones): is the quantizer what loses the shapes? ``linear``: the best linear code of the
+stride-4 token grid, the principal components of 4 x 4 patches (fitted on ``--fit-images`` training
+``shapes`` images): with k components per token unquantized, then 32 components quantized by residual
+k-means codebooks of 1024 entries, level by level (10 bits per token each): what a token of a few dozen
+bits can keep with no training at all. ``finetune``: continues training a
 shipped tokenizer from its weights with only some parts trainable (``decoder``: post-projection and pixel
 decoder; ``autoencoder``: encoder, projections, quantizer and pixel decoder), its shipped config's losses
 with the semantic term off (and the given overrides), constant lr after a short warm-up; the judge and
@@ -40,6 +45,8 @@ from polytok.eval.families.attributes import cell_means
 from polytok.eval.families.references import bicubic_at_bits
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
 from polytok.hub import load_tokenizer
+from polytok.nn.patch_pca import PatchPCA
+from polytok.quant import ResidualQuantizer
 
 PARTS = {
     "decoder": ("post_projection", "pixel_decoder"),
@@ -117,6 +124,37 @@ def latents(args: argparse.Namespace) -> None:
         print(json.dumps({**record, **scores(judge, x, labels, images)}))
 
 
+def linear(args: argparse.Namespace) -> None:
+    judge, (x, labels) = load_shapes_judge(), heldout(args.images)
+    fit_set = ShapesDataset("train", image_size=64, length=args.fit_images)
+    fit_images, _ = render_batch(fit_set, list(range(args.fit_images)))
+    grid = (x.shape[-2] // args.stride, x.shape[-1] // args.stride)
+    record = {"reference": "linear patch codec", "stride": args.stride, "images": args.images}
+    with torch.inference_mode():
+        for k in args.components:
+            pca = PatchPCA(args.stride, k)
+            pca.fit(fit_images)
+            figures = scores(judge, x, labels, pca.decode(pca.encode(x), grid))
+            print(json.dumps({**record, "components": k, "quantized": False, **figures}))
+    pca = PatchPCA(args.stride, args.quantized_components)
+    pca.fit(fit_images)
+    torch.manual_seed(args.seed)
+    rvq = ResidualQuantizer(
+        args.quantized_components, args.levels, 1024, kmeans_init=True, kmeans_iters=15, update="ema"
+    )
+    coefficients = pca.encode(fit_images).reshape(1, -1, args.quantized_components)
+    sample = coefficients[:, torch.randperm(coefficients.shape[1])[: args.kmeans_rows]]
+    with torch.no_grad():
+        rvq.train()(sample)  # k-means initialises every level on the sample, level by level
+    rvq.eval()
+    with torch.inference_mode():
+        quant = rvq(pca.encode(x))
+        for depth in range(1, args.levels + 1):
+            figures = scores(judge, x, labels, pca.decode(quant.prefix(depth), grid))
+            extra = {"components": args.quantized_components, "quantized": True, "bits_per_token": 10 * depth}
+            print(json.dumps({**record, **extra, **figures}))
+
+
 def finetune(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
@@ -183,10 +221,24 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("references")
     sub.add_parser("latents").add_argument("tokenizer")
+    lin = sub.add_parser("linear")
+    lin.add_argument("--stride", type=int, default=4)
+    lin.add_argument("--components", type=int, nargs="+", default=[8, 12, 16, 24, 32])
+    lin.add_argument("--quantized-components", type=int, default=32)
+    lin.add_argument("--levels", type=int, default=8)
+    lin.add_argument("--fit-images", type=int, default=2000, help="training shapes images for the fit")
+    lin.add_argument("--kmeans-rows", type=int, default=150_000, help="patches the codebooks are fitted on")
+    lin.add_argument("--seed", type=int, default=0)
     tune = sub.add_parser("finetune")
     tune.add_argument("tokenizer")
-    tune.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                      help="dotted overrides of the tokenizer's shipped config, e.g. loss.l2=10")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides of the tokenizer's shipped config, e.g. loss.l2=10",
+    )
     tune.add_argument("--parts", choices=sorted(PARTS), default="decoder")
     tune.add_argument("--steps", type=int, default=200)
     tune.add_argument("--every", type=int, default=100)
@@ -196,7 +248,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"references": references, "latents": latents, "finetune": finetune}[args.command](args)
+    commands = {"references": references, "latents": latents, "linear": linear, "finetune": finetune}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

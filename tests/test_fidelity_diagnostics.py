@@ -35,3 +35,15 @@ def test_finetune_reports_before_and_after_each_interval() -> None:
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["parts"] == "decoder" and row["overrides"] == ["loss.l2=2"] for row in rows)
     assert all(0.0 <= row["shape"] <= 1.0 and row["psnr_pooled"] > 10 for row in rows)
+
+
+def test_linear_codec_keeps_more_with_more_components_and_levels() -> None:
+    args = ("--components", "8", "32", "--levels", "2", "--fit-images", "100", "--kmeans-rows", "5000")
+    rows = _run("--images", "48", "linear", *args)
+    plain = {row["components"]: row for row in rows if not row["quantized"]}
+    quantized = [row for row in rows if row["quantized"]]
+    assert plain[32]["psnr_pooled"] > plain[8]["psnr_pooled"]
+    assert plain[32]["shape"] >= 0.9  # 32 of 48 patch components keep every shape the judge reads
+    assert [row["bits_per_token"] for row in quantized] == [10, 20]
+    assert quantized[1]["psnr_pooled"] > quantized[0]["psnr_pooled"]
+    assert quantized[1]["psnr_pooled"] < plain[32]["psnr_pooled"]  # quantization costs something

@@ -175,7 +175,10 @@ class SemanticConfig:
 @dataclass
 class TokenizerConfig:
     """Everything that defines a tokenizer. ``pixel_depth``: residual levels the pixel decoder reads
-    (None: all). ``image_size``: the training resolution (any multiple of the stride works)."""
+    (None: all). ``image_size``: the training resolution (any multiple of the stride works).
+    ``linear_path``: add a linear patch codec (:class:`~polytok.nn.patch_pca.PatchPCA`, fitted on the
+    first training batch) to the latent and to the reconstruction, the networks beside it gated from
+    zero, so training starts from the best linear code of the token grid."""
 
     name: str = "custom"
     image_size: int = 256
@@ -186,6 +189,7 @@ class TokenizerConfig:
     pixel_depth: int | None = None
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig, metadata=REQUIRED)
     semantic: SemanticConfig = field(default_factory=SemanticConfig, metadata=REQUIRED)
+    linear_path: bool = False
 
     def __post_init__(self) -> None:
         validate(self)

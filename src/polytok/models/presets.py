@@ -112,7 +112,11 @@ EVOTOK_L: dict[str, Any] = {
 
 # The tiny presets mirror the 256 px originals at 64 px: a 16 x 16 token grid (stride 4), widths of 128,
 # three transformer blocks on each side, and a linear patch head instead of conv upsampling (the cheapest
-# decoder per step on a CPU; both decoders stay available by config).
+# decoder per step on a CPU; both decoders stay available by config). Each adds the linear patch codec
+# (``linear_path``: the leading principal components of its 4 x 4 patches, fitted on the first batch) to its
+# latent and its reconstruction, and k-means initialises its codebooks on that batch: at the hundreds of
+# steps a CPU affords, the networks alone do not learn the sub-patch geometry that tells a star from a
+# cross (docs/study.md, section 6.2).
 _TINY_HYBRID = {
     "kind": "hybrid_vit",
     "width": 128,
@@ -148,6 +152,7 @@ _TINY_ATTENTION_PROJECTION = {
 UNITOK_TINY: dict[str, Any] = {
     "name": "unitok-tiny",
     "image_size": 64,
+    "linear_path": True,
     "encoder": _TINY_HYBRID,
     "projection": _TINY_ATTENTION_PROJECTION,
     "post_projection": _TINY_ATTENTION_PROJECTION,
@@ -158,6 +163,7 @@ UNITOK_TINY: dict[str, Any] = {
         "codebook_size": 512,
         "normalize": True,
         "update": "grad",
+        "kmeans_init": True,
     },
     "pixel_decoder": _TINY_VIT_DECODER,
     "semantic": {"kind": "contrastive", "embed_dim": 128, "text_tower": _MINILM},
@@ -166,6 +172,7 @@ UNITOK_TINY: dict[str, Any] = {
 EVOTOK_TINY: dict[str, Any] = {
     "name": "evotok-tiny",
     "image_size": 64,
+    "linear_path": True,
     "encoder": {
         "kind": "vit",
         "patch_size": 4,
@@ -205,6 +212,7 @@ EVOTOK_TINY: dict[str, Any] = {
 POLYTOK_TINY: dict[str, Any] = {
     "name": "polytok-tiny",
     "image_size": 64,
+    "linear_path": True,
     "encoder": _TINY_HYBRID,
     "projection": _TINY_ATTENTION_PROJECTION,
     "post_projection": _TINY_ATTENTION_PROJECTION,

@@ -40,6 +40,7 @@ from polytok.models.inputs import images_to_tensor
 from polytok.models.teacher import FrozenTeacher
 from polytok.models.text import PretrainedTextTower, build_text_tower
 from polytok.nn import AttentionProjection, LinearProjection, TanhMlpProjection
+from polytok.nn.patch_pca import PatchPCA
 from polytok.quant import MultiCodebookQuantizer, QuantizerOutput, ResidualQuantizer, VectorQuantizer
 
 CONFIG_NAME = "config.json"
@@ -92,6 +93,18 @@ def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Mod
     if in_dim != out_dim:
         raise ValueError(f"projection kind 'identity' needs equal widths, got {in_dim} -> {out_dim}")
     return nn.Identity()
+
+
+def _normalised_chunk(cfg: QuantizerConfig) -> int | None:
+    """Channels the quantizer normalises together (None: it does not normalise)."""
+    if not cfg.normalize:
+        return None
+    if cfg.codebook_dim is not None:
+        raise ValueError(
+            "linear_path cannot chart a normalised quantizer with codebook_dim (its codes live in a "
+            "projected space); leave codebook_dim unset or use unnormalised codes"
+        )
+    return cfg.dim // cfg.num_codebooks
 
 
 def build_quantizer(cfg: QuantizerConfig) -> VectorQuantizer | MultiCodebookQuantizer | ResidualQuantizer:
@@ -187,6 +200,12 @@ class Tokenizer(nn.Module):
         self.projection = build_projection(cfg.projection, self.encoder.width, q.dim)
         self.quantizer = build_quantizer(q)
         self.num_levels = self.quantizer.num_levels
+        self.linear_path: PatchPCA | None = None
+        if cfg.linear_path:
+            self.linear_path = PatchPCA(self.stride, q.dim, chunk=_normalised_chunk(q))
+            # weights of (encoder path, pixel decoder) beside the linear codec: zero, so training starts
+            # from the codec and the networks grow in as they learn what it misses
+            self.linear_path_gates = nn.Parameter(torch.zeros(2))
         self.pixel_depth = cfg.pixel_depth or self.num_levels
         code_width = cfg.pixel_decoder.width if cfg.pixel_decoder.kind == "vit" else q.dim
         self.post_projection = build_projection(cfg.post_projection, q.dim, code_width)
@@ -391,11 +410,25 @@ class Tokenizer(nn.Module):
 
     def _latent(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         tokens, grid = self.encoder((x - self.pixel_mean) / self.pixel_std)
-        return self.projection(tokens), grid
+        z = self.projection(tokens)
+        if self.linear_path is None:
+            return z, grid
+        if self.training and not bool(self.linear_path.fitted):
+            # before the quantizer sees its first batch, so a k-means init clusters the codec's latents
+            self.linear_path.fit(x)
+        return self.linear_path.encode(x) + self.linear_path_gates[0] * z, grid
 
     def _pixels(self, code_vectors: Tensor, grid: tuple[int, int]) -> Tensor:
         """Code vectors (B, N, D) -> image (B, 3, H, W) on the [0, 1] scale (unclamped)."""
-        return (self.pixel_decoder(self.post_projection(code_vectors), grid) + 1) / 2
+        return self._reconstruct(
+            self.pixel_decoder(self.post_projection(code_vectors), grid), code_vectors, grid
+        )
+
+    def _reconstruct(self, decoded: Tensor, code_vectors: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The pixel decoder's output ([-1, 1] scale) plus the linear path's decoding -> [0, 1] scale."""
+        if self.linear_path is None:
+            return (decoded + 1) / 2
+        return self.linear_path.decode(code_vectors, grid) + self.linear_path_gates[1] * decoded / 2
 
     def _semantic(
         self, code_vectors: Tensor, grid: tuple[int, int], post_projected: Tensor | None = None
@@ -426,7 +459,7 @@ class Tokenizer(nn.Module):
         depth = min(self.pixel_depth, self._depth_of(quant))
         pixel_code = quant.quantized if depth == self._depth_of(quant) else quant.prefix(depth)
         pixel_tokens = self.post_projection(pixel_code)
-        recon = (self.pixel_decoder(pixel_tokens, grid) + 1) / 2
+        recon = self._reconstruct(self.pixel_decoder(pixel_tokens, grid), pixel_code, grid)
         shared = pixel_tokens if pixel_code is quant.quantized else None
         embedding, sem_tokens = self._semantic(quant.quantized, grid, shared)
         out = TokenizerOutput(
