@@ -29,20 +29,35 @@ import torch
 from polytok.demo import CONFIG_DIR
 from polytok.recipes.run import build_tokenizer, build_training_dataset, load_run_config
 
+# The rows of docs/study.md section 6 train the networks alone, as the tiny presets did before their
+# linear patch path (section 6.2); ``linear-path`` is the preset as shipped now.
+NETWORKS_ONLY = ["model.overrides.linear_path=false", "model.overrides.quantizer.kmeans_init=false"]
+
 # name -> (claim, preset, dotted overrides of its shipped config, budget multiple)
 VARIANTS: dict[str, tuple[str, str, list[str], float]] = {
-    "base": ("unitok-tiny as shipped: ViT decoder, linear 4 x 4 patch head", "unitok-tiny", [], 1.0),
+    "base": (
+        "the networks alone: ViT decoder, linear 4 x 4 patch head",
+        "unitok-tiny",
+        [*NETWORKS_ONLY],
+        1.0,
+    ),
     "objects-x8": (
         "object pixels weigh 8x background in L1/L2",
         "unitok-tiny",
-        ["loss.object_weight=8"],
+        [*NETWORKS_ONLY, "loss.object_weight=8"],
         1.0,
     ),
-    "objects-x32": ("object pixels weigh 32x background", "unitok-tiny", ["loss.object_weight=32"], 1.0),
+    "objects-x32": (
+        "object pixels weigh 32x background",
+        "unitok-tiny",
+        [*NETWORKS_ONLY, "loss.object_weight=32"],
+        1.0,
+    ),
     "conv-upsampler": (
         "conv upsampler (one MBConv stage of 32 channels, x4) instead of the linear patch head",
         "unitok-tiny",
         [
+            *NETWORKS_ONLY,
             "model.overrides.pixel_decoder.up_widths=[32]",
             "model.overrides.pixel_decoder.up_depths=[1]",
             "model.overrides.pixel_decoder.upsample_first=false",
@@ -52,32 +67,33 @@ VARIANTS: dict[str, tuple[str, str, list[str], float]] = {
     "no-perceptual": (
         "without the EfficientNet-Lite0 perceptual term",
         "unitok-tiny",
-        ["loss.perceptual=none"],
+        [*NETWORKS_ONLY, "loss.perceptual=none"],
         1.0,
     ),
     "patchgan": (
         "with a PatchGAN adversarial term from 3/8 of the run",
         "unitok-tiny",
-        ["loss.gan=patchgan", "loss.disc_channels=32", "loss.disc_layers=2"],
+        [*NETWORKS_ONLY, "loss.gan=patchgan", "loss.disc_channels=32", "loss.disc_layers=2"],
         1.0,
     ),
     "codebook-4096": (
         "8 codebooks of 4096 instead of 512 (96 instead of 72 bits per token)",
         "unitok-tiny",
-        ["model.overrides.quantizer.codebook_size=4096"],
+        [*NETWORKS_ONLY, "model.overrides.quantizer.codebook_size=4096"],
         1.0,
     ),
-    "length-2x": ("the base recipe with twice the training budget", "unitok-tiny", [], 2.0),
+    "length-2x": ("the base recipe with twice the training budget", "unitok-tiny", [*NETWORKS_ONLY], 2.0),
     "objects-x8-length-2x": (
         "object pixels at 8x with twice the training budget",
         "unitok-tiny",
-        ["loss.object_weight=8"],
+        [*NETWORKS_ONLY, "loss.object_weight=8"],
         2.0,
     ),
     "objects-x8-conv-length-2x": (
         "object pixels at 8x and the conv upsampler, twice the training budget",
         "unitok-tiny",
         [
+            *NETWORKS_ONLY,
             "loss.object_weight=8",
             "model.overrides.pixel_decoder.up_widths=[32]",
             "model.overrides.pixel_decoder.up_depths=[1]",
@@ -88,8 +104,14 @@ VARIANTS: dict[str, tuple[str, str, list[str], float]] = {
     "objects-x8-length-4x": (
         "object pixels at 8x with four times the budget (the shipped 600 steps)",
         "unitok-tiny",
-        ["loss.object_weight=8"],
+        [*NETWORKS_ONLY, "loss.object_weight=8"],
         4.0,
+    ),
+    "linear-path": (
+        "as shipped now: the linear patch path and k-means-initialised codebooks",
+        "unitok-tiny",
+        [],
+        1.0,
     ),
 }
 

@@ -62,6 +62,17 @@ def test_gnomonic_chart_survives_normalisation_exactly() -> None:
     torch.testing.assert_close(charted.decode(unit, (4, 4)), plain.decode(plain.encode(images), (4, 4)))
 
 
+def test_chart_decoding_stays_bounded_far_from_the_chart() -> None:
+    charted = PatchPCA(4, dim=8, chunk=4).double()
+    charted.fit(spectral_images())
+    far = torch.nn.functional.normalize(torch.randn(1, 16, 2, 4, dtype=torch.float64), dim=-1)
+    far[..., -1] = -far[..., -1].abs()  # every direction on the far side of the sphere
+    patches = image_to_patches(charted.decode(far.reshape(1, 16, 8), (4, 4)), 4)[0]
+    coefficients = (patches - charted.mean) @ charted.basis.T
+    bound = 10 * charted.chart_scale.repeat_interleave(3) * 3**0.5
+    assert (coefficients.abs() <= bound + 1e-9).all()
+
+
 def test_bad_chunks_and_widths_are_refused() -> None:
     with pytest.raises(ValueError, match="chunk"):
         PatchPCA(4, dim=10, chunk=4)
@@ -91,10 +102,14 @@ def test_two_gloo_ranks_fit_what_one_process_fits_on_the_whole_batch(tmp_path) -
         torch.testing.assert_close(state["basis"].T @ state["basis"], single.basis.T @ single.basis)
 
 
-@pytest.mark.parametrize("preset", ["unitok-tiny", "evotok-tiny"])
-def test_tokenizer_starts_from_the_linear_codec_and_fits_once(preset: str, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [("unitok-tiny", {}), ("unitok-tiny", {"quantizer": {"normalize": True}}), ("evotok-tiny", {})],
+    ids=["plain-mcq", "cosine-mcq-through-the-chart", "rvq"],
+)
+def test_tokenizer_starts_from_the_linear_codec_and_fits_once(preset: str, overrides: dict, tmp_path) -> None:
     torch.manual_seed(0)
-    tok = Tokenizer.from_preset(preset)
+    tok = Tokenizer.from_preset(preset, linear_path_gate_init=0.0, **overrides)
     assert tok.linear_path is not None and not bool(tok.linear_path.fitted)
     images = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
@@ -122,6 +137,18 @@ def test_tokenizer_starts_from_the_linear_codec_and_fits_once(preset: str, tmp_p
     assert torch.equal(loaded.decode(codes), tok.decode(codes))
 
 
+def test_gates_start_where_the_config_says_and_let_the_networks_learn() -> None:
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset("evotok-tiny", linear_path_gate_init=0.01)
+    torch.testing.assert_close(tok.linear_path_gates.detach(), torch.full((2,), 0.01))
+    tok.train()
+    out = tok(torch.rand(4, 3, 64, 64))
+    out.reconstruction.square().mean().backward()
+    # a nonzero gate passes gradient to the encoder and the pixel decoder (a zero gate passes none)
+    assert tok.encoder.patch.weight.grad.abs().sum() > 0
+    assert tok.pixel_decoder.last_layer().grad.abs().sum() > 0
+
+
 def test_linear_path_refuses_cosine_codes_in_a_projected_space() -> None:
     with pytest.raises(ValueError, match="codebook_dim"):
-        Tokenizer.from_preset("unitok-tiny", quantizer={"codebook_dim": 2})
+        Tokenizer.from_preset("unitok-tiny", quantizer={"normalize": True, "codebook_dim": 2})

@@ -78,3 +78,30 @@ def test_reconstruct_without_a_model_uses_the_shipped_unitok_tiny(tmp_path, caps
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert np.asarray(Image.open(record["reconstruction"])).shape == (64, 64, 3)
     assert record["psnr_db"] > 20.0
+
+
+@pytest.fixture(scope="module")
+def heldout_shapes_reports():
+    tokenizers = [load_tokenizer(name) for name in SHIPPED]
+    reports = evaluate_many(
+        tokenizers,
+        list(SHIPPED),
+        data="shapes",
+        split="heldout",
+        max_images=256,
+        semantic_fidelity=False,
+        linear_probe=False,
+    )
+    return dict(zip(SHIPPED, reports))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_tokens_keep_what_held_out_shapes_are_made_of(heldout_shapes_reports, name):
+    metrics = heldout_shapes_reports[name].metrics
+    shape = metrics["attr[shape]"]
+    assert shape.protocol["num_images"] == 256
+    # the judge reads every attribute of these originals right, so the figures are the tokens' loss
+    assert shape.protocol["judge_accuracy_on_originals"] == 1.0
+    assert shape.value >= 0.9, f"shape kept on {shape.value:.3f} of held-out images"
+    for attribute in ("colour", "count", "size", "position"):
+        assert metrics[f"attr[{attribute}]"].value >= 0.95, attribute

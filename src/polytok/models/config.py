@@ -177,8 +177,10 @@ class TokenizerConfig:
     """Everything that defines a tokenizer. ``pixel_depth``: residual levels the pixel decoder reads
     (None: all). ``image_size``: the training resolution (any multiple of the stride works).
     ``linear_path``: add a linear patch codec (:class:`~polytok.nn.patch_pca.PatchPCA`, fitted on the
-    first training batch) to the latent and to the reconstruction, the networks beside it gated from
-    zero, so training starts from the best linear code of the token grid."""
+    first training batch) to the latent and to the reconstruction, the networks beside it scaled by
+    learnable gates that start at ``linear_path_gate_init``, so training starts from (near) the best
+    linear code of the token grid. A gate of exactly 0 never opens under Adam (its networks get no
+    gradient until it moves, and its own gradient is noise until they learn)."""
 
     name: str = "custom"
     image_size: int = 256
@@ -190,6 +192,7 @@ class TokenizerConfig:
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig, metadata=REQUIRED)
     semantic: SemanticConfig = field(default_factory=SemanticConfig, metadata=REQUIRED)
     linear_path: bool = False
+    linear_path_gate_init: float = 0.0
 
     def __post_init__(self) -> None:
         validate(self)

@@ -161,7 +161,9 @@ UNITOK_TINY: dict[str, Any] = {
         "dim": 32,
         "num_codebooks": 8,
         "codebook_size": 512,
-        "normalize": True,
+        # plain, not UniTok's cosine codes: through cosine 4-d codes the linear path kept 0.88 of the
+        # held-out shapes and zero-shot fell to colour-only level (docs/study.md, section 6.2)
+        "normalize": False,
         "update": "grad",
         "kmeans_init": True,
     },

@@ -203,9 +203,9 @@ class Tokenizer(nn.Module):
         self.linear_path: PatchPCA | None = None
         if cfg.linear_path:
             self.linear_path = PatchPCA(self.stride, q.dim, chunk=_normalised_chunk(q))
-            # weights of (encoder path, pixel decoder) beside the linear codec: zero, so training starts
+            # weights of (encoder path, pixel decoder) beside the linear codec: small, so training starts
             # from the codec and the networks grow in as they learn what it misses
-            self.linear_path_gates = nn.Parameter(torch.zeros(2))
+            self.linear_path_gates = nn.Parameter(torch.full((2,), float(cfg.linear_path_gate_init)))
         self.pixel_depth = cfg.pixel_depth or self.num_levels
         code_width = cfg.pixel_decoder.width if cfg.pixel_decoder.kind == "vit" else q.dim
         self.post_projection = build_projection(cfg.post_projection, q.dim, code_width)

@@ -111,8 +111,9 @@ class PatchPCA(nn.Module):
         else:
             b, n, _ = vectors.shape
             per_chunk = vectors.reshape(b, n, -1, self.chunk)
-            # a direction's last entry is positive near the chart; clamp keeps the ratio finite elsewhere
-            last = per_chunk[..., -1:].clamp(min=1e-3)
+            # a direction's last entry is positive near the chart; the clamp bounds each component at 10x
+            # its chunk's scale (about 10 standard deviations) where a code falls far from it
+            last = per_chunk[..., -1:].clamp(min=0.1 * per_chunk.norm(dim=-1, keepdim=True))
             scale = self.chart_scale.view(1, 1, -1, 1).to(vectors.dtype)
             coefficients = (per_chunk[..., :-1] / last * scale).reshape(b, n, self.components)
         patches = coefficients @ self.basis + self.mean
