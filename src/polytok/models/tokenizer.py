@@ -413,10 +413,13 @@ class Tokenizer(nn.Module):
         z = self.projection(tokens)
         if self.linear_path is None:
             return z, grid
-        if self.training and not bool(self.linear_path.fitted):
-            # before the quantizer sees its first batch, so a k-means init clusters the codec's latents
-            self.linear_path.fit(x)
+        if not self._linear_path_on():
+            return z, grid
         return self.linear_path.encode(x) + self.linear_path_gates[0] * z, grid
+
+    def _linear_path_on(self) -> bool:
+        """The linear path acts once fitted; before (an untrained tokenizer) the networks act alone."""
+        return self.linear_path is not None and bool(self.linear_path.fitted)
 
     def _pixels(self, code_vectors: Tensor, grid: tuple[int, int]) -> Tensor:
         """Code vectors (B, N, D) -> image (B, 3, H, W) on the [0, 1] scale (unclamped)."""
@@ -426,7 +429,7 @@ class Tokenizer(nn.Module):
 
     def _reconstruct(self, decoded: Tensor, code_vectors: Tensor, grid: tuple[int, int]) -> Tensor:
         """The pixel decoder's output ([-1, 1] scale) plus the linear path's decoding -> [0, 1] scale."""
-        if self.linear_path is None:
+        if not self._linear_path_on():
             return (decoded + 1) / 2
         return self.linear_path.decode(code_vectors, grid) + self.linear_path_gates[1] * decoded / 2
 
@@ -454,6 +457,9 @@ class Tokenizer(nn.Module):
     def forward(self, images: Any, texts: Sequence[str] | None = None) -> TokenizerOutput:
         """Full pass for training: reconstruction from the pixel prefix, semantics from the full code."""
         x = self._prepare(images)
+        if self.training and self.linear_path is not None and not bool(self.linear_path.fitted):
+            # on the first training batch, before the quantizer's, so a k-means init clusters its latents
+            self.linear_path.fit(x)
         z, grid = self._latent(x)
         quant = self.quantizer(z)
         depth = min(self.pixel_depth, self._depth_of(quant))
