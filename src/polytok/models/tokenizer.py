@@ -411,8 +411,6 @@ class Tokenizer(nn.Module):
     def _latent(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         tokens, grid = self.encoder((x - self.pixel_mean) / self.pixel_std)
         z = self.projection(tokens)
-        if self.linear_path is None:
-            return z, grid
         if not self._linear_path_on():
             return z, grid
         return self.linear_path.encode(x) + self.linear_path_gates[0] * z, grid
