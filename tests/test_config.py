@@ -17,6 +17,7 @@ from polytok.config import (
     load_yaml_with_overrides,
     merge,
     to_dict,
+    without_defaults,
 )
 
 
@@ -182,3 +183,31 @@ def test_required_keys_are_listed_in_one_line_and_checks_name_their_section():
     assert from_dict(Whole, {**parts, "switch": False}).switch is False
     with pytest.raises(ConfigError, match=r"config key switch: 'on' does not match"):
         from_dict(Whole, {**parts, "switch": "on"})
+
+
+@dataclass
+class OuterLater:
+    """``Outer`` as a later version might have it: two more fields, both at defaults."""
+
+    name: str
+    lr: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    layers: list[int] = field(default_factory=list)
+    limit: float | None = None
+    inner: Inner = field(default_factory=Inner)
+    warmup: int = 0
+    extra: Part = field(default_factory=lambda: Part(width=2))
+
+
+def test_without_defaults_keeps_only_what_was_chosen():
+    chosen = Outer(name="m", lr=0.5, inner=Inner(kind="b"))
+    assert without_defaults(chosen) == {"name": "m", "lr": 0.5, "inner": {"kind": "b"}}
+    assert without_defaults(Outer(name="m")) == {"name": "m"}
+    # a field added later at its default leaves the identity of an earlier config unchanged
+    later = OuterLater(name="m", lr=0.5, inner=Inner(kind="b"))
+    assert without_defaults(later) == without_defaults(chosen)
+    # a nested default is the field's own default (Part(width=2)), not the class defaults (width 4)
+    assert without_defaults(OuterLater(name="m", extra=Part(width=4))) == {"name": "m", "extra": {"width": 4}}
+    assert without_defaults(OuterLater(name="m", extra=Part(width=2))) == {"name": "m"}
+    with pytest.raises(TypeError, match="dataclass instance"):
+        without_defaults({"name": "m"})

@@ -207,6 +207,30 @@ def test_another_tokenizer_of_the_same_layout_is_refused(
     )
 
 
+def test_sets_recorded_before_a_config_field_existed_still_match(one_process: Path, tmp_path) -> None:
+    """A set whose recorded config lacks fields added since (at their defaults) is the same tokenizer's; a
+    recorded config that differs in a chosen value is another's."""
+    import shutil
+
+    tok = load_tokenizer("evotok-tiny").eval()
+    for name, edit, same in (
+        ("older", lambda c: c.pop("linear_path_gate_init"), True),
+        ("other", lambda c: c["quantizer"].update(levels=c["quantizer"]["levels"] - 1), False),
+    ):
+        copy = tmp_path / name
+        shutil.copytree(one_process, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        config = manifest["identity"]["config"]
+        assert config["linear_path_gate_init"] == 0.0  # a field at its default in the recorded config
+        edit(config)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        if same:
+            assert len(list(TokenShardDataset(copy, tokenizer=tok))) == IMAGES
+        else:
+            with pytest.raises(TokenSetMismatchError, match="differ in config"):
+                TokenShardDataset(copy, tokenizer=tok)
+
+
 def test_resume_into_a_set_of_another_tokenizer_or_shard_size_is_refused(
     one_process: Path, other_tokenizer: Path, tmp_path, capsys
 ) -> None:

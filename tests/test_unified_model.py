@@ -203,6 +203,27 @@ def test_backbone_is_causal_over_positions(name) -> None:
             assert (out[:, p + 1] - base[:, p + 1]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("task", ["t2i", "i2t"])
+def test_grid_cells_are_added_to_the_token_that_predicts_them(task) -> None:
+    """With image_positions learned_2d, the input before image position i (``<boi>`` for i = 0) gains row
+    r(i) + column c(i) of a (3, 4) grid, and no other input changes."""
+    plain = tiny_model("unitok-tiny", grid=(3, 4))
+    model = tiny_model("unitok-tiny", grid=(3, 4), image_positions="learned_2d")
+    model.load_state_dict(plain.state_dict(), strict=False)  # same weights but the cell tables
+    rows = torch.randn(3, model.backbone.config.hidden_size, dtype=torch.float64)
+    cols = torch.randn(4, model.backbone.config.hidden_size, dtype=torch.float64)
+    model.image_positions.rows.weight.data.copy_(rows)
+    model.image_positions.cols.weight.data.copy_(cols)
+    batch = _batch(model, [task, task])
+    added = model.embed_sequence(batch) - plain.embed_sequence(batch)
+    for b in range(2):
+        start = int(batch.image_start[b])
+        for t in range(added.shape[1]):
+            i = t - start + 1  # the image position predicted from token t
+            expected = rows[i // 4] + cols[i % 4] if 0 <= i < 12 else torch.zeros_like(rows[0])
+            torch.testing.assert_close(added[b, t], expected, rtol=0, atol=1e-12)
+
+
 # -- loss targets -----------------------------------------------------------------------------------
 
 
@@ -256,25 +277,29 @@ def test_mixed_batch_trains_both_directions() -> None:
     assert torch.equal(out.loss, expected)
 
 
-def test_teacher_forced_loss_equals_the_sampler_likelihood() -> None:
+@pytest.mark.parametrize("image_positions", ["none", "learned_2d"])
+def test_teacher_forced_loss_equals_the_sampler_likelihood(image_positions) -> None:
     """The training forward and the step-by-step sampling path give the same image log-likelihood."""
     from polytok.unified.sampling import _left_pad, _Stepper
 
-    model = tiny_model("polytok-tiny")
+    model = tiny_model("polytok-tiny", grid=(3, 4), image_positions=image_positions)
+    if model.image_positions is not None:  # trained-looking cells: a zero-ish table would hide a shift
+        torch.nn.init.normal_(model.image_positions.rows.weight, std=1.0)
+        torch.nn.init.normal_(model.image_positions.cols.weight, std=1.0)
     layout, fmt = model.layout, model.format
     caption = text_tokenizer().encode(CAPTIONS[3])
     image = layout.to_levels(random_codes(model, 1))[0]
     logits = model.image_logits(fmt.collate([fmt.text_to_image(caption, image)]))[0]  # (N, S, K)
     target = image[:, : layout.pixel_levels].reshape(layout.num_positions, -1)
     ids, mask, pos = _left_pad([fmt.t2i_prompt(caption)], model.special.pad, model.device)
-    stepper = _Stepper(model, model.embed_text(ids), mask, pos, use_cache=True)
+    stepper = _Stepper(model, model.embed_t2i_prompt(ids), mask, pos, use_cache=True)
     for i in range(layout.num_positions):
         cache = model.depth_head.new_cache()
         for s in range(layout.generation_depth):
             step = model.depth_head.step(stepper.last, target[i : i + 1, :s], cache)
             torch.testing.assert_close(step[0], logits[i, s], rtol=0, atol=1e-10)
         codes = target[i].view(1, 1, layout.pixel_levels, layout.codebooks)
-        stepper.feed(model.embed_image(codes, layout.pixel_levels))
+        stepper.feed(model.embed_image_step(codes, i))
 
 
 def test_caption_dropout_trains_the_unconditional_prompt() -> None:
@@ -385,9 +410,13 @@ def test_nothing_below_the_package_imports_it() -> None:
 # -- checkpoints and the recorded tokenizer ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("embedding", ["learned", "codebook"])
-def test_save_and_load_give_the_same_model(tmp_path, embedding) -> None:
-    model = tiny_model("polytok-tiny", input_embedding=embedding, depth_embedding=embedding)
+@pytest.mark.parametrize(
+    ("embedding", "image_positions"), [("learned", "none"), ("codebook", "none"), ("learned", "learned_2d")]
+)
+def test_save_and_load_give_the_same_model(tmp_path, embedding, image_positions) -> None:
+    model = tiny_model(
+        "polytok-tiny", input_embedding=embedding, depth_embedding=embedding, image_positions=image_positions
+    )
     batch = _batch(model, ["t2i", "i2t"])
     model.save_pretrained(tmp_path / "m")
     assert not list((tmp_path / "m").glob("*.tmp"))
@@ -417,6 +446,32 @@ def test_decoding_refuses_another_tokenizer(tmp_path) -> None:
     assert torch.equal(loaded.decode_images(codes, tok), images)
     with pytest.raises(TokenizerMismatchError):
         loaded.decode_images(codes, other_weights)
+
+
+def test_the_recorded_config_is_what_differs_from_the_defaults() -> None:
+    """The identity's config hash covers the chosen fields only, so a field added later (at its default)
+    keeps earlier models valid; models recorded over the whole config (earlier versions) still match; a
+    changed value does not."""
+    import hashlib
+    import json
+
+    from polytok.config import without_defaults
+    from polytok.unified import tokenizer_identity
+    from polytok.unified.identity import check_identity
+
+    tok = tokenizer("evotok-tiny")
+    ident = tokenizer_identity(tok)
+    chosen = json.dumps(without_defaults(tok.config), sort_keys=True).encode()
+    assert ident["config_sha256"] == hashlib.sha256(chosen).hexdigest()
+    assert "linear_path_gate_init" not in without_defaults(tok.config)  # at its default: not hashed
+    full = json.dumps(tok.config.to_dict(), sort_keys=True).encode()
+    check_identity({**ident, "config_sha256": hashlib.sha256(full).hexdigest()}, tok)  # earlier record
+    changed = copy.deepcopy(tok)
+    changed.config.linear_path_gate_init = 0.5
+    with pytest.raises(TokenizerMismatchError, match="different config"):
+        check_identity(ident, changed)
+    with pytest.raises(TokenizerMismatchError, match="different config"):
+        check_identity({**ident, "config_sha256": hashlib.sha256(full).hexdigest()}, changed)
 
 
 def test_half_written_checkpoint_is_refused(tmp_path) -> None:

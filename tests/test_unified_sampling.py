@@ -38,7 +38,7 @@ def _prompts(model, captions):
 @pytest.mark.parametrize("name", LAYOUTS)
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
 def test_image_sampling_with_cache_equals_recomputation(name, mode) -> None:
-    model = tiny_model(name)
+    model = tiny_model(name, image_positions="learned_2d" if name == "evotok-tiny" else "none")
     kwargs = {"temperature": 0.0} if mode == "greedy" else {**SAMPLED, "guidance_scale": 2.5}
     captions = [CAPTIONS[0], CAPTIONS[2]]  # different lengths: left padding is exercised
     cached = generate_image_codes(model, captions, seed=5, **kwargs)
@@ -48,21 +48,24 @@ def test_image_sampling_with_cache_equals_recomputation(name, mode) -> None:
     assert not torch.equal(cached[0], cached[1])  # the two captions do not collapse to one image
 
 
-def test_cached_backbone_states_equal_recomputation() -> None:
+@pytest.mark.parametrize("image_positions", ["none", "learned_2d"])
+def test_cached_backbone_states_equal_recomputation(image_positions) -> None:
     """Every hidden state the sampler reads agrees between the KV cache and recomputation (left-padded rows
     with guidance rows), far below the gaps between logits."""
     from polytok.unified.sampling import _left_pad, _Stepper
 
-    model = tiny_model("evotok-tiny")
+    model = tiny_model("evotok-tiny", image_positions=image_positions)
     layout = model.layout
     prompts = [*_prompts(model, [CAPTIONS[2], CAPTIONS[0]]), model.format.unconditional_prompt()]
     ids, mask, pos = _left_pad(prompts, model.special.pad, model.device)
-    steppers = [_Stepper(model, model.embed_text(ids), mask, pos, use_cache) for use_cache in (True, False)]
+    steppers = [
+        _Stepper(model, model.embed_t2i_prompt(ids), mask, pos, use_cache) for use_cache in (True, False)
+    ]
     codes = layout.to_levels(random_codes(model, 3))[:, :, : layout.pixel_levels]
     for i in range(layout.num_positions):
         torch.testing.assert_close(steppers[0].last, steppers[1].last, rtol=0, atol=1e-10)
         for stepper in steppers:
-            stepper.feed(model.embed_image(codes[:, i : i + 1], layout.pixel_levels))
+            stepper.feed(model.embed_image_step(codes[:, i : i + 1], i))
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])

@@ -204,6 +204,48 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def without_defaults(obj: Any) -> dict[str, Any]:
+    """A dataclass tree as plain dicts holding only what differs from the defaults (field by field, nested
+    sections compared key by key).
+
+    What identifies a configuration: a field added later with a default leaves the identity of every
+    earlier configuration unchanged, where a hash of the full ``to_dict`` would change with each addition.
+    """
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise TypeError(f"expected a dataclass instance, got {type(obj).__name__}")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            out[f.name] = to_dict(value)
+            continue
+        if dataclasses.is_dataclass(value) and type(default) is type(value):
+            changed = _changes(value, default)
+            if changed:
+                out[f.name] = changed
+        elif to_dict(value) != to_dict(default):
+            out[f.name] = to_dict(value)
+    return out
+
+
+def _changes(value: Any, default: Any) -> dict[str, Any]:
+    """The fields of dataclass ``value`` that differ from those of ``default`` (same type), recursively."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        v, d = getattr(value, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(v) and type(d) is type(v):
+            changed = _changes(v, d)
+            if changed:
+                out[f.name] = changed
+        elif to_dict(v) != to_dict(d):
+            out[f.name] = to_dict(v)
+    return out
+
+
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 

@@ -72,10 +72,28 @@ def tokenizer_identity(tokenizer) -> dict[str, Any]:
     }
 
 
+def _comparable_config(config: Any) -> Any:
+    """A recorded tokenizer config as it is compared: only what differs from the defaults, so that sets
+    recorded before a config field was added (at its default) still match."""
+    from polytok.config import ConfigError, without_defaults
+    from polytok.models.config import TokenizerConfig
+
+    if not isinstance(config, dict):
+        return config
+    try:
+        return without_defaults(TokenizerConfig.from_dict(config))
+    except (ConfigError, TypeError, ValueError):  # not a polytok TokenizerConfig: compared as recorded
+        return config
+
+
 def describe_difference(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
     """None when two identities are the same tokenizer, else which part differs."""
     for part in ("code_shape", "codebook_size", "weights_sha256", "config"):
-        if recorded.get(part) != current.get(part):
+        if part == "config":
+            same = _comparable_config(recorded.get(part)) == _comparable_config(current.get(part))
+        else:
+            same = recorded.get(part) == current.get(part)
+        if not same:
             if part == "weights_sha256":
                 return f"weights (SHA-256 {str(recorded.get(part))[:12]}... vs {current[part][:12]}...)"
             if part == "config":

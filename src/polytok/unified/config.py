@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 EmbeddingKind = Literal["learned", "codebook"]
 DepthConditioning = Literal["running_sum", "previous"]
+ImagePositions = Literal["none", "learned_2d"]
 
 # A Llama-style causal LM small enough for tests and CPU runs; the vocabulary size is set from the text
 # tokenizer plus the special tokens when the model is built.
@@ -35,6 +36,9 @@ class UnifiedConfig:
         input_embedding: image positions' input: "learned" (one new table per sub-code, summed) or
             "codebook" (the tokenizer's frozen code vectors summed over the levels read, then an MLP).
         projector_hidden: hidden width of the "codebook" MLP projector (default: the backbone width).
+        image_positions: "learned_2d" adds a learned (row, column) embedding of the grid cell each state
+            predicts to the backbone's input (see ``ImagePositionEmbedding``); "none" leaves the backbone's
+            1-d positions alone.
         depth_embedding: how earlier sub-codes enter the depth head: "learned" tables or "codebook"
             (frozen code vectors through a linear map).
         depth_conditioning: "running_sum" (step (l, c) reads the sum of all sub-codes of levels < l plus
@@ -53,6 +57,7 @@ class UnifiedConfig:
     backbone_trainable: bool = True
     input_embedding: EmbeddingKind = "learned"
     projector_hidden: int | None = None
+    image_positions: ImagePositions = "none"
     depth_embedding: EmbeddingKind = "learned"
     depth_conditioning: DepthConditioning = "running_sum"
     depth_width: int = 64
@@ -72,6 +77,7 @@ class UnifiedConfig:
             ("input_embedding", ("learned", "codebook")),
             ("depth_embedding", ("learned", "codebook")),
             ("depth_conditioning", ("running_sum", "previous")),
+            ("image_positions", ("none", "learned_2d")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -98,6 +98,30 @@ class ImageInputEmbedding(nn.Module):
         return self.projector(partial.to(self.projector[1].weight.dtype))
 
 
+class ImagePositionEmbedding(nn.Module):
+    """Where the next image position lies on the grid: a learned row vector plus a learned column vector.
+
+    The backbone's own positions are 1-d over the whole sequence; on a raster-ordered grid the position
+    above is ``w`` tokens back, which a small model learns slowly. This embedding is added to the input of
+    the token whose output predicts image position ``i`` (``<boi>`` for position 0, image position
+    ``i - 1`` otherwise), so every state knows which cell of the grid it predicts, in both directions.
+
+    ``forward(index (...,) long)`` -> (..., hidden).
+    """
+
+    def __init__(self, grid: tuple[int, int], hidden: int) -> None:
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.rows = nn.Embedding(self.grid[0], hidden)
+        self.cols = nn.Embedding(self.grid[1], hidden)
+        nn.init.normal_(self.rows.weight, std=0.02)
+        nn.init.normal_(self.cols.weight, std=0.02)
+
+    def forward(self, index: Tensor) -> Tensor:
+        w = self.grid[1]
+        return self.rows(index // w) + self.cols(index % w)
+
+
 class SubCodeEmbedding(nn.Module):
     """Sub-code s = (l, c) of the generation depth -> a vector of the depth head's width.
 

@@ -1,4 +1,4 @@
-"""The identity of an image tokenizer: its config and a hash of its weights.
+"""The identity of an image tokenizer: its config (what differs from the defaults) and a hash of its weights.
 
 A unified model records the identity of the tokenizer its codes came from and refuses to decode with
 another: codes of one tokenizer mean nothing to a different one, even with the same layout.
@@ -21,16 +21,25 @@ class TokenizerMismatchError(ValueError):
 def tokenizer_identity(tokenizer: Any) -> dict[str, str]:
     """{"name", "config_sha256", "weights_sha256"} of a polytok ``Tokenizer``.
 
-    The weights hash covers every stored tensor (``checkpoint_state_dict``): names, dtypes, shapes, bytes.
+    The config hash covers the fields that differ from their defaults (``polytok.config.without_defaults``),
+    so that config fields added in later versions, at their defaults, keep earlier models valid. The
+    weights hash covers every stored tensor (``checkpoint_state_dict``): names, dtypes, shapes, bytes.
     """
-    config = tokenizer.config.to_dict()
+    from polytok.config import without_defaults
+
+    config = without_defaults(tokenizer.config)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     h = hashlib.sha256()
     for name, tensor in sorted(tokenizer.checkpoint_state_dict().items()):
         t = tensor.detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {"name": str(config.get("name")), "config_sha256": config_hash, "weights_sha256": h.hexdigest()}
+    return {"name": str(tokenizer.config.name), "config_sha256": config_hash, "weights_sha256": h.hexdigest()}
+
+
+def _full_config_hash(tokenizer: Any) -> str:
+    """How earlier versions hashed the config: every field, defaults included."""
+    return hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def check_identity(expected: dict[str, str] | None, tokenizer: Any) -> None:
@@ -38,6 +47,10 @@ def check_identity(expected: dict[str, str] | None, tokenizer: Any) -> None:
     if expected is None:
         raise TokenizerMismatchError("this unified model records no image tokenizer; it cannot decode codes")
     got = tokenizer_identity(tokenizer)
+    if got["config_sha256"] != expected.get("config_sha256") and expected.get("config_sha256") == (
+        _full_config_hash(tokenizer)
+    ):  # recorded by earlier versions, over the whole config: the same config if the fields are the same
+        got["config_sha256"] = expected["config_sha256"]
     if got != expected:
         what = "config" if got["config_sha256"] != expected["config_sha256"] else "weights"
         raise TokenizerMismatchError(

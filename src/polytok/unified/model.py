@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.depth_head import DepthHead
-from polytok.unified.embed import CodeVectors, ImageInputEmbedding
+from polytok.unified.embed import CodeVectors, ImageInputEmbedding, ImagePositionEmbedding
 from polytok.unified.identity import check_identity, tokenizer_identity
 from polytok.unified.layout import CodeLayout, tokenizer_code_vectors
 from polytok.unified.sequence import IGNORE, SequenceBatch, SequenceFormat, SpecialTokens
@@ -125,6 +125,9 @@ class UnifiedModel(nn.Module):
         self.image_embed = ImageInputEmbedding(
             layout, hidden, config.input_embedding, self.code_vectors, config.projector_hidden
         )
+        self.image_positions = (
+            ImagePositionEmbedding(layout.grid, hidden) if config.image_positions == "learned_2d" else None
+        )
         self.depth_head = DepthHead(layout, hidden, config, self.code_vectors)
         if not config.backbone_trainable:
             self.backbone.requires_grad_(False)
@@ -201,13 +204,40 @@ class UnifiedModel(nn.Module):
         )
         return out.last_hidden_state, (out.past_key_values if use_cache else None)
 
+    def image_position(self, index: int) -> Tensor | float:
+        """What is added to the input of the token that predicts image position ``index``: its grid cell's
+        (hidden,) embedding with ``image_positions: learned_2d``, else 0."""
+        if self.image_positions is None:
+            return 0.0
+        return self.image_positions(torch.tensor(index, device=self.device)).to(self.dtype)
+
+    def embed_t2i_prompt(self, token_ids: Tensor) -> Tensor:
+        """(B, T) left-padded text -> image prompts, each ending with <boi> -> (B, T, hidden) inputs."""
+        emb = self.embed_text(token_ids)
+        if self.image_positions is None:
+            return emb
+        return torch.cat([emb[:, :-1], emb[:, -1:] + self.image_position(0)], dim=1)
+
+    def embed_image_step(self, codes: Tensor, index: int) -> Tensor:
+        """Codes (B, 1, pixel_levels, C) of image position ``index`` -> (B, 1, hidden), the input from which
+        position ``index + 1`` is predicted."""
+        emb = self.embed_image(codes, self.layout.pixel_levels)
+        if index + 1 < self.layout.num_positions:
+            emb = emb + self.image_position(index + 1)
+        return emb
+
     def embed_sequence(self, batch: SequenceBatch) -> Tensor:
         """Inputs of a :class:`SequenceBatch`: (B, T, hidden), image positions from their codes."""
         emb = self.embed_text(batch.token_ids)
         image = self.embed_image(batch.image_codes, batch.input_levels)  # (B, N, hidden)
         n = self.layout.num_positions
         pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
-        return emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
+        emb = emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
+        if self.image_positions is not None:  # the token before image position i predicts it
+            cells = self.image_positions(torch.arange(n, device=emb.device)).to(emb.dtype)
+            before = (pos - 1)[..., None].expand(-1, -1, emb.shape[-1])
+            emb = emb.scatter_add(1, before, cells.expand(emb.shape[0], -1, -1))
+        return emb
 
     # -- training ---------------------------------------------------------------------------------
 
