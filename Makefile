@@ -22,6 +22,7 @@ browser:
 
 test: setup browser
 	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff format --check src tests benchmarks scripts
 	$(PY) -m pytest -q -n 2
 
 bench: setup

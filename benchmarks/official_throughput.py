@@ -70,18 +70,38 @@ def unitok_config(quick: bool) -> TokenizerConfig:
     a, arch = UNITOK_REDUCED_ARGS, UNITOK_REDUCED_ARCH
     block = {"width": arch["width"], "depth": arch["depth"], "heads": arch["heads"]}
     heads = arch["width"] // a["vocab_width"]
-    return TokenizerConfig.from_dict(merge(preset, {
-        "image_size": a["img_size"],
-        "encoder": {**block, "stem_width": arch["stem_width"], "stage_widths": arch["stage_widths"],
-                    "stage_depths": arch["stage_depths"]},
-        "projection.heads": heads, "post_projection.heads": heads,
-        "quantizer": {"dim": a["vocab_width"], "num_codebooks": a["num_codebooks"],
-                      "codebook_size": a["vocab_size"] // a["num_codebooks"]},
-        "pixel_decoder": {**block, "up_widths": arch["up_widths"], "up_depths": arch["up_depths"]},
-        "semantic": {"embed_dim": a["embed_dim"], "text_tower": {
-            "width": a["text_width"], "depth": a["text_layers"], "heads": a["text_heads"],
-            "context_length": a["text_context_length"], "vocab": "bytes"}},
-    }))
+    return TokenizerConfig.from_dict(
+        merge(
+            preset,
+            {
+                "image_size": a["img_size"],
+                "encoder": {
+                    **block,
+                    "stem_width": arch["stem_width"],
+                    "stage_widths": arch["stage_widths"],
+                    "stage_depths": arch["stage_depths"],
+                },
+                "projection.heads": heads,
+                "post_projection.heads": heads,
+                "quantizer": {
+                    "dim": a["vocab_width"],
+                    "num_codebooks": a["num_codebooks"],
+                    "codebook_size": a["vocab_size"] // a["num_codebooks"],
+                },
+                "pixel_decoder": {**block, "up_widths": arch["up_widths"], "up_depths": arch["up_depths"]},
+                "semantic": {
+                    "embed_dim": a["embed_dim"],
+                    "text_tower": {
+                        "width": a["text_width"],
+                        "depth": a["text_layers"],
+                        "heads": a["text_heads"],
+                        "context_length": a["text_context_length"],
+                        "vocab": "bytes",
+                    },
+                },
+            },
+        )
+    )
 
 
 def evotok_config(quick: bool) -> TokenizerConfig:
@@ -90,18 +110,34 @@ def evotok_config(quick: bool) -> TokenizerConfig:
         return TokenizerConfig.from_dict(preset)
     a, arch = EVOTOK_REDUCED_ARGS, EVOTOK_REDUCED_ARCH
     siglip = arch["siglip"]
-    return TokenizerConfig.from_dict(merge(preset, {
-        "image_size": a["image_size"],
-        "encoder.hf_config": siglip,
-        "projection.hidden": siglip["hidden_size"],
-        "quantizer": {"dim": a["codebook_embed_dim"], "levels": a["vqkd_depth"],
-                      "codebook_size": a["codebook_size"]},
-        "pixel_depth": a["vqgan_depth"],
-        "pixel_decoder": {"z_channels": arch["z_channels"], "ch": arch["ch"], "ch_mult": arch["ch_mult"],
-                          "num_res_blocks": arch["num_res_blocks"]},
-        "semantic": {"decoder_width": siglip["hidden_size"], "decoder_depth": arch["decoder_depth"],
-                     "decoder_heads": arch["decoder_heads"], "feature_dim": siglip["hidden_size"]},
-    }))
+    return TokenizerConfig.from_dict(
+        merge(
+            preset,
+            {
+                "image_size": a["image_size"],
+                "encoder.hf_config": siglip,
+                "projection.hidden": siglip["hidden_size"],
+                "quantizer": {
+                    "dim": a["codebook_embed_dim"],
+                    "levels": a["vqkd_depth"],
+                    "codebook_size": a["codebook_size"],
+                },
+                "pixel_depth": a["vqgan_depth"],
+                "pixel_decoder": {
+                    "z_channels": arch["z_channels"],
+                    "ch": arch["ch"],
+                    "ch_mult": arch["ch_mult"],
+                    "num_res_blocks": arch["num_res_blocks"],
+                },
+                "semantic": {
+                    "decoder_width": siglip["hidden_size"],
+                    "decoder_depth": arch["decoder_depth"],
+                    "decoder_heads": arch["decoder_heads"],
+                    "feature_dim": siglip["hidden_size"],
+                },
+            },
+        )
+    )
 
 
 def codes_agree(official: Tensor, ours: Tensor) -> tuple[str, float]:
@@ -125,18 +161,29 @@ def unitok_cases(root: Path, quick: bool, batch: int, seed: int) -> list[Case]:
     side = int(n**0.5)
     grid_codes = codes.transpose(1, 2).reshape(b, side, side, g)
     return [
-        Case("unitok-l", "encode", lambda: official.img_to_idx(images),
-             lambda: tok.encode((images + 1) / 2).reshape(b, n, g).transpose(1, 2), codes_agree),
-        Case("unitok-l", "decode", lambda: official.idx_to_img(codes),
-             lambda: tok.decode(grid_codes) * 2 - 1, max_diff),
+        Case(
+            "unitok-l",
+            "encode",
+            lambda: official.img_to_idx(images),
+            lambda: tok.encode((images + 1) / 2).reshape(b, n, g).transpose(1, 2),
+            codes_agree,
+        ),
+        Case(
+            "unitok-l",
+            "decode",
+            lambda: official.idx_to_img(codes),
+            lambda: tok.decode(grid_codes) * 2 - 1,
+            max_diff,
+        ),
     ]
 
 
 def evotok_cases(root: Path, quick: bool, batch: int, seed: int) -> list[Case]:
     args, arch = (EVOTOK_REDUCED_ARGS, EVOTOK_REDUCED_ARCH) if quick else (EVOTOK_L_ARGS, EVOTOK_L_ARCH)
     official = build_official_evotok(root, args, arch, seed)
-    tok = convert_evotok({"model": official.state_dict(), "args": argparse.Namespace(**args)},
-                         evotok_config(quick))
+    tok = convert_evotok(
+        {"model": official.state_dict(), "args": argparse.Namespace(**args)}, evotok_config(quick)
+    )
     tok.eval()
     size = args["image_size"]
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1)) * 2 - 1
@@ -155,8 +202,13 @@ def evotok_cases(root: Path, quick: bool, batch: int, seed: int) -> list[Case]:
         return official.decode((None, official_latent(codes.shape[-1])))[0]
 
     return [
-        Case("evotok-l", "encode", lambda: official.encode(images)[2][2],
-             lambda: tok.encode((images + 1) / 2), codes_agree),
+        Case(
+            "evotok-l",
+            "encode",
+            lambda: official.encode(images)[2][2],
+            lambda: tok.encode((images + 1) / 2),
+            codes_agree,
+        ),
         Case("evotok-l", "decode", official_pixels, lambda: tok.decode(codes) * 2 - 1, max_diff),
         Case("evotok-l", "semantic tokens", official_semantic, lambda: tok.semantic_tokens(codes), max_diff),
     ]
@@ -191,10 +243,19 @@ def run(opts: argparse.Namespace) -> list[dict]:
                 for dtype in opts.dtypes:
                     warmup = batch == 1 or opts.warmup_large
                     official, ours, check = time_pair(case, dtype, repeats, warmup)
-                    row = {"model": case.model, "op": case.op, "batch": batch, "dtype": dtype,
-                           "official s/img": official / batch, "polytok s/img": ours / batch,
-                           "speed-up": official / ours, "check": check[0], "check value": check[1],
-                           "repeats": repeats, "warm-up": warmup}
+                    row = {
+                        "model": case.model,
+                        "op": case.op,
+                        "batch": batch,
+                        "dtype": dtype,
+                        "official s/img": official / batch,
+                        "polytok s/img": ours / batch,
+                        "speed-up": official / ours,
+                        "check": check[0],
+                        "check value": check[1],
+                        "repeats": repeats,
+                        "warm-up": warmup,
+                    }
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
             del cases
@@ -202,13 +263,17 @@ def run(opts: argparse.Namespace) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | op | batch | dtype | official s/image | polytok s/image | speed-up | same output |",
-             "|---|---|---:|---|---:|---:|---:|---|"]
+    lines = [
+        "| model | op | batch | dtype | official s/image | polytok s/image | speed-up | same output |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
     for r in rows:
         value = r["check value"]
         check = f"{value:.1%} codes equal" if r["check"] == "codes equal" else f"max abs diff {value:.1e}"
-        lines.append(f"| {r['model']} | {r['op']} | {r['batch']} | {r['dtype']} | {r['official s/img']:.4g} "
-                     f"| {r['polytok s/img']:.4g} | {r['speed-up']:.2f}x | {check} |")
+        lines.append(
+            f"| {r['model']} | {r['op']} | {r['batch']} | {r['dtype']} | {r['official s/img']:.4g} "
+            f"| {r['polytok s/img']:.4g} | {r['speed-up']:.2f}x | {check} |"
+        )
     return "\n".join(lines)
 
 
@@ -221,8 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per side at batch 1")
     parser.add_argument("--batch8-repeats", type=int, default=1, help="timed calls per side, larger batches")
-    parser.add_argument("--no-warmup-large", dest="warmup_large", action="store_false",
-                        help="no warm-up call before the timed ones at larger batches (batch 1 warms up)")
+    parser.add_argument(
+        "--no-warmup-large",
+        dest="warmup_large",
+        action="store_false",
+        help="no warm-up call before the timed ones at larger batches (batch 1 warms up)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
     opts = parser.parse_args(argv)
@@ -232,8 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--repeats and --batch8-repeats must be at least 1")
     torch.manual_seed(opts.seed)
     rows = run(opts)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "quick": opts.quick}
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": opts.quick,
+    }
     print(f"torch {machine['torch']}, {machine['threads']} threads, {machine['cpu']}")
     print(markdown(rows))
     if opts.json:

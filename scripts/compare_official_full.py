@@ -33,20 +33,45 @@ from polytok.models.encoders import SIGLIP_LARGE_256
 from polytok.models.registry import get_preset_dict
 
 UNITOK_L_ARGS = {
-    "model": "vitamin_large", "img_size": 256, "num_query": 0, "vocab_size": 32768, "vocab_width": 64,
-    "num_codebooks": 8, "vocab_norm": True, "vq_beta": 0.25, "quant_proj": "attn", "embed_dim": 768,
-    "text_width": 768, "text_heads": 12, "text_layers": 12, "text_vocab_size": 49408,
+    "model": "vitamin_large",
+    "img_size": 256,
+    "num_query": 0,
+    "vocab_size": 32768,
+    "vocab_width": 64,
+    "num_codebooks": 8,
+    "vocab_norm": True,
+    "vq_beta": 0.25,
+    "quant_proj": "attn",
+    "embed_dim": 768,
+    "text_width": 768,
+    "text_heads": 12,
+    "text_layers": 12,
+    "text_vocab_size": 49408,
     "text_context_length": 77,
 }
 UNITOK_L_ARCH = {**VITAMIN_ENCODERS["vitamin_large"], "up_widths": [320, 160], "up_depths": [4, 2]}
 # The released training script (scripts/train_evotok_siglip256.sh).
 EVOTOK_L_ARGS = {
-    "vq_model": "EvoTok", "teacher": "siglip_256", "image_size": 256, "codebook_size": 32768,
-    "codebook_embed_dim": 32, "vqgan_depth": 4, "vqkd_depth": 16, "vq_warmup": 2000,
-    "restart_unused_codes": True, "dropout_p": 0.0,
+    "vq_model": "EvoTok",
+    "teacher": "siglip_256",
+    "image_size": 256,
+    "codebook_size": 32768,
+    "codebook_embed_dim": 32,
+    "vqgan_depth": 4,
+    "vqkd_depth": 16,
+    "vq_warmup": 2000,
+    "restart_unused_codes": True,
+    "dropout_p": 0.0,
 }
-EVOTOK_L_ARCH = {"siglip": SIGLIP_LARGE_256, "decoder_heads": 12, "decoder_depth": 3, "z_channels": 256,
-                 "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2}
+EVOTOK_L_ARCH = {
+    "siglip": SIGLIP_LARGE_256,
+    "decoder_heads": 12,
+    "decoder_depth": 3,
+    "z_channels": 256,
+    "ch": 128,
+    "ch_mult": [1, 1, 2, 2, 4],
+    "num_res_blocks": 2,
+}
 
 
 def preset(name: str) -> TokenizerConfig:

@@ -77,8 +77,13 @@ def unitok_fixtures(root: Path, out: Path) -> None:
         x = torch.randn(2, 10, in_dim)
         with torch.no_grad():
             y = module(x)
-        save(out, name, {"input": x, "output": y}, module.state_dict(),
-             {"in_dim": in_dim, "out_dim": out_dim, "heads": heads, "mlp_ratio": 2.0})
+        save(
+            out,
+            name,
+            {"input": x, "output": y},
+            module.state_dict(),
+            {"in_dim": in_dim, "out_dim": out_dim, "heads": heads, "mlp_ratio": 2.0},
+        )
 
     # Text tower (open_clip) at width 32; the byte vocabulary's 259 ids keep the embedding small.
     torch.manual_seed(3)
@@ -91,8 +96,13 @@ def unitok_fixtures(root: Path, out: Path) -> None:
         ids[row, :length] = torch.randint(3, cfg["vocab_size"], (length,), generator=gen)
     with torch.no_grad():
         pooled, tokens = tower(ids)
-    save(out, "unitok_text_tower", {"input": ids, "tokens": tokens, "pooled": pooled,
-                                    "pooled_index": ids.argmax(dim=-1)}, tower.state_dict(), cfg)
+    save(
+        out,
+        "unitok_text_tower",
+        {"input": ids, "tokens": tokens, "pooled": pooled, "pooled_index": ids.argmax(dim=-1)},
+        tower.state_dict(),
+        cfg,
+    )
 
 
 def _code_margin(features: Tensor, codebook: Tensor, cosine: bool) -> float:
@@ -108,13 +118,33 @@ def _code_margin(features: Tensor, codebook: Tensor, cosine: bool) -> float:
 
 
 UNITOK_REDUCED_ARGS = {
-    "model": "vitamin_reduced", "img_size": 64, "num_query": 0, "vocab_size": 64, "vocab_width": 16,
-    "num_codebooks": 4, "vocab_norm": True, "vq_beta": 0.25, "quant_proj": "attn", "embed_dim": 24,
-    "text_width": 32, "text_heads": 4, "text_layers": 2, "text_vocab_size": 259,
-    "text_context_length": 16, "dtype": "torch.float32",
+    "model": "vitamin_reduced",
+    "img_size": 64,
+    "num_query": 0,
+    "vocab_size": 64,
+    "vocab_width": 16,
+    "num_codebooks": 4,
+    "vocab_norm": True,
+    "vq_beta": 0.25,
+    "quant_proj": "attn",
+    "embed_dim": 24,
+    "text_width": 32,
+    "text_heads": 4,
+    "text_layers": 2,
+    "text_vocab_size": 259,
+    "text_context_length": 16,
+    "dtype": "torch.float32",
 }
-UNITOK_REDUCED_ARCH = {"width": 64, "depth": 2, "heads": 4, "stem_width": 16, "stage_widths": [16, 32],
-                       "stage_depths": [1, 2], "up_widths": [16, 8], "up_depths": [2, 1]}
+UNITOK_REDUCED_ARCH = {
+    "width": 64,
+    "depth": 2,
+    "heads": 4,
+    "stem_width": 16,
+    "stage_widths": [16, 32],
+    "stage_depths": [1, 2],
+    "up_widths": [16, 8],
+    "up_depths": [2, 1],
+}
 
 
 def build_official_unitok(root: Path, args: dict, arch: dict, seed: int) -> nn.Module:
@@ -132,15 +162,34 @@ def build_official_unitok(root: Path, args: dict, arch: dict, seed: int) -> nn.M
 
     def hybrid_vit() -> nn.Module:
         # UniTok's timm.create_model(args.model, ...) with ViTamin-L's recipe at reduced width.
-        backbone = vitamin.MbConvStages(cfg=vitamin.VitCfg(
-            embed_dim=(*arch["stage_widths"], arch["width"]), depths=(*arch["stage_depths"], 1),
-            stem_width=arch["stem_width"],
-            conv_cfg=vitamin.VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d"))
+        backbone = vitamin.MbConvStages(
+            cfg=vitamin.VitCfg(
+                embed_dim=(*arch["stage_widths"], arch["width"]),
+                depths=(*arch["stage_depths"], 1),
+                stem_width=arch["stem_width"],
+                conv_cfg=vitamin.VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6),
+                head_type="1d",
+            )
+        )
         return vitamin._create_vision_transformer_hybrid(
-            "vitamin_large", backbone=backbone, embed_dim=arch["width"], depth=arch["depth"],
-            num_heads=arch["heads"], mlp_layer=vitamin.GeGluMlp, mlp_ratio=2.0, class_token=False,
-            global_pool="", patch_size=1, fc_norm=False, drop_rate=0.0, num_classes=0, pos_embed="none",
-            reg_tokens=0, img_size=args["img_size"], drop_path_rate=0.0)
+            "vitamin_large",
+            backbone=backbone,
+            embed_dim=arch["width"],
+            depth=arch["depth"],
+            num_heads=arch["heads"],
+            mlp_layer=vitamin.GeGluMlp,
+            mlp_ratio=2.0,
+            class_token=False,
+            global_pool="",
+            patch_size=1,
+            fc_norm=False,
+            drop_rate=0.0,
+            num_classes=0,
+            pos_embed="none",
+            reg_tokens=0,
+            img_size=args["img_size"],
+            drop_path_rate=0.0,
+        )
 
     torch.manual_seed(seed)
     # UniTok.__init__ and ViTaminDecoder.__init__ take the architecture from a timm model name with
@@ -154,8 +203,11 @@ def build_official_unitok(root: Path, args: dict, arch: dict, seed: int) -> nn.M
     heads = arch["width"] // args["vocab_width"]
     model.quant_proj = AttnProjection(arch["width"], args["vocab_width"], heads)
     model.quantizer = VectorQuantizerM(
-        vocab_size=args["vocab_size"], vocab_width=args["vocab_width"], beta=args["vq_beta"],
-        num_codebooks=args["num_codebooks"])
+        vocab_size=args["vocab_size"],
+        vocab_width=args["vocab_width"],
+        beta=args["vq_beta"],
+        num_codebooks=args["num_codebooks"],
+    )
     model.post_quant_proj = AttnProjection(args["vocab_width"], arch["width"], heads)
     decoder = vitamin.ViTaminDecoder.__new__(vitamin.ViTaminDecoder)
     nn.Module.__init__(decoder)
@@ -164,15 +216,24 @@ def build_official_unitok(root: Path, args: dict, arch: dict, seed: int) -> nn.M
     decoder.blocks, decoder.norm_pre, decoder.norm = trunk.blocks, trunk.norm_pre, trunk.norm
     (w1, w2), (d1, d2) = arch["up_widths"], arch["up_depths"]
     decoder.up_conv1 = vitamin.Upsample2d(arch["width"], w1)
-    decoder.up_conv2 = nn.Sequential(*[
-        vitamin.InvMbConvLNBlock(in_chs=w1, out_chs=w1, stride=2 if d == 0 else 1) for d in range(d1)])
-    decoder.up_conv3 = nn.Sequential(*[
-        vitamin.InvMbConvLNBlock(in_chs=w1 if d == 0 else w2, out_chs=w2, stride=2 if d == 0 else 1)
-        for d in range(d2)])
+    decoder.up_conv2 = nn.Sequential(
+        *[vitamin.InvMbConvLNBlock(in_chs=w1, out_chs=w1, stride=2 if d == 0 else 1) for d in range(d1)]
+    )
+    decoder.up_conv3 = nn.Sequential(
+        *[
+            vitamin.InvMbConvLNBlock(in_chs=w1 if d == 0 else w2, out_chs=w2, stride=2 if d == 0 else 1)
+            for d in range(d2)
+        ]
+    )
     decoder.up_conv4 = vitamin.InvStem(in_chs=w2, out_chs=3)
     model.decoder = decoder
-    text_cfg = {"width": args["text_width"], "heads": args["text_heads"], "layers": args["text_layers"],
-                "vocab_size": args["text_vocab_size"], "context_length": args["text_context_length"]}
+    text_cfg = {
+        "width": args["text_width"],
+        "heads": args["text_heads"],
+        "layers": args["text_layers"],
+        "vocab_size": args["text_vocab_size"],
+        "context_length": args["text_context_length"],
+    }
     model.text_encoder = _build_text_tower(args["embed_dim"], text_cfg)
     model.fc_norm = nn.LayerNorm(arch["width"], eps=1e-6)
     model.projection = nn.Linear(arch["width"], args["embed_dim"])
@@ -214,9 +275,20 @@ def unitok_full_fixture(root: Path, out: Path) -> None:
         text_embedding = model.encode_text(ids)
     state = model.state_dict()
     meta = {"args": args, "arch": arch, "code_margin": margin}
-    save(out, "unitok_model", {"images": images, "codes": codes, "reconstruction": reconstruction,
-                               "image_embedding": image_embedding, "text_ids": ids,
-                               "text_embedding": text_embedding}, state, meta)
+    save(
+        out,
+        "unitok_model",
+        {
+            "images": images,
+            "codes": codes,
+            "reconstruction": reconstruction,
+            "image_embedding": image_embedding,
+            "text_ids": ids,
+            "text_embedding": text_embedding,
+        },
+        state,
+        meta,
+    )
 
 
 def _load_file_module(path: Path, name: str):
@@ -240,9 +312,19 @@ def evotok_fixtures(root: Path, out: Path) -> None:
     torch.manual_seed(5)
     semantic = nn.Module()
     semantic.decoder_vqkd = vqkd.VisionTransformer(
-        img_size=grid, patch_size=1, in_chans=code_dim, num_classes=0, embed_dim=width, depth=depth,
-        num_heads=heads, mlp_ratio=4.0, qkv_bias=True, norm_layer="LayerNorm", init_values=0.0,
-        use_abs_pos_emb=True, use_mean_pooling=True,
+        img_size=grid,
+        patch_size=1,
+        in_chans=code_dim,
+        num_classes=0,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        norm_layer="LayerNorm",
+        init_values=0.0,
+        use_abs_pos_emb=True,
+        use_mean_pooling=True,
     )
     semantic.decode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, out_dim))
     semantic.eval()
@@ -250,20 +332,50 @@ def evotok_fixtures(root: Path, out: Path) -> None:
     x = torch.randn(2, code_dim, grid, grid)
     with torch.no_grad():
         y = semantic.decode_task_layer(semantic.decoder_vqkd(x, return_patch_tokens=True))
-    save(out, "evotok_semantic_decoder", {"input": x, "output": y}, semantic.state_dict(),
-         {"code_dim": code_dim, "grid": grid, "width": width, "heads": heads, "depth": depth,
-          "out_dim": out_dim})
+    save(
+        out,
+        "evotok_semantic_decoder",
+        {"input": x, "output": y},
+        semantic.state_dict(),
+        {
+            "code_dim": code_dim,
+            "grid": grid,
+            "width": width,
+            "heads": heads,
+            "depth": depth,
+            "out_dim": out_dim,
+        },
+    )
 
 
 EVOTOK_REDUCED_ARGS = {
-    "vq_model": "EvoTok", "teacher": "siglip_reduced", "image_size": 16, "codebook_size": 16,
-    "codebook_embed_dim": 8, "vqgan_depth": 2, "vqkd_depth": 4, "vq_warmup": 2000,
-    "restart_unused_codes": True, "dropout_p": 0.0,
+    "vq_model": "EvoTok",
+    "teacher": "siglip_reduced",
+    "image_size": 16,
+    "codebook_size": 16,
+    "codebook_embed_dim": 8,
+    "vqgan_depth": 2,
+    "vqkd_depth": 4,
+    "vq_warmup": 2000,
+    "restart_unused_codes": True,
+    "dropout_p": 0.0,
 }
 EVOTOK_REDUCED_ARCH = {
-    "siglip": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
-               "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6},
-    "decoder_heads": 3, "decoder_depth": 2, "z_channels": 16, "ch": 32, "ch_mult": [1, 1, 2],
+    "siglip": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "patch_size": 4,
+        "image_size": 16,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+    "decoder_heads": 3,
+    "decoder_depth": 2,
+    "z_channels": 16,
+    "ch": 32,
+    "ch_mult": [1, 1, 2],
     "num_res_blocks": 1,
 }
 
@@ -297,20 +409,39 @@ def build_official_evotok(root: Path, args: dict, arch: dict, seed: int) -> nn.M
     model = EvoTok.__new__(EvoTok)
     nn.Module.__init__(model)
     model.teacher = "siglip_256"  # selects EvoTok's SigLIP code path in encode / decode
-    model.decoder = Decoder(ch_mult=arch["ch_mult"], z_channels=arch["z_channels"], ch=arch["ch"],
-                            num_res_blocks=arch["num_res_blocks"])
+    model.decoder = Decoder(
+        ch_mult=arch["ch_mult"],
+        z_channels=arch["z_channels"],
+        ch=arch["ch"],
+        num_res_blocks=arch["num_res_blocks"],
+    )
     model.post_quant_conv = nn.Conv2d(code_dim, arch["z_channels"], 1)
     model.encoder_vqkd = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**siglip))
     model.decoder_vqkd = VisionTransformer(
-        img_size=grid, patch_size=1, in_chans=code_dim, num_classes=0, embed_dim=width,
-        depth=arch["decoder_depth"], num_heads=arch["decoder_heads"], mlp_ratio=4.0, qkv_bias=True,
-        norm_layer="LayerNorm", init_values=0.0, use_abs_pos_emb=True, use_mean_pooling=True)
+        img_size=grid,
+        patch_size=1,
+        in_chans=code_dim,
+        num_classes=0,
+        embed_dim=width,
+        depth=arch["decoder_depth"],
+        num_heads=arch["decoder_heads"],
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        norm_layer="LayerNorm",
+        init_values=0.0,
+        use_abs_pos_emb=True,
+        use_mean_pooling=True,
+    )
     model.encode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
     model.decode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
     model.scaling_layer = ScalingLayerForSigLip()
     model.quantize = SharedResidualQuantizer(
-        args["codebook_size"], code_dim, code_depth=(args["vqgan_depth"], args["vqkd_depth"]),
-        restart_unused_codes=True, vq_warmup=args["vq_warmup"])
+        args["codebook_size"],
+        code_dim,
+        code_depth=(args["vqgan_depth"], args["vqkd_depth"]),
+        restart_unused_codes=True,
+        vq_warmup=args["vq_warmup"],
+    )
     model.eval()
     perturb(model, seed + 100)
     return model
@@ -346,15 +477,27 @@ def evotok_full_fixture(root: Path, out: Path) -> None:
         quant, _, info = model.encode(images)
         semantic, pixels = model.decode(quant)
     meta = {"args": args, "arch": arch, "code_margin": margin}
-    save(out, "evotok_model", {"images": images, "codes": info[2], "reconstruction": pixels,
-                               "semantic_tokens": semantic}, state, meta)
+    save(
+        out,
+        "evotok_model",
+        {"images": images, "codes": info[2], "reconstruction": pixels, "semantic_tokens": semantic},
+        state,
+        meta,
+    )
 
 
 # Per step, how many input rows each code is given: codes used several times per step (their cluster
 # sizes grow past 1 within the warm-up, so their codes move), once, now and then, and never.
 # 10 rows every step.
-EMA_UPDATE_USES = [[4, 2, 1, 0, 3, 0], [4, 2, 0, 1, 3, 0], [4, 2, 1, 0, 3, 0], [4, 1, 1, 1, 3, 0],
-                   [4, 3, 0, 0, 3, 0], [4, 2, 1, 0, 3, 0], [4, 2, 0, 1, 3, 0]]
+EMA_UPDATE_USES = [
+    [4, 2, 1, 0, 3, 0],
+    [4, 2, 0, 1, 3, 0],
+    [4, 2, 1, 0, 3, 0],
+    [4, 1, 1, 1, 3, 0],
+    [4, 3, 0, 0, 3, 0],
+    [4, 2, 1, 0, 3, 0],
+    [4, 2, 0, 1, 3, 0],
+]
 EMA_UPDATE_ARGS = {"codebook_size": 6, "dim": 3, "decay": 0.7, "eps": 1e-5, "vq_warmup": 3}
 
 
@@ -363,21 +506,34 @@ def evotok_ema_update_fixture(root: Path, out: Path) -> None:
     over steps inside and after its warm-up. Each step's inputs lie near the codes of the moment (0.05
     noise), so every assignment has a wide margin; the state after every step is saved. Decay 0.7 rather
     than 0.99 lets cluster sizes pass 1 within a few steps."""
-    quantizer = _load_file_module(root / "evotok" / "tokenizer" / "quantizer" / "shared_rq_quantizer.py",
-                                  "evotok_shared_rq_quantizer")
+    quantizer = _load_file_module(
+        root / "evotok" / "tokenizer" / "quantizer" / "shared_rq_quantizer.py", "evotok_shared_rq_quantizer"
+    )
     a = EMA_UPDATE_ARGS
     for seed in range(50):
         gen = torch.Generator().manual_seed(300 + seed)
-        book = quantizer.VQEmbedding(a["codebook_size"], a["dim"], ema=True, decay=a["decay"],
-                                     restart_unused_codes=False, eps=a["eps"], vq_warmup=a["vq_warmup"])
+        book = quantizer.VQEmbedding(
+            a["codebook_size"],
+            a["dim"],
+            ema=True,
+            decay=a["decay"],
+            restart_unused_codes=False,
+            eps=a["eps"],
+            vq_warmup=a["vq_warmup"],
+        )
         book = book.double().train()
         with torch.no_grad():
             shape = (a["codebook_size"], a["dim"])
             book.weight[:-1] = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
             book.embed_ema.copy_(book.weight[:-1])
         initial = {k: v.clone() for k, v in book.state_dict().items()}
-        record: dict[str, list[Tensor]] = {"inputs": [], "codes": [], "weight": [], "cluster_size": [],
-                                           "embed_sum": []}
+        record: dict[str, list[Tensor]] = {
+            "inputs": [],
+            "codes": [],
+            "weight": [],
+            "cluster_size": [],
+            "embed_sum": [],
+        }
         margin = float("inf")
         for uses in EMA_UPDATE_USES:
             codes = book.weight[:-1].detach().clone()

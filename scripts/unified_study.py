@@ -82,7 +82,6 @@ QUICK_IMAGE_SIZE = 32  # the smoke run's default: 64 px samples cost 4 x the pos
 CEILING = "judge on reconstructions"  # evaluate_unified's name for the tokens' ceiling
 
 
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "polytok.cli", *args]
 

@@ -57,8 +57,13 @@ def test_quick_official_throughput_runs_both_sides_on_the_same_function(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     ops = {"unitok": ["encode", "decode"], "evotok": ["encode", "decode", "semantic tokens"]}
-    expected = {(f"{name}-l", op, batch, dtype) for name in roots for op in ops[name]
-                for batch in (1, 8) for dtype in ("fp32", "bf16")}
+    expected = {
+        (f"{name}-l", op, batch, dtype)
+        for name in roots
+        for op in ops[name]
+        for batch in (1, 8)
+        for dtype in ("fp32", "bf16")
+    }
     assert {(r["model"], r["op"], r["batch"], r["dtype"]) for r in rows} == expected
     for r in rows:
         assert r["official s/img"] > 0 and r["polytok s/img"] > 0 and math.isfinite(r["speed-up"])

@@ -25,17 +25,40 @@ def unitok_target_config(arch: dict, args: dict) -> dict:
     return {
         "name": "unitok-reduced",
         "image_size": args["img_size"],
-        "encoder": {"kind": "hybrid_vit", **block, "stem_width": arch["stem_width"],
-                    "stage_widths": arch["stage_widths"], "stage_depths": arch["stage_depths"]},
+        "encoder": {
+            "kind": "hybrid_vit",
+            **block,
+            "stem_width": arch["stem_width"],
+            "stage_widths": arch["stage_widths"],
+            "stage_depths": arch["stage_depths"],
+        },
         "projection": projection,
         "post_projection": projection,
-        "quantizer": {"kind": "mcq", "dim": args["vocab_width"], "num_codebooks": args["num_codebooks"],
-                      "codebook_size": args["vocab_size"] // args["num_codebooks"], "normalize": True},
-        "pixel_decoder": {"kind": "vit", **block,
-                          "up_widths": arch["up_widths"], "up_depths": arch["up_depths"]},
-        "semantic": {"kind": "contrastive", "embed_dim": args["embed_dim"], "text_tower": {
-            "kind": "transformer", "width": args["text_width"], "depth": args["text_layers"],
-            "heads": args["text_heads"], "context_length": args["text_context_length"], "vocab": "bytes"}},
+        "quantizer": {
+            "kind": "mcq",
+            "dim": args["vocab_width"],
+            "num_codebooks": args["num_codebooks"],
+            "codebook_size": args["vocab_size"] // args["num_codebooks"],
+            "normalize": True,
+        },
+        "pixel_decoder": {
+            "kind": "vit",
+            **block,
+            "up_widths": arch["up_widths"],
+            "up_depths": arch["up_depths"],
+        },
+        "semantic": {
+            "kind": "contrastive",
+            "embed_dim": args["embed_dim"],
+            "text_tower": {
+                "kind": "transformer",
+                "width": args["text_width"],
+                "depth": args["text_layers"],
+                "heads": args["text_heads"],
+                "context_length": args["text_context_length"],
+                "vocab": "bytes",
+            },
+        },
     }
 
 
@@ -45,8 +68,12 @@ def unitok_files(tmp_path_factory):
     tensors, official, meta = load_fixture("unitok_model")
     args = dict(meta["args"], dtype=torch.float32)  # main.py stores the dtype object itself
     root = tmp_path_factory.mktemp("unitok")
-    checkpoint = {"args": args, "epoch": 1, "iter": 0,
-                  "trainer": {"config": {"grad_clip": 10.0}, "unitok": official}}
+    checkpoint = {
+        "args": args,
+        "epoch": 1,
+        "iter": 0,
+        "trainer": {"config": {"grad_clip": 10.0}, "unitok": official},
+    }
     torch.save(checkpoint, root / "ckpt-last.pth")
     (root / "config.json").write_text(json.dumps(unitok_target_config(meta["arch"], meta["args"])))
     return root, tensors, checkpoint
@@ -137,16 +164,36 @@ def evotok_target_config(arch: dict, args: dict) -> dict:
         "encoder": {"kind": "siglip", "hf_config": siglip, "feature_layer": -2, "freeze_last_blocks": 1},
         "projection": {"kind": "tanh_mlp", "hidden": siglip["hidden_size"]},
         "post_projection": {"kind": "identity"},
-        "quantizer": {"kind": "rvq", "dim": args["codebook_embed_dim"], "levels": args["vqkd_depth"],
-                      "codebook_size": args["codebook_size"], "update": "ema", "decay": 0.99,
-                      "ema_warmup_steps": args["vq_warmup"], "ema_warmup": "counts_only",
-                      "ema_min_cluster_size": 1.0, "dead_code_threshold": 1.0, "beta": 1.0},
+        "quantizer": {
+            "kind": "rvq",
+            "dim": args["codebook_embed_dim"],
+            "levels": args["vqkd_depth"],
+            "codebook_size": args["codebook_size"],
+            "update": "ema",
+            "decay": 0.99,
+            "ema_warmup_steps": args["vq_warmup"],
+            "ema_warmup": "counts_only",
+            "ema_min_cluster_size": 1.0,
+            "dead_code_threshold": 1.0,
+            "beta": 1.0,
+        },
         "pixel_depth": args["vqgan_depth"],
-        "pixel_decoder": {"kind": "cnn", "z_channels": arch["z_channels"], "ch": arch["ch"],
-                          "ch_mult": arch["ch_mult"], "num_res_blocks": arch["num_res_blocks"]},
-        "semantic": {"kind": "distill", "decoder_width": siglip["hidden_size"],
-                     "decoder_depth": arch["decoder_depth"], "decoder_heads": arch["decoder_heads"],
-                     "decoder_layout": "beit", "feature_dim": siglip["hidden_size"], "teacher": None},
+        "pixel_decoder": {
+            "kind": "cnn",
+            "z_channels": arch["z_channels"],
+            "ch": arch["ch"],
+            "ch_mult": arch["ch_mult"],
+            "num_res_blocks": arch["num_res_blocks"],
+        },
+        "semantic": {
+            "kind": "distill",
+            "decoder_width": siglip["hidden_size"],
+            "decoder_depth": arch["decoder_depth"],
+            "decoder_heads": arch["decoder_heads"],
+            "decoder_layout": "beit",
+            "feature_dim": siglip["hidden_size"],
+            "teacher": None,
+        },
     }
 
 
@@ -157,8 +204,14 @@ def evotok_files(tmp_path_factory):
     state = dict(official)
     state["quantize.codebook_used"] = torch.zeros(131072, meta["args"]["vqkd_depth"])  # left out of the file
     root = tmp_path_factory.mktemp("evotok")
-    checkpoint = {"model": state, "optimizer": {}, "discriminator": {}, "optimizer_disc": {}, "steps": 0,
-                  "args": argparse.Namespace(**meta["args"])}
+    checkpoint = {
+        "model": state,
+        "optimizer": {},
+        "discriminator": {},
+        "optimizer_disc": {},
+        "steps": 0,
+        "args": argparse.Namespace(**meta["args"]),
+    }
     torch.save(checkpoint, root / "0500000.pt")
     (root / "config.json").write_text(json.dumps(evotok_target_config(meta["arch"], meta["args"])))
     return root, tensors, checkpoint

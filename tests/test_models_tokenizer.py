@@ -415,8 +415,16 @@ def test_siglip_encoder_stops_at_its_feature_layer(feature_layer):
     from polytok.models.config import EncoderConfig
     from polytok.models.encoders import HFSiglipEncoder
 
-    siglip = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-              "patch_size": 4, "image_size": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+    siglip = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "patch_size": 4,
+        "image_size": 16,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    }
     torch.manual_seed(0)
     cfg = EncoderConfig(kind="siglip", hf_config=siglip, feature_layer=feature_layer)
     encoder = HFSiglipEncoder(cfg).eval()

@@ -134,8 +134,15 @@ def test_evotok_ema_update_matches_official_inside_and_after_the_warmup():
     tensors, official, cfg = load_fixture("evotok_ema_update")
     k, d, warmup = cfg["codebook_size"], cfg["dim"], cfg["vq_warmup"]
     book = Codebook(
-        1, k, d, update="ema", decay=cfg["decay"], eps=cfg["eps"], ema_warmup_steps=warmup,
-        ema_warmup="counts_only", ema_min_cluster_size=1.0,
+        1,
+        k,
+        d,
+        update="ema",
+        decay=cfg["decay"],
+        eps=cfg["eps"],
+        ema_warmup_steps=warmup,
+        ema_warmup="counts_only",
+        ema_min_cluster_size=1.0,
     ).double()
     book.embed.copy_(official["weight"][:-1].unsqueeze(0))  # last row: padding index
     book.cluster_size.copy_(official["cluster_size_ema"].unsqueeze(0))
@@ -151,10 +158,18 @@ def test_evotok_ema_update_matches_official_inside_and_after_the_warmup():
         assert torch.equal(indices[:, 0], tensors["codes"][step]), step
         book.record(0, rows, indices)
         book.apply_pending(book.pending_payload(x.device), (0, x.shape[0]))
-        for name, got in (("weight", book.embed), ("cluster_size", book.cluster_size),
-                          ("embed_sum", book.embed_sum)):
-            torch.testing.assert_close(got[0], tensors[name][step], rtol=1e-12, atol=1e-12,
-                                       msg=lambda m, name=name, step=step: f"{name} after step {step}: {m}")
+        for name, got in (
+            ("weight", book.embed),
+            ("cluster_size", book.cluster_size),
+            ("embed_sum", book.embed_sum),
+        ):
+            torch.testing.assert_close(
+                got[0],
+                tensors[name][step],
+                rtol=1e-12,
+                atol=1e-12,
+                msg=lambda m, name=name, step=step: f"{name} after step {step}: {m}",
+            )
         moved.append(not torch.equal(book.embed, before))
     assert int(book.steps) == len(tensors["inputs"])
     assert moved[0] and warmup < len(moved)  # the codes move inside the warm-up, and steps follow it

@@ -119,8 +119,15 @@ def test_counts_only_warmup_statistics_do_not_depend_on_the_order_of_micro_batch
     def make() -> ResidualQuantizer:
         torch.manual_seed(0)
         return ResidualQuantizer(
-            dim=DIM, levels=2, codebook_size=16, update="ema", decay=0.5, init_std=4.0,
-            ema_warmup_steps=2, ema_warmup="counts_only", ema_min_cluster_size=1.0,
+            dim=DIM,
+            levels=2,
+            codebook_size=16,
+            update="ema",
+            decay=0.5,
+            init_std=4.0,
+            ema_warmup_steps=2,
+            ema_warmup="counts_only",
+            ema_min_cluster_size=1.0,
         )
 
     forward, backward = make(), make()

@@ -95,8 +95,14 @@ def map_pixel_decoder(
 
 # EvoTok's --teacher choices fix the SigLIP tower and the semantic decoder (its vq_model/evotok.py).
 EVOTOK_TEACHERS: dict[str, dict[str, int]] = {
-    "siglip_256": {"width": 1024, "patch_size": 16, "decoder_width": 1024, "decoder_heads": 12,
-                   "decoder_depth": 3, "feature_dim": 1024},
+    "siglip_256": {
+        "width": 1024,
+        "patch_size": 16,
+        "decoder_width": 1024,
+        "decoder_heads": 12,
+        "decoder_depth": 3,
+        "feature_dim": 1024,
+    },
 }
 _QUANT_STATISTICS = ("usage_ema", "initialized", "steps", "_dropout_steps", "cluster_size", "embed_sum")
 

@@ -67,10 +67,22 @@ def map_text_tower(m: StateMapper, src: str, dst: str, depth: int) -> None:
 
 # ViTamin encoders UniTok names by timm model name (its models/vitamin.py).
 VITAMIN_ENCODERS: dict[str, dict[str, Any]] = {
-    "vitamin_large": {"width": 1024, "depth": 31, "heads": 16, "stem_width": 160,
-                      "stage_widths": [160, 320], "stage_depths": [2, 4]},
-    "vitamin_base": {"width": 768, "depth": 14, "heads": 12, "stem_width": 128,
-                     "stage_widths": [128, 256], "stage_depths": [2, 4]},
+    "vitamin_large": {
+        "width": 1024,
+        "depth": 31,
+        "heads": 16,
+        "stem_width": 160,
+        "stage_widths": [160, 320],
+        "stage_depths": [2, 4],
+    },
+    "vitamin_base": {
+        "width": 768,
+        "depth": 14,
+        "heads": 12,
+        "stem_width": 128,
+        "stage_widths": [128, 256],
+        "stage_depths": [2, 4],
+    },
 }
 _CONV_NAMES = {"conv1_1x1": "expand", "conv2_kxk": "depthwise", "conv3_1x1": "project"}
 _QUANT_STATISTICS = ("usage_ema", "initialized", "steps", "_dropout_steps", "cluster_size", "embed_sum")

@@ -181,7 +181,6 @@ class HFSiglipEncoder(ImageEncoder):
             return out.last_hidden_state, (h, w)
         return out.hidden_states[self.feature_layer], (h, w)
 
-
     @property
     def inner(self) -> nn.Module:
         """The vision transformer (embeddings, encoder, post_layernorm): the model itself, or its
