@@ -336,6 +336,44 @@ def test_end_to_end_structure_and_protocol(trained, report) -> None:
     assert "t2i[heldout] attr[pair]" in report.format_tables()
 
 
+def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
+    """The choice of each value against a naive reference: every (image, value) scored alone through the
+    model's own mean image loss (bits_per_image_token), argmin and margins recomputed by hand."""
+    from polytok.eval.likelihood_choice import likelihood_choice
+    from polytok.eval.unified_eval import bits_per_image_token
+
+    model, tok = trained
+    data = ShapesDataset("val", image_size=SIDE, length=3, seed=0)
+    items = [data[i] for i in range(3)]
+    codes = tok.encode(torch.stack([it["image"] for it in items]))
+    truths = [it["attributes"] for it in items]
+    for attribute, values in (("colour", 7), ("shape", 6)):
+        result = likelihood_choice(model, codes, truths, attribute, batch_size=2)
+        for b, item in enumerate(items):
+            bits = []
+            for v in range(values):
+                caption = caption_for({**item["attributes"], attribute: v})
+                _, per_image, _ = bits_per_image_token(model, codes[b : b + 1], [caption])
+                bits.append(per_image)
+            truth = item["attributes"][attribute]
+            best_wrong = min(x for v, x in enumerate(bits) if v != truth)
+            assert int(result.truth[b]) == truth
+            # the reference's loss is a float32 mean (relative rounding ~1e-7 of a few hundred bits)
+            assert result.margins[b].item() == pytest.approx(best_wrong - bits[truth], abs=1e-3)
+            gaps = sorted(bits)
+            if gaps[1] - gaps[0] > 1e-2:  # a clear winner: the same choice whatever the rounding
+                assert int(result.chosen[b]) == int(np.argmin(bits))
+        assert result.accuracy == float((result.chosen == result.truth).double().mean())
+        assert result.decisive(-math.inf) == 1.0 and result.chance == pytest.approx(1 / values)
+    # the figures of the evaluation: on its bits images, with chance and the decisive fraction
+    figure = report.metrics["t2i likelihood[heldout] attr[colour]"]
+    assert figure.protocol["num_images"] == 3 and figure.protocol["baselines"] == {"chance": 1 / 7}
+    assert 0.0 <= figure.protocol["right by >= 1 bit"] <= figure.value + 1e-12 <= 1.0 + 1e-12
+    assert "t2i likelihood[val] attr[shape]" in report.metrics
+    with pytest.raises(ValueError, match="likelihood_attributes"):
+        evaluate_unified(model, tok, likelihood_attributes=("hue",), progress=False)
+
+
 def test_end_to_end_is_deterministic(trained) -> None:
     model, tok = trained
     first, second = _run(model, tok, seed=5), _run(model, tok, seed=5)

@@ -16,7 +16,10 @@ What is measured (figure names in :mod:`polytok.eval.unified_report`):
    EfficientNet-Lite0, between all samples and as many real images of the same attributes.
 3. Bits per image token: the model's own image loss (teacher-forced, the training loss) on images of a
    split given their captions, in bits per sub-code and per image.
-4. Captioning: greedy captions of ``val`` (seen pairs) and ``heldout`` images, parsed by the dataset's
+4. Likelihood choice: for the same images, which value of an attribute (colour, shape) the model's
+   likelihood prefers when the caption names each in turn (:mod:`polytok.eval.likelihood_choice`): the
+   generator's conditioning without sampling or judge.
+5. Captioning: greedy captions of ``val`` (seen pairs) and ``heldout`` images, parsed by the dataset's
    grammar (:func:`polytok.eval.captions.parse_caption`); accuracy per attribute, all six, pair.
 """
 
@@ -32,9 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polytok.data.shapes import TASK_CLASSES
 from polytok.eval.attribute_baselines import PAIR, all_combinations, chance, single_attribute_baselines
 from polytok.eval.attribute_scores import ALL, PAIR_SCORE, accuracy, correct_flags
 from polytok.eval.captions import CAPTION_ATTRIBUTES, parse_caption
+from polytok.eval.likelihood_choice import likelihood_figures
 from polytok.eval.options import SEMANTIC_FIDELITY_SIZE, Toggle
 from polytok.eval.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
 from polytok.eval.result import MetricResult
@@ -323,6 +328,7 @@ def evaluate_unified(
     bits_images_per_split: int = 32,
     caption_splits: Sequence[str] = CAPTION_SPLITS,
     bits_token_sets: Sequence[str | os.PathLike] = (),
+    likelihood_attributes: Sequence[str] = ("colour", "shape"),
     data_seed: int = 0,
     gfd: Toggle = "auto",
     gfd_size: int = SEMANTIC_FIDELITY_SIZE,
@@ -343,6 +349,9 @@ def evaluate_unified(
             ``caption_splits``: which of the two (``("heldout",)``: the held-out pairs only).
         bits_token_sets: token sets (``polytok encode`` directories, of this tokenizer at the model's
             image size) whose first ``bits_images_per_split`` samples (all with 0) are also scored.
+        likelihood_attributes: attributes read by the model's likelihood on the bits images
+            (:mod:`polytok.eval.likelihood_choice`: which value's caption gives the image the fewest
+            bits); () skips it.
         gfd: ``True`` (the EfficientNet-Lite0 weights must load), ``False``, ``"auto"`` (skipped with
             the reason when they do not); ``gfd_size``: the network's input size.
         judge: a loaded shapes judge (default: the shipped one).
@@ -357,6 +366,9 @@ def evaluate_unified(
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if caption_images_per_split < 0 or bits_images_per_split < 0:
         raise ValueError("caption_images_per_split and bits_images_per_split must be >= 0")
+    bad = [a for a in likelihood_attributes if a not in TASK_CLASSES]
+    if bad:
+        raise ValueError(f"likelihood_attributes must be among {sorted(TASK_CLASSES)}, got {bad}")
     unknown = [split for split in caption_splits if split not in CAPTION_SPLITS]
     if unknown:
         raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")
@@ -418,6 +430,13 @@ def evaluate_unified(
             report.metrics.update(
                 _bits_figures(model, codes, captions, split, {**protocol, **source}, batch_size)
             )
+            if likelihood_attributes:
+                truths = [it["attributes"] for it in chosen]
+                report.metrics.update(
+                    likelihood_figures(
+                        model, codes, truths, split, likelihood_attributes, {**protocol, **source}, batch_size
+                    )
+                )
         if caption_images_per_split:
             captioned = caption_images(
                 model, tokenizer, items[:caption_images_per_split], split, batch_size=batch_size,
