@@ -176,7 +176,12 @@ def test_shipped_unified_config_is_the_evotok_recipe_at_64_px_on_an_hour_with_a_
     assert shipped.data.image_size == 64 and dataclasses.replace(shipped.data, image_size=32) == recipe.data
     model = shipped.unified.model
     assert model.backbone["max_position_embeddings"] >= 16 * 16 + model.max_caption_tokens + 6
+    # but for a 4-layer 128-wide backbone and the grid cell of each predicted position in its input
+    assert model.image_positions == "learned_2d" and recipe.unified.model.image_positions == "none"
+    larger = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4}
+    assert {k: model.backbone[k] for k in larger} == larger
     backbone = {**model.backbone, "max_position_embeddings": 256}
-    model = dataclasses.replace(model, backbone=backbone)
+    backbone.update({k: recipe.unified.model.backbone[k] for k in larger})
+    model = dataclasses.replace(model, backbone=backbone, image_positions="none")
     assert dataclasses.replace(shipped.unified, model=model) == recipe.unified
     assert shipped.train.optim == recipe.train.optim and shipped.train.batch_size == recipe.train.batch_size
