@@ -224,6 +224,35 @@ def test_grid_cells_are_added_to_the_token_that_predicts_them(task) -> None:
             torch.testing.assert_close(added[b, t], expected, rtol=0, atol=1e-12)
 
 
+def test_caption_summary_reaches_every_image_position_of_text_to_image_rows_only() -> None:
+    """With caption_summary, the input before each image position of a text -> image row gains W times the
+    mean embedding of its caption tokens; image -> text rows and the empty caption gain nothing; at
+    initialisation (W = 0) the model is the one without it."""
+    plain = tiny_model("unitok-tiny", grid=(3, 4))
+    model = tiny_model("unitok-tiny", grid=(3, 4), caption_summary=True)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    batch = _batch(model, ["t2i", "i2t", "t2i"])
+    torch.testing.assert_close(model.embed_sequence(batch), plain.embed_sequence(batch), rtol=0, atol=0)
+    weight = torch.randn_like(model.caption_summary.weight)
+    model.caption_summary.weight.data.copy_(weight)
+    fmt = model.format
+    empty = fmt.collate([fmt.text_to_image([], model.layout.to_levels(random_codes(model, 1))[0])])
+    for rows, row in ((batch, 0), (batch, 1), (batch, 2), (empty, 0)):
+        diff = (model.embed_sequence(rows) - plain.embed_sequence(rows))[row]
+        start = int(rows.image_start[row])
+        ids = rows.token_ids[row, :start]
+        caption = ids[ids < model.special.pad]
+        if bool(rows.image_target[row]) and len(caption):
+            expected = weight @ plain.embed_text(caption[None])[0].mean(dim=0)
+        else:
+            expected = torch.zeros(diff.shape[-1], dtype=diff.dtype)
+        for t in range(diff.shape[0]):
+            inside = start - 1 <= t < start + model.layout.num_positions - 1
+            want = expected if inside else torch.zeros_like(expected)
+            torch.testing.assert_close(diff[t], want, rtol=0, atol=1e-12)
+    assert bool(batch.image_target[0]) and not bool(batch.image_target[1])
+
+
 # -- loss targets -----------------------------------------------------------------------------------
 
 
@@ -277,29 +306,36 @@ def test_mixed_batch_trains_both_directions() -> None:
     assert torch.equal(out.loss, expected)
 
 
-@pytest.mark.parametrize("image_positions", ["none", "learned_2d"])
-def test_teacher_forced_loss_equals_the_sampler_likelihood(image_positions) -> None:
+@pytest.mark.parametrize(
+    ("image_positions", "caption_summary"), [("none", False), ("learned_2d", False), ("learned_2d", True)]
+)
+def test_teacher_forced_loss_equals_the_sampler_likelihood(image_positions, caption_summary) -> None:
     """The training forward and the step-by-step sampling path give the same image log-likelihood."""
     from polytok.unified.sampling import _left_pad, _Stepper
 
-    model = tiny_model("polytok-tiny", grid=(3, 4), image_positions=image_positions)
+    model = tiny_model(
+        "polytok-tiny", grid=(3, 4), image_positions=image_positions, caption_summary=caption_summary
+    )
     if model.image_positions is not None:  # trained-looking cells: a zero-ish table would hide a shift
         torch.nn.init.normal_(model.image_positions.rows.weight, std=1.0)
         torch.nn.init.normal_(model.image_positions.cols.weight, std=1.0)
+    if model.caption_summary is not None:  # zero at initialisation: trained-looking weights instead
+        torch.nn.init.normal_(model.caption_summary.weight, std=1.0)
     layout, fmt = model.layout, model.format
     caption = text_tokenizer().encode(CAPTIONS[3])
     image = layout.to_levels(random_codes(model, 1))[0]
     logits = model.image_logits(fmt.collate([fmt.text_to_image(caption, image)]))[0]  # (N, S, K)
     target = image[:, : layout.pixel_levels].reshape(layout.num_positions, -1)
     ids, mask, pos = _left_pad([fmt.t2i_prompt(caption)], model.special.pad, model.device)
-    stepper = _Stepper(model, model.embed_t2i_prompt(ids), mask, pos, use_cache=True)
+    summary = model.t2i_summary(ids)
+    stepper = _Stepper(model, model.embed_t2i_prompt(ids, summary), mask, pos, use_cache=True)
     for i in range(layout.num_positions):
         cache = model.depth_head.new_cache()
         for s in range(layout.generation_depth):
             step = model.depth_head.step(stepper.last, target[i : i + 1, :s], cache)
             torch.testing.assert_close(step[0], logits[i, s], rtol=0, atol=1e-10)
         codes = target[i].view(1, 1, layout.pixel_levels, layout.codebooks)
-        stepper.feed(model.embed_image_step(codes, i))
+        stepper.feed(model.embed_image_step(codes, i, summary))
 
 
 def test_caption_dropout_trains_the_unconditional_prompt() -> None:
@@ -389,6 +425,7 @@ ABOVE = {
     "recipes/unified_sample.py",
     "recipes/unified_evaluation.py",
     "eval/unified_eval.py",
+    "eval/likelihood_choice.py",
     "eval/html_unified.py",
 }
 
@@ -415,8 +452,14 @@ def test_nothing_below_the_package_imports_it() -> None:
 )
 def test_save_and_load_give_the_same_model(tmp_path, embedding, image_positions) -> None:
     model = tiny_model(
-        "polytok-tiny", input_embedding=embedding, depth_embedding=embedding, image_positions=image_positions
+        "polytok-tiny",
+        input_embedding=embedding,
+        depth_embedding=embedding,
+        image_positions=image_positions,
+        caption_summary=image_positions == "learned_2d",
     )
+    if model.caption_summary is not None:
+        torch.nn.init.normal_(model.caption_summary.weight, std=0.5)
     batch = _batch(model, ["t2i", "i2t"])
     model.save_pretrained(tmp_path / "m")
     assert not list((tmp_path / "m").glob("*.tmp"))

@@ -39,6 +39,10 @@ class UnifiedConfig:
         image_positions: "learned_2d" adds a learned (row, column) embedding of the grid cell each state
             predicts to the backbone's input (see ``ImagePositionEmbedding``); "none" leaves the backbone's
             1-d positions alone.
+        caption_summary: in text -> image rows, add a linear map (zero at initialisation) of the mean
+            embedding of the caption's tokens to the input of every token that predicts an image position,
+            so each position reads the caption directly rather than through attention alone (the empty
+            caption of guidance adds nothing).
         depth_embedding: how earlier sub-codes enter the depth head: "learned" tables or "codebook"
             (frozen code vectors through a linear map).
         depth_conditioning: "running_sum" (step (l, c) reads the sum of all sub-codes of levels < l plus
@@ -58,6 +62,7 @@ class UnifiedConfig:
     input_embedding: EmbeddingKind = "learned"
     projector_hidden: int | None = None
     image_positions: ImagePositions = "none"
+    caption_summary: bool = False
     depth_embedding: EmbeddingKind = "learned"
     depth_conditioning: DepthConditioning = "running_sum"
     depth_width: int = 64

@@ -128,6 +128,9 @@ class UnifiedModel(nn.Module):
         self.image_positions = (
             ImagePositionEmbedding(layout.grid, hidden) if config.image_positions == "learned_2d" else None
         )
+        self.caption_summary = nn.Linear(hidden, hidden, bias=False) if config.caption_summary else None
+        if self.caption_summary is not None:  # starts as the model without it
+            nn.init.zeros_(self.caption_summary.weight)
         self.depth_head = DepthHead(layout, hidden, config, self.code_vectors)
         if not config.backbone_trainable:
             self.backbone.requires_grad_(False)
@@ -211,19 +214,38 @@ class UnifiedModel(nn.Module):
             return 0.0
         return self.image_positions(torch.tensor(index, device=self.device)).to(self.dtype)
 
-    def embed_t2i_prompt(self, token_ids: Tensor) -> Tensor:
-        """(B, T) left-padded text -> image prompts, each ending with <boi> -> (B, T, hidden) inputs."""
+    def _summaries(self, token_ids: Tensor, caption: Tensor) -> Tensor:
+        """(B, T) ids, (B, T) bool caption tokens -> (B, hidden) map of their mean embedding (0 if none)."""
         emb = self.embed_text(token_ids)
-        if self.image_positions is None:
-            return emb
-        return torch.cat([emb[:, :-1], emb[:, -1:] + self.image_position(0)], dim=1)
+        weight = caption.to(emb.dtype)[..., None]
+        mean = (emb * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+        return self.caption_summary(mean)
 
-    def embed_image_step(self, codes: Tensor, index: int) -> Tensor:
+    def t2i_summary(self, token_ids: Tensor) -> Tensor | None:
+        """(B, T) text -> image prompts -> (B, hidden) caption summaries (``caption_summary``), else None."""
+        if self.caption_summary is None:
+            return None
+        return self._summaries(token_ids, token_ids < self.special.pad)
+
+    def embed_t2i_prompt(self, token_ids: Tensor, summary: Tensor | None = None) -> Tensor:
+        """(B, T) left-padded text -> image prompts, each ending with <boi> -> (B, T, hidden) inputs;
+        ``summary``: :meth:`t2i_summary` of the same prompts."""
+        emb = self.embed_text(token_ids)
+        if self.image_positions is None and summary is None:
+            return emb
+        last = emb[:, -1:] + self.image_position(0)
+        if summary is not None:
+            last = last + summary[:, None]
+        return torch.cat([emb[:, :-1], last], dim=1)
+
+    def embed_image_step(self, codes: Tensor, index: int, summary: Tensor | None = None) -> Tensor:
         """Codes (B, 1, pixel_levels, C) of image position ``index`` -> (B, 1, hidden), the input from which
-        position ``index + 1`` is predicted."""
+        position ``index + 1`` is predicted; ``summary``: :meth:`t2i_summary` of the rows' prompts."""
         emb = self.embed_image(codes, self.layout.pixel_levels)
         if index + 1 < self.layout.num_positions:
             emb = emb + self.image_position(index + 1)
+            if summary is not None:
+                emb = emb + summary[:, None]
         return emb
 
     def embed_sequence(self, batch: SequenceBatch) -> Tensor:
@@ -233,10 +255,16 @@ class UnifiedModel(nn.Module):
         n = self.layout.num_positions
         pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
         emb = emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
-        if self.image_positions is not None:  # the token before image position i predicts it
+        before = (pos - 1)[..., None].expand(-1, -1, emb.shape[-1])  # the token before position i predicts it
+        if self.image_positions is not None:
             cells = self.image_positions(torch.arange(n, device=emb.device)).to(emb.dtype)
-            before = (pos - 1)[..., None].expand(-1, -1, emb.shape[-1])
             emb = emb.scatter_add(1, before, cells.expand(emb.shape[0], -1, -1))
+        if self.caption_summary is not None:  # text -> image rows: the caption lies before the image
+            t = torch.arange(batch.token_ids.shape[1], device=emb.device)
+            caption = (batch.token_ids < self.special.pad) & (t[None, :] < batch.image_start[:, None])
+            caption &= batch.image_target.to(emb.device)[:, None]
+            summary = self._summaries(batch.token_ids, caption).to(emb.dtype)  # (B, hidden); 0 for i2t rows
+            emb = emb.scatter_add(1, before, summary[:, None].expand(-1, n, -1))
         return emb
 
     # -- training ---------------------------------------------------------------------------------
