@@ -186,15 +186,9 @@ def test_required_keys_are_listed_in_one_line_and_checks_name_their_section():
 
 
 @dataclass
-class OuterLater:
+class OuterLater(Outer):
     """``Outer`` as a later version might have it: two more fields, both at defaults."""
 
-    name: str
-    lr: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    layers: list[int] = field(default_factory=list)
-    limit: float | None = None
-    inner: Inner = field(default_factory=Inner)
     warmup: int = 0
     extra: Part = field(default_factory=lambda: Part(width=2))
 

@@ -213,31 +213,27 @@ def without_defaults(obj: Any) -> dict[str, Any]:
     """
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"expected a dataclass instance, got {type(obj).__name__}")
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            out[f.name] = to_dict(value)
-            continue
-        if dataclasses.is_dataclass(value) and type(default) is type(value):
-            changed = _changes(value, default)
-            if changed:
-                out[f.name] = changed
-        elif to_dict(value) != to_dict(default):
-            out[f.name] = to_dict(value)
-    return out
+    return _changes(obj, None)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _changes(value: Any, default: Any) -> dict[str, Any]:
-    """The fields of dataclass ``value`` that differ from those of ``default`` (same type), recursively."""
+    """The fields of dataclass ``value`` that differ from those of ``default`` (same type; None: each
+    field's own default, and fields without one are kept), recursively."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(value):
-        v, d = getattr(value, f.name), getattr(default, f.name)
-        if dataclasses.is_dataclass(v) and type(d) is type(v):
+        v = getattr(value, f.name)
+        d = _field_default(f) if default is None else getattr(default, f.name)
+        if d is dataclasses.MISSING:
+            out[f.name] = to_dict(v)
+        elif dataclasses.is_dataclass(v) and type(d) is type(v):
             changed = _changes(v, d)
             if changed:
                 out[f.name] = changed

@@ -16,7 +16,7 @@ stated as "right by at least m bits", which float rounding on another machine ca
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,28 +28,37 @@ from polytok.data.shapes import TASK_CLASSES, caption_for
 from polytok.eval.result import MetricResult
 
 
-@torch.no_grad()
-def image_bits(model: Any, codes: Tensor, captions: Sequence[str], batch_size: int = 16) -> Tensor:
-    """-log2 p(pixel prefix | caption) of each image, teacher forced: codes (B, h, w, *code_shape) and B
-    captions -> (B,) float64 bits per image."""
+def t2i_batches(
+    model: Any, codes: Tensor, captions: Sequence[str], batch_size: int = 16
+) -> Iterator[tuple[Tensor, Any]]:
+    """Codes (B, h, w, *code_shape) with their B captions as text -> image batches: (codes of the chunk
+    in levels (b, N, L, C), its :class:`~polytok.unified.sequence.SequenceBatch` on the model's device)."""
     from polytok.unified.sequence import SequenceBatch
 
     if len(codes) != len(captions) or not len(codes):
         raise ValueError(
             f"need as many captions as images (at least one), got {len(captions)} and {len(codes)}"
         )
-    fmt, text, layout = model.format, model.text_tokenizer, model.layout
+    fmt, text = model.format, model.text_tokenizer
+    for start in range(0, len(codes), batch_size):
+        chunk = fmt.layout.to_levels(codes[start : start + batch_size])
+        items = [
+            fmt.text_to_image(text.encode(c), image)
+            for c, image in zip(captions[start : start + batch_size], chunk)
+        ]
+        yield chunk, SequenceBatch(**vars(fmt.collate(items))).to(model.device)
+
+
+@torch.no_grad()
+def image_bits(model: Any, codes: Tensor, captions: Sequence[str], batch_size: int = 16) -> Tensor:
+    """-log2 p(pixel prefix | caption) of each image, teacher forced: codes (B, h, w, *code_shape) and B
+    captions -> (B,) float64 bits per image."""
+    layout = model.layout
     was_training = model.training
     model.eval()
     out = []
     try:
-        for start in range(0, len(codes), batch_size):
-            chunk = layout.to_levels(codes[start : start + batch_size])
-            items = [
-                fmt.text_to_image(text.encode(c), image)
-                for c, image in zip(captions[start : start + batch_size], chunk)
-            ]
-            batch = SequenceBatch(**vars(fmt.collate(items))).to(model.device)
+        for chunk, batch in t2i_batches(model, codes, captions, batch_size):
             logits = model.image_logits(batch).double()  # (R, N, S, K)
             targets = chunk[:, :, : layout.pixel_levels].reshape(len(chunk), layout.num_positions, -1)
             nats = F.cross_entropy(

@@ -39,7 +39,7 @@ from polytok.data.shapes import TASK_CLASSES
 from polytok.eval.attribute_baselines import PAIR, all_combinations, chance, single_attribute_baselines
 from polytok.eval.attribute_scores import ALL, PAIR_SCORE, accuracy, correct_flags
 from polytok.eval.captions import CAPTION_ATTRIBUTES, parse_caption
-from polytok.eval.likelihood_choice import likelihood_figures
+from polytok.eval.likelihood_choice import likelihood_figures, t2i_batches
 from polytok.eval.options import SEMANTIC_FIDELITY_SIZE, Toggle
 from polytok.eval.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
 from polytok.eval.result import MetricResult
@@ -225,24 +225,12 @@ def bits_per_image_token(
 ) -> tuple[float, float, int]:
     """Mean -log2 p(image tokens | caption) over codes (B, h, w, *code_shape): (bits per sub-code, bits
     per image, sub-codes per image), from the model's own teacher-forced image loss."""
-    from polytok.unified.sequence import SequenceBatch
-
-    if len(codes) != len(captions) or not len(codes):
-        raise ValueError(
-            f"need as many captions as images (at least one), got {len(captions)} and {len(codes)}"
-        )
     was_training = model.training
     model.eval()
-    fmt, text = model.format, model.text_tokenizer
     nats, targets = 0.0, 0
     try:
-        for start in range(0, len(codes), batch_size):
-            chunk = fmt.layout.to_levels(codes[start : start + batch_size])
-            items = [
-                fmt.text_to_image(text.encode(c), image)
-                for c, image in zip(captions[start : start + batch_size], chunk)
-            ]
-            out = model(SequenceBatch(**vars(fmt.collate(items))).to(model.device))
+        for _, batch in t2i_batches(model, codes, captions, batch_size):
+            out = model(batch)
             nats += float(out.image_loss) * out.image_targets
             targets += out.image_targets
     finally:
