@@ -27,8 +27,7 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, str]:
     """
     from polytok.config import without_defaults
 
-    config = without_defaults(tokenizer.config)
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    config_hash = _json_sha256(without_defaults(tokenizer.config))
     h = hashlib.sha256()
     for name, tensor in sorted(tokenizer.checkpoint_state_dict().items()):
         t = tensor.detach().contiguous().cpu()
@@ -37,9 +36,13 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, str]:
     return {"name": str(tokenizer.config.name), "config_sha256": config_hash, "weights_sha256": h.hexdigest()}
 
 
+def _json_sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def _full_config_hash(tokenizer: Any) -> str:
     """How earlier versions hashed the config: every field, defaults included."""
-    return hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode()).hexdigest()
+    return _json_sha256(tokenizer.config.to_dict())
 
 
 def check_identity(expected: dict[str, str] | None, tokenizer: Any) -> None:
