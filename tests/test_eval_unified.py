@@ -360,6 +360,8 @@ def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
             assert int(result.truth[b]) == truth
             # the reference's loss is a float32 mean (relative rounding ~1e-7 of a few hundred bits)
             assert result.margins[b].item() == pytest.approx(best_wrong - bits[truth], abs=1e-3)
+            wrong_mean = (sum(bits) - bits[truth]) / (values - 1)
+            assert result.gains[b].item() == pytest.approx(wrong_mean - bits[truth], abs=1e-3)
             gaps = sorted(bits)
             if gaps[1] - gaps[0] > 1e-2:  # a clear winner: the same choice whatever the rounding
                 assert int(result.chosen[b]) == int(np.argmin(bits))
@@ -369,6 +371,7 @@ def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
     figure = report.metrics["t2i likelihood[heldout] attr[colour]"]
     assert figure.protocol["num_images"] == 3 and figure.protocol["baselines"] == {"chance": 1 / 7}
     assert 0.0 <= figure.protocol["right by >= 1 bit"] <= figure.value + 1e-12 <= 1.0 + 1e-12
+    assert "mean gain over the wrong values (bits)" in figure.protocol
     assert "t2i likelihood[val] attr[shape]" in report.metrics
     with pytest.raises(ValueError, match="likelihood_attributes"):
         evaluate_unified(model, tok, likelihood_attributes=("hue",), progress=False)

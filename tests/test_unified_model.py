@@ -253,6 +253,41 @@ def test_caption_summary_reaches_every_image_position_of_text_to_image_rows_only
     assert bool(batch.image_target[0]) and not bool(batch.image_target[1])
 
 
+def test_image_input_noise_replaces_inputs_of_text_to_image_rows_in_training_only() -> None:
+    """image_input_noise = 1 makes a text -> image row's image inputs independent of its codes (only the
+    levels the row reads are drawn); image -> text rows, evaluation mode and the targets are untouched;
+    at 0.5 about half of the positions are replaced."""
+    model = tiny_model("evotok-tiny", grid=(4, 4), image_input_noise=1.0).train()
+    fmt, text = model.format, text_tokenizer()
+    ids = text.encode_batch(CAPTIONS[:2])
+    a, b = random_codes(model, 2, seed=1), random_codes(model, 2, seed=2)
+    batch_a = fmt.training_batch(a, ids, ["t2i", "i2t"])
+    batch_b = fmt.training_batch(b, ids, ["t2i", "i2t"])
+    n = model.layout.num_positions
+    start = int(batch_a.image_start[0])
+    noisy = []
+    for batch in (batch_a, batch_b):
+        torch.manual_seed(7)
+        codes = model.noisy_input_codes(batch)
+        assert torch.equal(codes[1], batch.image_codes[1])  # i2t row as it was
+        reads = int(batch.input_levels[0])
+        assert not codes[0, :, reads:].any() and codes[0, :, :reads].max() < model.layout.codebook_size
+        torch.manual_seed(7)
+        noisy.append(model.embed_sequence(batch)[0, start : start + n])
+    torch.testing.assert_close(noisy[0], noisy[1], rtol=0, atol=0)
+    model.eval()
+    clean = [model.embed_sequence(x)[0, start : start + n] for x in (batch_a, batch_b)]
+    assert not torch.allclose(clean[0], clean[1])
+    assert torch.equal(model.noisy_input_codes(batch_a), batch_a.image_codes)
+
+    half = tiny_model("evotok-tiny", grid=(12, 12), image_input_noise=0.5).train()
+    codes = random_codes(half, 8, seed=3)
+    batch = half.format.training_batch(codes, text.encode_batch(CAPTIONS[:1] * 8), ["t2i"] * 8)
+    torch.manual_seed(0)
+    changed = (half.noisy_input_codes(batch) != batch.image_codes).flatten(2).any(dim=2)
+    assert 0.4 < float(changed.double().mean()) < 0.6  # of 1,152 positions
+
+
 # -- loss targets -----------------------------------------------------------------------------------
 
 
@@ -401,6 +436,8 @@ def test_bad_configuration_is_one_clear_error() -> None:
         UnifiedConfig(input_embedding="table")
     with pytest.raises(ValueError, match="model_type"):
         UnifiedConfig(backbone={"hidden_size": 32})
+    with pytest.raises(ValueError, match="image_input_noise"):
+        UnifiedConfig(image_input_noise=1.5)
     with pytest.raises(ValueError, match="not a transformers model"):
         tiny_model("vq", backbone={"model_type": "no-such-model"})
     with pytest.raises(FileNotFoundError, match="backbone path"):

@@ -73,12 +73,15 @@ def image_bits(model: Any, codes: Tensor, captions: Sequence[str], batch_size: i
 @dataclass
 class LikelihoodChoice:
     """Choices of one attribute: ``chosen`` (B,) value indices, ``truth`` (B,), ``margins`` (B,) bits by
-    which the true value beat the best wrong one (negative: it lost), ``values`` the attribute's names."""
+    which the true value beat the best wrong one (negative: it lost), ``gains`` (B,) bits the true value
+    saves against the mean of the wrong ones (how much the model uses the word at all, even where it
+    does not yet win), ``values`` the attribute's names."""
 
     attribute: str
     chosen: Tensor
     truth: Tensor
     margins: Tensor
+    gains: Tensor
     values: tuple[str, ...]
 
     @property
@@ -116,7 +119,10 @@ def likelihood_choice(
     truth = torch.tensor([int(a[attribute]) for a in attributes])
     own = bits.gather(1, truth[:, None])[:, 0]
     others = bits.scatter(1, truth[:, None], math.inf).min(dim=1).values
-    return LikelihoodChoice(attribute, bits.argmin(dim=1), truth, others - own, tuple(values))
+    wrong_mean = (bits.sum(dim=1) - own) / (len(values) - 1)
+    return LikelihoodChoice(
+        attribute, bits.argmin(dim=1), truth, others - own, wrong_mean - own, tuple(values)
+    )
 
 
 DECISIVE_BITS = 1.0  # a margin no float rounding reaches: sums of a few thousand float32 log-probabilities
@@ -146,6 +152,7 @@ def likelihood_figures(
                 "p(pixel prefix | the image's caption with that value), teacher forced",
                 f"right by >= {DECISIVE_BITS:g} bit": result.decisive(DECISIVE_BITS),
                 "median margin (bits)": float(result.margins.median()),
+                "mean gain over the wrong values (bits)": float(result.gains.mean()),
                 "baselines": {"chance": result.chance},
             },
         )

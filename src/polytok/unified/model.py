@@ -248,10 +248,28 @@ class UnifiedModel(nn.Module):
                 emb = emb + summary[:, None]
         return emb
 
+    def noisy_input_codes(self, batch: SequenceBatch) -> Tensor:
+        """The (B, N, L, C) codes the image positions read in training: in text -> image rows each
+        position is, with probability ``image_input_noise``, replaced by uniformly random codes of the
+        levels the row reads (the targets are not touched)."""
+        codes = batch.image_codes
+        p = self.config.image_input_noise
+        if not self.training or p == 0.0:
+            return codes
+        b, n, levels, _ = codes.shape
+        hit = torch.rand(b, n, device=codes.device) < p
+        hit &= batch.image_target.to(codes.device)[:, None]
+        random = torch.randint_like(codes, self.layout.codebook_size)
+        read = (
+            torch.arange(levels, device=codes.device)[None, :] < batch.input_levels.to(codes.device)[:, None]
+        )
+        random = random * read[:, None, :, None]  # levels a row does not read stay zero
+        return torch.where(hit[..., None, None], random, codes)
+
     def embed_sequence(self, batch: SequenceBatch) -> Tensor:
         """Inputs of a :class:`SequenceBatch`: (B, T, hidden), image positions from their codes."""
         emb = self.embed_text(batch.token_ids)
-        image = self.embed_image(batch.image_codes, batch.input_levels)  # (B, N, hidden)
+        image = self.embed_image(self.noisy_input_codes(batch), batch.input_levels)  # (B, N, hidden)
         n = self.layout.num_positions
         pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
         emb = emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
