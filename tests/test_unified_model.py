@@ -288,6 +288,38 @@ def test_image_input_noise_replaces_inputs_of_text_to_image_rows_in_training_onl
     assert 0.4 < float(changed.double().mean()) < 0.6  # of 1,152 positions
 
 
+def test_object_loss_weight_is_a_weighted_mean_over_object_cells() -> None:
+    """object_loss_weight w: the image loss is sum(ce * (1 + (w - 1) * cover)) / sum(weights) over every
+    position and sub-code of the text -> image rows (against per-sub-code cross-entropies of the model's
+    own teacher-forced logits, in float64); w = 1, or a batch without cover, gives the plain mean."""
+    weighted = tiny_model("polytok-tiny", grid=(4, 4), object_loss_weight=6.0).eval()
+    plain = tiny_model("polytok-tiny", grid=(4, 4)).eval()
+    plain.load_state_dict(weighted.state_dict())
+    codes = random_codes(weighted, 3, seed=5)
+    ids = text_tokenizer().encode_batch(CAPTIONS[:3])
+    cover = torch.zeros(3, 4, 4)
+    cover[0, 1:3, 1:3] = 1.0
+    cover[1, 0, :] = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    cover[2, 3, 3] = 0.5  # an i2t row: its cover is not read
+    batch = weighted.format.training_batch(codes, ids, ["t2i", "t2i", "i2t"], object_cover=cover)
+    assert batch.object_cover.shape == (3, 16)
+    with torch.no_grad():
+        logits = weighted.image_logits(batch).double()  # (2, N, S, K)
+        targets = weighted.format.layout.to_levels(codes)[:2, :, : weighted.layout.pixel_levels]
+        ce = -logits.log_softmax(-1).gather(-1, targets.reshape(2, 16, -1, 1)).squeeze(-1)  # (2, N, S)
+        w = 1.0 + 5.0 * cover[:2].reshape(2, 16, 1).double()
+        want = float((ce * w).sum() / (w.expand_as(ce)).sum())
+        assert abs(float(weighted(batch).image_loss) - want) < 1e-5
+        assert abs(want - float(ce.mean())) > 1e-3  # the weights change the loss
+        assert abs(float(plain(batch).image_loss) - float(ce.mean())) < 1e-5
+        batch.object_cover = None
+        assert abs(float(weighted(batch).image_loss) - float(ce.mean())) < 1e-5
+    with pytest.raises(ValueError, match="object_cover must be"):
+        weighted.format.training_batch(codes, ids, ["t2i"] * 3, object_cover=cover[:, :2])
+    with pytest.raises(ValueError, match="object_loss_weight"):
+        UnifiedConfig(object_loss_weight=0.0)
+
+
 # -- loss targets -----------------------------------------------------------------------------------
 
 
@@ -507,6 +539,34 @@ def test_save_and_load_give_the_same_model(tmp_path, embedding, image_positions)
     assert torch.equal(loaded(batch).loss, model(batch).loss)
     prompt = [model.format.t2i_prompt(model.text_tokenizer.encode(CAPTIONS[0]))]
     assert torch.equal(sample_image_codes(loaded, prompt, seed=3), sample_image_codes(model, prompt, seed=3))
+
+
+@pytest.mark.parametrize(("name", "levels"), [("evotok-tiny", 1), ("polytok-tiny", 1), ("evotok-tiny", 3)])
+def test_generation_levels_predict_and_decode_a_shorter_pixel_prefix(tmp_path, name, levels) -> None:
+    """generation_levels k: text -> image predicts, samples and decodes the first k levels (the image is
+    the tokenizer's own decoding of that prefix), captioning still reads every level, and the choice
+    survives save / load; more levels than the tokenizer decodes is refused."""
+    model = tiny_model(name, grid=(4, 4), generation_levels=levels)
+    full = tiny_model(name, grid=(4, 4))
+    books = model.layout.codebooks
+    assert model.layout.pixel_levels == levels and model.layout.generation_depth == levels * books
+    assert full.layout.pixel_levels > levels and model.format.understanding_levels == full.layout.levels
+    batch = _batch(model, ["t2i", "i2t"])
+    assert model(batch).image_targets == model.layout.num_positions * levels * books
+    assert int(batch.input_levels[0]) == levels and int(batch.input_levels[1]) == model.layout.levels
+    prompt = [model.format.t2i_prompt(model.text_tokenizer.encode(CAPTIONS[0]))]
+    codes = sample_image_codes(model, prompt, seed=3)
+    assert codes.shape == (1, 16, levels, books)
+    tok = tokenizer(name)
+    prefix = model.layout.from_levels(codes)
+    torch.testing.assert_close(model.decode_images(prefix, tok), tok.decode(prefix), rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "m")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "m")
+    assert loaded.layout == model.layout and loaded.config.generation_levels == levels
+    with pytest.raises(ValueError, match="generation_levels must be in"):
+        tiny_model(name, grid=(4, 4), generation_levels=full.layout.pixel_levels + 1)
+    with pytest.raises(ValueError, match="generation_levels"):
+        UnifiedConfig(generation_levels=0)
 
 
 def test_decoding_refuses_another_tokenizer(tmp_path) -> None:

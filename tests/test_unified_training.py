@@ -289,3 +289,35 @@ def test_every_batch_holds_both_directions_and_dropout_follows_the_sample() -> N
     assert prompt_lengths(whole) == prompt_lengths(halves[0]) + prompt_lengths(halves[1])
     t2i = [n for n, row in zip(prompt_lengths(whole), whole["image_target"].tolist()) if row]
     assert 3 in t2i and any(n > 3 for n in t2i)  # seed 3 drops some captions and keeps others
+
+
+def test_object_cover_is_each_grid_cell_s_mean_of_the_object_mask() -> None:
+    """EncodedCaptions over `shapes` gives each grid cell's object coverage (against a naive loop over the
+    cells of the dataset's own mask); the collate keeps it only when every item has one."""
+    from polytok.data.registry import build_dataset
+    from polytok.recipes.unified_run import load_image_tokenizer
+    from polytok.unified.data import EncodedCaptions, MixedTaskCollate, cell_cover
+    from unified_helpers import text_tokenizer, tiny_model
+
+    tok = load_image_tokenizer("evotok-tiny")
+    images = build_dataset("shapes", split="train", image_size=32, length=4)
+    encoded = EncodedCaptions(images, tok)
+    items = [encoded[i] for i in range(4)]
+    for i, item in enumerate(items):
+        mask = images[i]["object_mask"][0].double()
+        cover = item["object_cover"]
+        assert cover.shape == (8, 8) == tuple(item["codes"].shape[:2])
+        for y in range(8):
+            for x in range(8):
+                want = float(mask[4 * y : 4 * y + 4, 4 * x : 4 * x + 4].mean())
+                assert abs(float(cover[y, x]) - want) < 1e-6
+        assert 0 < float(cover.max()) <= 1 and float(cover.min()) == 0  # objects somewhere, not everywhere
+    model = tiny_model("evotok-tiny", grid=(8, 8))
+    collate = MixedTaskCollate(model.format, text_tokenizer(), caption_dropout=0.0)
+    batch = collate(items)
+    stacked = torch.stack([it["object_cover"] for it in items]).reshape(4, 64)
+    assert torch.equal(batch["object_cover"], stacked)
+    items[2] = {k: v for k, v in items[2].items() if k != "object_cover"}
+    assert collate(items)["object_cover"] is None
+    with pytest.raises(ValueError, match="multiples of the grid"):
+        cell_cover(torch.zeros(1, 30, 30), (8, 8))

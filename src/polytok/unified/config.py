@@ -51,6 +51,10 @@ class UnifiedConfig:
         depth_width, depth_layers, depth_heads, depth_mlp_ratio: the depth head's causal transformer.
         shared_classifier: one classifier for all sub-codes (else one per sub-code).
         understanding_levels: levels the captioning direction reads (None: all levels).
+        generation_levels: levels text -> image predicts and decodes, a prefix of the tokenizer's pixel
+            levels (None: all of them). A residual tokenizer's later levels hold fine detail, most of
+            the bits an image costs: evotok-tiny's first level of 4 keeps the colour, count and position
+            of `shapes` objects as the shapes judge reads them, at about a fifth of the bits.
         caption_dropout: probability of training text-to-image on the empty caption (for guidance).
         image_input_noise: probability that, in training, an image position of a text -> image row is
             read as uniformly random codes (its target stays the true code). A caption holds ~13 bits
@@ -58,6 +62,12 @@ class UnifiedConfig:
             its colour and shape from its neighbours, so without noise the caption's attributes reach
             the loss at about one position per image; corrupted neighbours make them matter at every
             object cell. Sampling and evaluation read clean codes.
+        object_loss_weight: weight of an image position's cross-entropy where objects cover its grid cell
+            (1 on background, blended by the cell's coverage), read from the ``object_mask`` of datasets
+            that give one (``shapes``); the image loss stays a weighted mean. The caption's object words
+            decide only the few cells where an object starts, against thousands of bits of background
+            texture, so this moves the image loss towards what the caption names. 1 (the default) or a
+            dataset without masks: every position weighs the same.
         image_loss_weight, text_loss_weight: weights of the mean image and mean text cross-entropies.
         max_caption_tokens: captions are cut to this many text tokens.
         text_vocab_size: vocabulary size of a text tokenizer trained on the captions.
@@ -77,8 +87,10 @@ class UnifiedConfig:
     depth_mlp_ratio: float = 4.0
     shared_classifier: bool = False
     understanding_levels: int | None = None
+    generation_levels: int | None = None
     caption_dropout: float = 0.1
     image_input_noise: float = 0.0
+    object_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
     text_loss_weight: float = 1.0
     max_caption_tokens: int = 64
@@ -96,6 +108,10 @@ class UnifiedConfig:
         for name in ("caption_dropout", "image_input_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.generation_levels is not None and self.generation_levels < 1:
+            raise ValueError(f"generation_levels must be >= 1 or None, got {self.generation_levels}")
+        if not self.object_loss_weight > 0.0:
+            raise ValueError(f"object_loss_weight must be > 0, got {self.object_loss_weight}")
         if self.depth_width % self.depth_heads:
             raise ValueError(
                 f"depth_width {self.depth_width} is not divisible by depth_heads {self.depth_heads}"

@@ -2,7 +2,8 @@
 
 Any map-style or streaming dataset whose items are ``{"codes": int64 (h, w, *code_shape), "caption": str}``
 trains the unified model; an optional ``"key": (epoch, index)`` makes caption dropout a function of the
-sample. Small image datasets are encoded on the fly through the frozen image tokenizer by
+sample, an optional ``"object_cover": float (h, w)`` (each grid cell's coverage by objects) feeds
+``object_loss_weight``. Small image datasets are encoded on the fly through the frozen image tokenizer by
 :class:`EncodedCaptions`; token shards written by ``polytok encode`` are streamed by
 :class:`TokenShardCaptions`.
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
@@ -28,7 +30,8 @@ from polytok.unified.text_tokenizer import TextTokenizer
 
 class EncodedCaptions(Dataset):
     """An image dataset (items with ``image`` (3, H, W) and ``caption``) seen as ``{"codes", "caption",
-    "key"}``.
+    "key"}``, plus ``"object_cover"`` (h, w) where the items have an ``object_mask`` (1, H, W): the mask
+    averaged over each grid cell of the codes.
 
     Each image is encoded alone (batch 1), so its codes never depend on which samples share a batch or a
     rank. ``cache=True`` keeps the codes of each index after the first encoding: only for datasets that
@@ -64,7 +67,22 @@ class EncodedCaptions(Dataset):
             codes = self.tokenizer.encode(image)[0].cpu()
             if self.cache:
                 self._codes[index] = codes
-        return {"codes": codes, "caption": caption, "key": (self.epoch, index)}
+        out = {"codes": codes, "caption": caption, "key": (self.epoch, index)}
+        mask = item.get("object_mask")
+        if mask is not None:
+            out["object_cover"] = cell_cover(mask, (codes.shape[0], codes.shape[1]))
+        return out
+
+
+def cell_cover(mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """An object mask (1, H, W) in [0, 1] -> (h, w): the mean of the mask over each grid cell (H, W must be
+    multiples of h, w: the tokenizer's stride)."""
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    if m.dim() != 3 or m.shape[0] != 1 or m.shape[1] % grid[0] or m.shape[2] % grid[1]:
+        raise ValueError(
+            f"object_mask must be (1, H, W) with H, W multiples of the grid {grid}, got {tuple(m.shape)}"
+        )
+    return F.avg_pool2d(m[None], (m.shape[1] // grid[0], m.shape[2] // grid[1]))[0, 0]
 
 
 def sample_number(key: str) -> int:
@@ -141,7 +159,10 @@ class MixedTaskCollate:
             [] if task == "t2i" and self._dropped(it) else self.text.encode(it["caption"])
             for it, task in zip(items, tasks)
         ]
-        return vars(self.format.training_batch(codes, captions, tasks))
+        cover = None
+        if all("object_cover" in it for it in items):  # all or none: a batch weighs its rows alike
+            cover = torch.stack([torch.as_tensor(it["object_cover"], dtype=torch.float32) for it in items])
+        return vars(self.format.training_batch(codes, captions, tasks, object_cover=cover))
 
 
 def caption_batch(fmt: SequenceFormat, text: TextTokenizer, items: Sequence[dict[str, Any]]) -> dict:

@@ -23,7 +23,8 @@ class CodeLayout:
         levels: L residual levels (1 without residual quantization).
         codebooks: C codebooks per level (1 without multi-codebook quantization).
         codebook_size: K codes in every codebook.
-        pixel_levels: levels the pixel decoder reads (what generation predicts), 1 <= pixel_levels <= L.
+        pixel_levels: levels generation predicts and decodes, 1 <= pixel_levels <= L: the levels the
+            tokenizer's pixel decoder reads, or fewer (``UnifiedConfig.generation_levels``).
         grid: (h, w) token grid of one image; one sequence position per cell.
         level_axis: whether the tokenizer's code_shape has the level axis.
         codebook_axis: whether the tokenizer's code_shape has the codebook axis.

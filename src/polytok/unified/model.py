@@ -11,6 +11,7 @@ identity of the image tokenizer), ``backbone_config.json``, ``text_tokenizer.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ class UnifiedModel(nn.Module):
             vectors = tokenizer_code_vectors(tokenizer)
         return cls(
             config,
-            CodeLayout.from_tokenizer(tokenizer, grid),
+            generation_layout(CodeLayout.from_tokenizer(tokenizer, grid), config.generation_levels),
             text_tokenizer,
             code_vectors=vectors,
             tokenizer_id=tokenizer_identity(tokenizer),
@@ -298,6 +299,16 @@ class UnifiedModel(nn.Module):
         logits = self.depth_head(h.reshape(-1, h.shape[-1]), targets.reshape(-1, s)[:, : s - 1])
         return logits.reshape(len(rows), n, s, -1), targets
 
+    def image_position_weights(self, batch: SequenceBatch) -> Tensor | None:
+        """(R, N) loss weights of the image positions of the R text -> image rows: 1 on background,
+        ``object_loss_weight`` on cells objects cover (linear in the coverage); None when every position
+        weighs the same (weight 1, or no ``object_cover`` in the batch)."""
+        w = self.config.object_loss_weight
+        if w == 1.0 or batch.object_cover is None:
+            return None
+        cover = batch.object_cover[batch.image_target.to(batch.object_cover.device)]
+        return 1.0 + (w - 1.0) * cover.float().clamp(0.0, 1.0)
+
     def image_logits(self, batch: SequenceBatch) -> Tensor:
         """Teacher-forced logits (R, N, S, K) of the pixel prefix of the R text -> image rows of ``batch``."""
         hidden, _ = self.run_backbone(self.embed_sequence(batch), batch.attention_mask, batch.position_ids)
@@ -317,7 +328,13 @@ class UnifiedModel(nn.Module):
         if bool(batch.image_target.any()):
             logits, targets = self._image_logits(batch, hidden)
             n_image = targets.numel()
-            image_loss = F.cross_entropy(logits.float().reshape(n_image, -1), targets.reshape(-1))
+            ce = F.cross_entropy(logits.float().reshape(n_image, -1), targets.reshape(-1), reduction="none")
+            weights = self.image_position_weights(batch)
+            if weights is None:
+                image_loss = ce.mean()
+            else:  # a weighted mean over positions (and their sub-codes)
+                w = weights[:, :, None].expand(targets.shape).reshape(-1)
+                image_loss = (ce * w).sum() / w.sum()
         loss = self.config.image_loss_weight * image_loss + self.config.text_loss_weight * text_loss
         return UnifiedOutput(loss, image_loss, text_loss, n_image, n_text)
 
@@ -386,6 +403,18 @@ class UnifiedModel(nn.Module):
         except RuntimeError as exc:  # names the missing and unexpected tensors
             raise ValueError(f"checkpoint {root} does not match its config: {exc}") from exc
         return model.to(map_location)
+
+
+def generation_layout(layout: CodeLayout, generation_levels: int | None) -> CodeLayout:
+    """``layout`` with text -> image predicting its first ``generation_levels`` pixel levels (None: all)."""
+    if generation_levels is None:
+        return layout
+    if not 1 <= generation_levels <= layout.pixel_levels:
+        raise ValueError(
+            f"generation_levels must be in [1, {layout.pixel_levels}] (the tokenizer's pixel levels), "
+            f"got {generation_levels}"
+        )
+    return dataclasses.replace(layout, pixel_levels=generation_levels)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -72,6 +72,8 @@ class SequenceBatch:
         input_levels: (B,) levels of its image each row reads.
         text_targets: (B, T) the next token where the LM head is trained, else -100.
         image_target: (B,) True for text -> image rows (their pixel prefix is the target).
+        object_cover: (B, N) fraction of each image position's grid cell covered by objects, or None
+            where the data gives no object masks (read by ``object_loss_weight``).
     """
 
     token_ids: Tensor
@@ -82,9 +84,10 @@ class SequenceBatch:
     input_levels: Tensor
     text_targets: Tensor
     image_target: Tensor
+    object_cover: Tensor | None = None
 
     def to(self, device: torch.device | str) -> SequenceBatch:
-        return SequenceBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return SequenceBatch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 class SequenceFormat:
@@ -208,11 +211,13 @@ class SequenceFormat:
         *,
         caption_dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        object_cover: Tensor | None = None,
     ) -> SequenceBatch:
         """A mixed batch: ``codes`` (B, h, w, *code_shape), B captions as token ids, a task per sample.
 
         Text -> image samples train on the empty caption with probability ``caption_dropout`` (drawn from
-        ``generator``, one draw per sample).
+        ``generator``, one draw per sample). ``object_cover`` (B, h, w): each grid cell's coverage by
+        objects, kept as the batch's (B, N) ``object_cover``.
         """
         full = self.layout.to_levels(codes)
         if not len(caption_ids) == len(tasks) == full.shape[0]:
@@ -229,4 +234,10 @@ class SequenceFormat:
                 items.append(self.image_to_text(image, caption))
             else:
                 raise ValueError(f"unknown task {task!r}; expected 't2i' or 'i2t'")
-        return self.collate(items)
+        batch = self.collate(items)
+        if object_cover is not None:
+            want = (full.shape[0], *self.layout.grid)
+            if tuple(object_cover.shape) != want:
+                raise ValueError(f"object_cover must be (B, h, w) = {want}, got {tuple(object_cover.shape)}")
+            batch.object_cover = object_cover.reshape(want[0], -1).float()  # raster order, as the codes
+        return batch
