@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polytok.losses.reconstruction import object_pixel_weight
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.depth_head import DepthHead
 from polytok.unified.embed import CodeVectors, ImageInputEmbedding, ImagePositionEmbedding
@@ -307,7 +308,7 @@ class UnifiedModel(nn.Module):
         if w == 1.0 or batch.object_cover is None:
             return None
         cover = batch.object_cover[batch.image_target.to(batch.object_cover.device)]
-        return 1.0 + (w - 1.0) * cover.float().clamp(0.0, 1.0)
+        return object_pixel_weight(cover, w)  # the tokenizers' per-pixel weights, here per grid cell
 
     def image_logits(self, batch: SequenceBatch) -> Tensor:
         """Teacher-forced logits (R, N, S, K) of the pixel prefix of the R text -> image rows of ``batch``."""
