@@ -182,6 +182,11 @@ def test_shipped_unified_config_is_the_evotok_recipe_at_64_px_on_an_hour_with_a_
     assert {k: model.backbone[k] for k in larger} == larger
     backbone = {**model.backbone, "max_position_embeddings": 256}
     backbone.update({k: recipe.unified.model.backbone[k] for k in larger})
-    model = dataclasses.replace(model, backbone=backbone, image_positions="none")
+    # and text -> image on the first pixel level with the image loss weighted towards the objects
+    assert model.generation_levels == 1 and recipe.unified.model.generation_levels is None
+    assert model.object_loss_weight == 24 and recipe.unified.model.object_loss_weight == 1
+    model = dataclasses.replace(
+        model, backbone=backbone, image_positions="none", generation_levels=None, object_loss_weight=1
+    )
     assert dataclasses.replace(shipped.unified, model=model) == recipe.unified
     assert shipped.train.optim == recipe.train.optim and shipped.train.batch_size == recipe.train.batch_size

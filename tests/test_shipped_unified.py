@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from polytok.cli import main
-from polytok.eval import evaluate_unified
+from polytok.eval import evaluate_unified, prompt_suite
+from polytok.eval.attribute_baselines import single_attribute_baselines
+from polytok.eval.attribute_scores import accuracy, correct_flags
+from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge
 from polytok.recipes.unified_run import (
     IMAGE_TOKENIZER_DIR,
     find_shipped_unified,
@@ -17,6 +21,7 @@ from polytok.recipes.unified_run import (
     load_unified,
 )
 from polytok.storage import read_manifest, verify_files
+from polytok.unified.sampling import generate_image_codes
 
 NAME = "unified-evotok-tiny"
 
@@ -34,8 +39,7 @@ def test_the_unified_model_is_shipped_verified_and_small():
 
 @pytest.fixture(scope="module")
 def report():
-    """Captions and bits only: the shipped model's samples do not follow the prompt's attributes yet (README:
-    text -> image at chance), so no test claims they do."""
+    """Captions and bits (the samples are tested below, in one batched call)."""
     model, tokenizer = load_unified(NAME)
     return evaluate_unified(
         model, tokenizer, prompts=[], caption_images_per_split=32, bits_images_per_split=16,
@@ -64,6 +68,31 @@ def test_captions_of_seen_pairs_name_the_shape_above_the_single_attribute_models
 def test_image_tokens_of_held_out_pairs_cost_far_fewer_bits_than_a_uniform_guess(report):
     value, baselines = _figure(report, "bits/image token[heldout]")
     assert value <= 7.0 < baselines["uniform"]  # README: 4.65 of 10 bits
+
+
+def test_samples_of_seen_pairs_show_the_prompt_s_colour_position_and_pair():
+    """One sample of each seen pair's prompt, drawn in one batch (the suite's protocol samples prompt by
+    prompt, 40x slower on CPU) and read by the shapes judge. Seeds 0-3 give colour 0.94-0.97, position
+    0.86-1.00 and pair 0.33-0.47 of 36, so even samples that another float rounding redraws stay far above
+    the floors."""
+    model, tokenizer = load_unified(NAME)
+    prompts = [p for p in prompt_suite() if not p.heldout]
+    with torch.no_grad():
+        codes = generate_image_codes(model, [p.caption for p in prompts], guidance_scale=3.0, seed=0)
+        images = model.decode_images(codes, tokenizer).float().clamp(0, 1)
+        readings = load_shapes_judge().read(images)
+    flags = [
+        correct_flags(
+            {name: int(value[i]) for name, value in readings.items()}, p.attributes, JUDGED_ATTRIBUTES
+        )
+        for i, p in enumerate(prompts)
+    ]
+    scores = accuracy(flags)
+    assert scores["colour"] >= 0.6 > 2 / 7  # chance 1/7
+    assert scores["position"] >= 0.5 > 2 / 5  # chance 1/5
+    truths = [p.attributes for p in prompts]
+    single = single_attribute_baselines(truths, ["shape", "colour"])  # the shape-only, colour-only models
+    assert scores["pair"] >= 0.2 > max(single.values()), (scores, single)
 
 
 def test_generate_and_caption_work_by_name(tmp_path, capsys):
