@@ -123,9 +123,12 @@ def run_name(row: str, seed: int) -> str:
     return f"{row}-seed{seed}"
 
 
-def unified_command(row: str, seed: int, out: Path, minutes: float, image_size: int) -> list[str]:
+def unified_command(
+    row: str, seed: int, out: Path, minutes: float, image_size: int, overrides: Sequence[str] = ()
+) -> list[str]:
     """``polytok train`` of the unified model on ``row``'s codes: the shared config, only the tokenizer,
-    the seed and the output folder set per run; the clock (``max_minutes``) ends it."""
+    the seed and the output folder set per run; the clock (``max_minutes``) ends it. ``overrides``
+    (``key=value``, the same for every row, e.g. ``unified.model.object_loss_weight=24``) come last."""
     return _cli(
         "train",
         str(UNIFIED_CONFIG),
@@ -140,6 +143,7 @@ def unified_command(row: str, seed: int, out: Path, minutes: float, image_size: 
         "train.save_every=0",
         "train.progress=false",
         "train.overwrite=true",
+        *overrides,
     )
 
 
@@ -183,6 +187,7 @@ def training_jobs(
     minutes: float,
     image_size: int,
     pixel_steps: int | None,
+    overrides: Sequence[str] = (),
 ) -> list[Job]:
     """The pixel-only tokenizer's training first (unless ``<out>/pixel-only-tokenizer`` holds one trained
     for as many steps: reused), then every unified run, seed-major; the pixel-only rows wait for their
@@ -195,7 +200,7 @@ def training_jobs(
         jobs.append((needs, pixel_only_command(folder, pixel_steps), None))
     for seed in seeds:
         for row in rows:
-            command = unified_command(row, seed, out, minutes, image_size)
+            command = unified_command(row, seed, out, minutes, image_size, overrides)
             jobs.append((run_name(row, seed), command, needs if row == PIXEL_ONLY else None))
     return jobs
 
@@ -523,6 +528,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of every unified run")
     parser.add_argument("--image-size", type=int, default=None, help=f"px; 64 (--quick: {QUICK_IMAGE_SIZE})")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="config overrides of every unified run (e.g. unified.model.object_loss_weight=24)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and evaluation")
     parser.add_argument("--eval-only", action="store_true", help="measure the runs already in --out")
     parser.add_argument("--probe-sizes", nargs="*", type=int, default=None, help="time steps at these sizes")
@@ -545,13 +554,16 @@ def main() -> None:
     unknown = [r for r in rows if r not in TOKENIZERS]
     if unknown:
         parser.error(f"unknown tokenizers {unknown}: {list(TOKENIZERS)}")
+    malformed = [o for o in args.overrides if "=" not in o or o.startswith("=")]
+    if malformed:
+        parser.error(f"--set takes key=value, got {malformed}")
     minutes = QUICK_MINUTES if args.quick else args.minutes
     image_size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else 64)
     runs = [(row, seed) for seed in seeds for row in rows]
     start = time.perf_counter()
     if not args.eval_only:
         pixel_steps = QUICK_PIXEL_ONLY_STEPS if args.quick else None
-        jobs = training_jobs(rows, seeds, out, minutes, image_size, pixel_steps)
+        jobs = training_jobs(rows, seeds, out, minutes, image_size, pixel_steps, args.overrides)
         run_side_by_side(jobs, out / "logs", args.parallel)
     trained_at = time.perf_counter()
     summaries = {run_name(r, s): out / "runs" / run_name(r, s) / "eval.json" for r, s in runs}
@@ -572,6 +584,7 @@ def main() -> None:
     markdown, table = build_table(results)
     plan = {
         "unified_config": UNIFIED_CONFIG.name,
+        "overrides": args.overrides,
         "tokenizers": {r: {"tokenizer": tokenizer_path(r, out), "layout": TOKENIZERS[r][1]} for r in rows},
         "pixel_only": {"config": f"{PIXEL_ONLY_BASE}.yaml", "overrides": PIXEL_ONLY_OVERRIDES},
         "seeds": seeds,
@@ -582,8 +595,10 @@ def main() -> None:
         "evaluation": settings,
         "wall_seconds": {"train": trained_at - start, "evaluate": time.perf_counter() - trained_at},
     }
+    with_overrides = f" with {' '.join(args.overrides)}" if args.overrides else ""
     header = (
-        f"Unified model ({UNIFIED_CONFIG.name}) at {image_size} px, {minutes} min per run "
+        f"Unified model ({UNIFIED_CONFIG.name}{with_overrides}) "
+        f"at {image_size} px, {minutes} min per run "
         f"({args.parallel} side by side, one thread each), seeds {seeds}; sampling {SAMPLING}; "
         f"evaluation {settings}.\n\n"
     )

@@ -112,6 +112,18 @@ def test_unified_command_holds_all_but_the_tokenizer(tmp_path):
     assert pixel in commands["pixel-only"]
 
 
+def test_study_overrides_reach_every_unified_run_last(tmp_path):
+    study = _study()
+    overrides = ["unified.model.object_loss_weight=24", "train.batch_size=8"]
+    jobs = study.training_jobs(list(study.TOKENIZERS), [0], tmp_path, 1.0, 64, None, overrides)
+    unified = [command for name, command, _ in jobs if name != "pixel-only-tokenizer"]
+    assert len(unified) == len(study.TOKENIZERS)
+    for command in unified:  # after the study's own settings, so that they win
+        assert command[-2:] == overrides
+    pixel_tokenizer = [command for name, command, _ in jobs if name == "pixel-only-tokenizer"]
+    assert pixel_tokenizer and all("train.batch_size=8" not in command for command in pixel_tokenizer)
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
