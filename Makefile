@@ -23,7 +23,7 @@ browser:
 test: setup browser
 	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m ruff format --check src tests benchmarks scripts
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=15
 
 bench: setup
 	$(PY) benchmarks/quantizers.py
