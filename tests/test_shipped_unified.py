@@ -14,6 +14,7 @@ from polytok.eval import evaluate_unified, prompt_suite
 from polytok.eval.attribute_baselines import single_attribute_baselines
 from polytok.eval.attribute_scores import accuracy, correct_flags
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge
+from polytok.eval.unified_eval import _rows
 from polytok.recipes.unified_run import (
     IMAGE_TOKENIZER_DIR,
     find_shipped_unified,
@@ -38,9 +39,15 @@ def test_the_unified_model_is_shipped_verified_and_small():
 
 
 @pytest.fixture(scope="module")
-def report():
+def shipped():
+    """(model, image tokenizer), loaded once for the module."""
+    return load_unified(NAME)
+
+
+@pytest.fixture(scope="module")
+def report(shipped):
     """Captions and bits (the samples are tested below, in one batched call)."""
-    model, tokenizer = load_unified(NAME)
+    model, tokenizer = shipped
     return evaluate_unified(
         model, tokenizer, prompts=[], caption_images_per_split=32, bits_images_per_split=16,
         likelihood_attributes=(), gfd=False, progress=False,
@@ -70,23 +77,18 @@ def test_image_tokens_of_held_out_pairs_cost_far_fewer_bits_than_a_uniform_guess
     assert value <= 7.0 < baselines["uniform"]  # README: 3.03 of 10 bits
 
 
-def test_samples_of_seen_pairs_show_the_prompt_s_colour_position_and_pair():
+def test_samples_of_seen_pairs_show_the_prompt_s_colour_position_and_pair(shipped):
     """One sample of each seen pair's prompt, drawn in one batch (the suite's protocol samples prompt by
     prompt, 40x slower on CPU) and read by the shapes judge. Seeds 0-3 give colour 0.94-0.97, position
     0.86-1.00 and pair 0.33-0.47 of 36, so even samples that another float rounding redraws stay far above
     the floors."""
-    model, tokenizer = load_unified(NAME)
+    model, tokenizer = shipped
     prompts = [p for p in prompt_suite() if not p.heldout]
     with torch.no_grad():
         codes = generate_image_codes(model, [p.caption for p in prompts], guidance_scale=3.0, seed=0)
         images = model.decode_images(codes, tokenizer).float().clamp(0, 1)
         readings = load_shapes_judge().read(images)
-    flags = [
-        correct_flags(
-            {name: int(value[i]) for name, value in readings.items()}, p.attributes, JUDGED_ATTRIBUTES
-        )
-        for i, p in enumerate(prompts)
-    ]
+    flags = [correct_flags(r, p.attributes, JUDGED_ATTRIBUTES) for r, p in zip(_rows(readings), prompts)]
     scores = accuracy(flags)
     assert scores["colour"] >= 0.6 > 2 / 7  # chance 1/7
     assert scores["position"] >= 0.5 > 2 / 5  # chance 1/5
