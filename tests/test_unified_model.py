@@ -288,6 +288,55 @@ def test_image_input_noise_replaces_inputs_of_text_to_image_rows_in_training_onl
     assert 0.4 < float(changed.double().mean()) < 0.6  # of 1,152 positions
 
 
+def test_caption_input_noise_swaps_caption_inputs_of_image_to_text_rows_in_training_only() -> None:
+    """caption_input_noise = 1 with two image -> text rows: each reads the other's caption token at every
+    index both captions have, its own beyond; text -> image rows, the targets and evaluation mode are
+    untouched. At 0.5 over many rows the tokens that change match the expectation over uniformly chosen
+    donors, and each is the token at the same index of another row."""
+    model = tiny_model("evotok-tiny", grid=(4, 4), caption_input_noise=1.0).train()
+    text, n, pad = text_tokenizer(), model.layout.num_positions, model.special.pad
+    captions = [CAPTIONS[0], CAPTIONS[2], CAPTIONS[1], CAPTIONS[3]]
+    ids = text.encode_batch(captions)
+    batch = model.format.training_batch(random_codes(model, 4, seed=1), ids, ["t2i", "i2t", "t2i", "i2t"])
+    torch.manual_seed(3)
+    noisy = model.noisy_input_tokens(batch)
+    for row in (0, 2):
+        assert torch.equal(noisy[row], batch.token_ids[row])
+
+    def read(tokens, row):  # caption tokens after <eoi>, by a loop over the row
+        start = int(batch.image_start[row]) + n + 1
+        return [int(i) for i in tokens[row, start:] if int(i) < pad]
+
+    a, b = ids[1], ids[3]
+    common = min(len(a), len(b))
+    assert read(noisy, 1) == b[:common] + a[common:]
+    assert read(noisy, 3) == a[:common] + b[common:]
+    assert read(batch.token_ids, 1) == a and read(batch.token_ids, 3) == b  # the batch is not changed
+    specials = batch.token_ids >= pad
+    assert torch.equal(noisy[specials], batch.token_ids[specials])  # <eoi>, <eos>, padding, image slots
+    model.eval()
+    assert torch.equal(model.noisy_input_tokens(batch), batch.token_ids)
+
+    half = tiny_model("evotok-tiny", grid=(4, 4), caption_input_noise=0.5).train()
+    many = [CAPTIONS[i % 5] for i in range(40)]
+    many_ids = text.encode_batch(many)
+    batch = half.format.training_batch(random_codes(half, 40, seed=2), many_ids, ["i2t"] * 40)
+    torch.manual_seed(0)
+    noisy = half.noisy_input_tokens(batch)
+    swapped, expected = 0, 0.0
+    for row in range(40):
+        got, own = read(noisy, row), many_ids[row]
+        assert len(got) == len(own)
+        for k, (g, o) in enumerate(zip(got, own)):
+            others = [x[k] for j, x in enumerate(many_ids) if j != row and len(x) > k]
+            # the donor is any of the 39 other rows; a swap shows where the donor's token differs
+            expected += 0.5 * sum(t != o for t in others) / 39
+            if g != o:
+                assert g in others  # a token of the same index of another caption
+                swapped += 1
+    assert 0.75 < swapped / expected < 1.25, (swapped, expected)
+
+
 def test_object_loss_weight_is_a_weighted_mean_over_object_cells() -> None:
     """object_loss_weight w: the image loss is sum(ce * (1 + (w - 1) * cover)) / sum(weights) over every
     position and sub-code of the text -> image rows (against per-sub-code cross-entropies of the model's
@@ -470,6 +519,8 @@ def test_bad_configuration_is_one_clear_error() -> None:
         UnifiedConfig(backbone={"hidden_size": 32})
     with pytest.raises(ValueError, match="image_input_noise"):
         UnifiedConfig(image_input_noise=1.5)
+    with pytest.raises(ValueError, match="caption_input_noise"):
+        UnifiedConfig(caption_input_noise=-0.1)
     with pytest.raises(ValueError, match="not a transformers model"):
         tiny_model("vq", backbone={"model_type": "no-such-model"})
     with pytest.raises(FileNotFoundError, match="backbone path"):

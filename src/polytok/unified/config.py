@@ -62,6 +62,13 @@ class UnifiedConfig:
             its colour and shape from its neighbours, so without noise the caption's attributes reach
             the loss at about one position per image; corrupted neighbours make them matter at every
             object cell. Sampling and evaluation read clean codes.
+        caption_input_noise: probability that, in training, a caption token an image -> text row reads
+            (never its target) is swapped for the token at the same place of another image -> text
+            caption of the batch. Captioning predicts each word from the image and the words before it;
+            where some pairs never occur (a `shapes` held-out pair: no caption has "red" before
+            "triangle"), the word before is a prior that outvotes the image. Words that are sometimes
+            another caption's make the image the only reliable witness. Captions sharing a template
+            (``shapes``) swap like for like (a colour for a colour); free text swaps near-random words.
         object_loss_weight: weight of an image position's cross-entropy where objects cover its grid cell
             (1 on background, blended by the cell's coverage), read from the ``object_mask`` of datasets
             that give one (``shapes``); the image loss stays a weighted mean. The caption's object words
@@ -90,6 +97,7 @@ class UnifiedConfig:
     generation_levels: int | None = None
     caption_dropout: float = 0.1
     image_input_noise: float = 0.0
+    caption_input_noise: float = 0.0
     object_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
     text_loss_weight: float = 1.0
@@ -105,7 +113,7 @@ class UnifiedConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("caption_dropout", "image_input_noise"):
+        for name in ("caption_dropout", "image_input_noise", "caption_input_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.generation_levels is not None and self.generation_levels < 1:

@@ -268,9 +268,37 @@ class UnifiedModel(nn.Module):
         random = random * read[:, None, :, None]  # levels a row does not read stay zero
         return torch.where(hit[..., None, None], random, codes)
 
+    def noisy_input_tokens(self, batch: SequenceBatch) -> Tensor:
+        """The (B, T) token ids the backbone reads in training: in image -> text rows each caption token
+        is, with probability ``caption_input_noise``, the token at the same caption index of another
+        image -> text row (a random other one per row and step; rows whose caption is shorter give
+        nothing there). The targets are not touched, and text -> image prompts are never changed."""
+        ids = batch.token_ids
+        p = self.config.caption_input_noise
+        rows = (~batch.image_target.to(ids.device)).nonzero().flatten()
+        if not self.training or p == 0.0 or len(rows) < 2:
+            return ids
+        # caption index k of row r sits at image_start + N + 1 + k (after <eoi>), up to its <eos>
+        t = ids.shape[1]
+        start = batch.image_start.to(ids.device)[rows] + self.layout.num_positions + 1  # (R,)
+        k = torch.arange(t, device=ids.device)
+        where = (start[:, None] + k[None, :]).clamp(max=t - 1)  # (R, T): place of caption index k
+        tokens = ids[rows[:, None], where]
+        is_text = (tokens < self.special.pad) & (start[:, None] + k[None, :] < t)  # (R, T)
+        # a donor per row: a random other image -> text row (a shift by 1..R-1 of a random order)
+        order = torch.randperm(len(rows), device=ids.device)
+        shift = int(torch.randint(1, len(rows), ()))
+        donor = torch.empty_like(order)
+        donor[order] = order.roll(shift)
+        swap = (torch.rand(tokens.shape, device=ids.device) < p) & is_text & is_text[donor]
+        noisy = torch.where(swap, tokens[donor], tokens)
+        out = ids.clone()
+        out[rows[:, None].expand_as(where)[is_text], where[is_text]] = noisy[is_text]
+        return out
+
     def embed_sequence(self, batch: SequenceBatch) -> Tensor:
         """Inputs of a :class:`SequenceBatch`: (B, T, hidden), image positions from their codes."""
-        emb = self.embed_text(batch.token_ids)
+        emb = self.embed_text(self.noisy_input_tokens(batch))
         image = self.embed_image(self.noisy_input_codes(batch), batch.input_levels)  # (B, N, hidden)
         n = self.layout.num_positions
         pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
