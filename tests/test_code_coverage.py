@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,14 +10,9 @@ from pathlib import Path
 
 import torch
 
+from script_helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "code_coverage.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("code_coverage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_unseen_fraction_counts_codes_absent_from_the_same_level_and_codebook() -> None:
@@ -30,7 +24,7 @@ def test_unseen_fraction_counts_codes_absent_from_the_same_level_and_codebook() 
     other[0, :, 1, 1] = torch.tensor([7, 0, 3, 1])  # 2 of 4 unseen (level 1 used 7 and 0 there)
     other[0, :, 1, 0] = torch.tensor([0, 0, 0, 5])  # 1 of 4 unseen
     # a code seen at another level or codebook does not count: 1 at level 0 is unseen at level 1
-    assert _module().unseen_fraction(train, other) == [2 / 8, 3 / 8]
+    assert load_script("code_coverage").unseen_fraction(train, other) == [2 / 8, 3 / 8]
 
 
 def test_script_prints_a_fraction_per_split_and_level() -> None:

@@ -3,7 +3,6 @@ in its quick mode, end to end with real training and evaluation subprocesses (sl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,15 +19,13 @@ from polytok.eval.result import MetricResult
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
 from polytok.eval.unified_eval import GFD_LABEL, _caption_figures, _t2i_figures
 from polytok.eval.unified_report import CaptionedImage, PromptSamples, UnifiedReport
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "unified_study.py"
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("unified_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("unified_study")
 
 
 def _summary(wrong: set[str], gfd: float | None) -> dict:
