@@ -22,7 +22,7 @@ def test_tiny_preset_loss_falls_on_builtin_photos(tmp_path) -> None:
         [
             "data.name=photos",
             "train.max_steps=40",
-            "train.batch_size=16",
+            "train.batch_size=8",
             f"train.out_dir={tmp_path}",
             "train.progress=false",
             "train.log_every=1",
