@@ -16,7 +16,7 @@ import json
 import torch
 from torch import Tensor
 
-from polytok.data.shapes import ShapesDataset
+from polytok.eval.unified_eval import _split_images, encode_alone
 from polytok.hub import load_tokenizer
 from polytok.unified.layout import CodeLayout
 
@@ -38,13 +38,11 @@ def unseen_fraction(train_levels: Tensor, other_levels: Tensor) -> list[float]:
 
 
 def encode_split(tokenizer, split: str, count: int, image_size: int, seed: int) -> Tensor:
-    data = ShapesDataset(split, image_size=image_size, length=count, seed=seed)
-    chunks = []
-    for start in range(0, count, 64):
-        images = torch.stack([data[i]["image"] for i in range(start, min(count, start + 64))])
-        with torch.no_grad():
-            chunks.append(tokenizer.encode(images))
-    return torch.cat(chunks)
+    """The codes (count, h, w, *code_shape) of a ``shapes`` split's first images, each encoded alone, as
+    the unified model's training and evaluation encode them."""
+    items = _split_images(split, image_size, count, seed)
+    with torch.no_grad():
+        return encode_alone(tokenizer, torch.stack([it["image"] for it in items]))
 
 
 def main() -> None:

@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from script_helpers import load_script
+from script_helpers import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "code_coverage.py"
+SCRIPT = SCRIPTS / "code_coverage.py"
 
 
 def test_unseen_fraction_counts_codes_absent_from_the_same_level_and_codebook() -> None:

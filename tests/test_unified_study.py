@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from polytok.eval.result import MetricResult
 from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
 from polytok.eval.unified_eval import GFD_LABEL, _caption_figures, _t2i_figures
 from polytok.eval.unified_report import CaptionedImage, PromptSamples, UnifiedReport
-from script_helpers import load_script
+from script_helpers import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "unified_study.py"
+SCRIPT = SCRIPTS / "unified_study.py"
 
 
 def _study():
