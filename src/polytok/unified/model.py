@@ -281,10 +281,10 @@ class UnifiedModel(nn.Module):
         # caption index k of row r sits at image_start + N + 1 + k (after <eoi>), up to its <eos>
         t = ids.shape[1]
         start = batch.image_start.to(ids.device)[rows] + self.layout.num_positions + 1  # (R,)
-        k = torch.arange(t, device=ids.device)
-        where = (start[:, None] + k[None, :]).clamp(max=t - 1)  # (R, T): place of caption index k
+        place = start[:, None] + torch.arange(t, device=ids.device)  # (R, T): place of caption index k
+        where = place.clamp(max=t - 1)
         tokens = ids[rows[:, None], where]
-        is_text = (tokens < self.special.pad) & (start[:, None] + k[None, :] < t)  # (R, T)
+        is_text = (tokens < self.special.pad) & (place < t)  # (R, T)
         # a donor per row: a random other image -> text row (a shift by 1..R-1 of a random order)
         order = torch.randperm(len(rows), device=ids.device)
         shift = int(torch.randint(1, len(rows), ()))
