@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from polytok.eval import (
     evaluate_tokenizer,
     write_report,
 )
+
+
+def _num_levels(tokenizer: Any) -> int:
+    """Code levels of a tokenizer (1 unless its quantizer is residual)."""
+    return int(getattr(tokenizer.quantizer, "num_levels", 1))
 
 
 def zero_shot_spec(dataset: Any, task: str | None) -> ZeroShotSpec | None:
@@ -43,6 +49,7 @@ def evaluate_many(
     semantic_fidelity: bool = True,
     semantic_fidelity_size: int | None = None,
     linear_probe: bool = True,
+    depth_curves: bool = True,
     dataset_options: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> list[EvalReport]:
@@ -52,6 +59,9 @@ def evaluate_many(
 
     ``semantic_fidelity_size``: the classifier's input size; None means the library's
     ``SEMANTIC_FIDELITY_SIZE`` (recorded in each report's protocol either way).
+
+    ``depth_curves``: measure every level 1..L (True) or only the full depth (False: the same headline
+    figures without the per-level curves, at a fraction of the cost for deep residual tokenizers).
     """
     from polytok.data import build_dataloader, build_dataset
 
@@ -78,8 +88,9 @@ def evaluate_many(
     reports = []
     for tok, name in zip(tokenizers, names):
         loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False)
+        tok_options = options if depth_curves else replace(options, depths=[_num_levels(tok)])
         reports.append(
-            evaluate_tokenizer(tok, loader, options, name=name, protocol=protocol, progress=progress)
+            evaluate_tokenizer(tok, loader, tok_options, name=name, protocol=protocol, progress=progress)
         )
     return reports
 
