@@ -80,8 +80,9 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     model, tok = load_unified(args.model)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for record in caption_files(
-        model, tok, args.images, max_new_tokens=args.max_tokens, batch_size=args.batch_size, **options
-    ):
+        model, tok, args.images, max_new_tokens=args.max_tokens, batch_size=args.batch_size,
+        rerank=args.rerank, **options,
+    ):  # fmt: skip
         print(json.dumps(record), flush=True)
     return 0
 
@@ -265,6 +266,7 @@ def _cmd_eval_unified(args: argparse.Namespace) -> int:
         max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt, guidance_scale=args.cfg,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         caption_images_per_split=args.caption_images, bits_images_per_split=args.bits_images,
+        caption_rerank=args.caption_rerank, caption_rerank_weight=args.caption_rerank_weight,
         bits_token_sets=args.bits_token_set,
         gfd=False if args.no_gfd else "auto", batch_size=args.batch_size, **options,
     )  # fmt: skip
@@ -362,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("images", nargs="+", metavar="IMAGE")
             p.add_argument("--max-tokens", type=positive_int, default=32)
+            p.add_argument(
+                "--rerank", nargs="+", default=[], metavar="ATTRIBUTE",
+                help="shapes models: also the caption with these attributes re-ranked by the model's "
+                "text -> image likelihood (e.g. shape)",
+            )  # fmt: skip
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--temperature", type=float, default=1.0 if name == "generate" else 0.0)
         p.add_argument("--top-k", type=int, default=0)
@@ -396,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--caption-images", type=int, default=32, help="captioned images per split (val, heldout)")
     u.add_argument("--bits-images", type=int, default=32, help="images per split for bits per image token")
+    u.add_argument(
+        "--caption-rerank", nargs="*", default=["shape"], metavar="ATTRIBUTE",
+        help="attributes of each caption re-ranked by the text -> image likelihood (none: skipped)",
+    )  # fmt: skip
+    u.add_argument(
+        "--caption-rerank-weight", type=float, default=0.0,
+        help="weight of the caption's own bits in the re-ranking score (0: the image's bits alone)",
+    )  # fmt: skip
     u.add_argument(
         "--bits-token-set", action="append", default=[], metavar="DIR",
         help="also bits per image token on a token set of this tokenizer (repeatable)",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from polytok.data.shapes import TASK_CLASSES
+from polytok.data.shapes import TASK_CLASSES, caption_for
 from polytok.eval.unified_report import CaptionedImage, PromptSamples, UnifiedReport
 
 _STYLE = """
@@ -81,10 +81,14 @@ def _prompt_grid(samples: PromptSamples) -> str:
 
 def _caption_row(item: CaptionedImage) -> str:
     truth = {name: TASK_CLASSES[name][index] for name, index in item.attributes.items()}
+    caption, reading = _esc(item.caption), _reading_html(item.parsed, item.correct)
+    if item.reranked is not None and item.reranked_correct is not None:
+        caption += f"<br><i>re-ranked:</i> {_esc(caption_for(item.reranked))}"
+        reading += f"<br><i>re-ranked:</i> {_reading_html(item.reranked, item.reranked_correct)}"
     return (
         f'<tr><td><img src="{_png_uri(item.image)}" alt="{_esc(item.split)} {item.index}"></td>'
-        f"<td>{_esc(item.split)} #{item.index}</td><td>{_esc(item.caption)}</td>"
-        f"<td>{_reading_html(item.parsed, item.correct)}</td><td>{_esc(', '.join(truth.values()))}</td></tr>"
+        f"<td>{_esc(item.split)} #{item.index}</td><td>{caption}</td>"
+        f"<td>{reading}</td><td>{_esc(', '.join(truth.values()))}</td></tr>"
     )
 
 

@@ -20,7 +20,9 @@ What is measured (figure names in :mod:`polytok.eval.unified_report`):
    likelihood prefers when the caption names each in turn (:mod:`polytok.eval.likelihood_choice`): the
    generator's conditioning without sampling or judge.
 5. Captioning: greedy captions of ``val`` (seen pairs) and ``heldout`` images, parsed by the dataset's
-   grammar (:func:`polytok.eval.captions.parse_caption`); accuracy per attribute, all six, pair.
+   grammar (:func:`polytok.eval.captions.parse_caption`); accuracy per attribute, all six, pair; and
+   the same captions with the shape re-ranked by the generator's likelihood
+   (:mod:`polytok.eval.caption_rerank`).
 """
 
 from __future__ import annotations
@@ -249,11 +251,17 @@ def caption_images(
     *,
     batch_size: int = 16,
     max_new_tokens: int = 32,
+    rerank: Sequence[str] = (),
+    rerank_caption_weight: float = 0.0,
     progress: bool = True,
 ) -> list[CaptionedImage]:
-    """Greedy captions of ``shapes`` items (``image``, ``attributes``), parsed and scored."""
+    """Greedy captions of ``shapes`` items (``image``, ``attributes``), parsed and scored; with
+    ``rerank`` (attribute names) each is also re-ranked by the generator
+    (:func:`polytok.eval.caption_rerank.rerank_captions`, ``rerank_caption_weight`` its
+    ``caption_weight``) and scored again."""
     from tqdm.auto import tqdm
 
+    from polytok.eval.caption_rerank import rerank_captions
     from polytok.unified.sampling import generate_captions
 
     out = []
@@ -263,8 +271,15 @@ def caption_images(
         images = torch.stack([item["image"] for item in chunk])
         codes = encode_alone(tokenizer, images).to(model.device)
         texts = generate_captions(model, codes, max_new_tokens=max_new_tokens)
-        for i, (item, caption) in enumerate(zip(chunk, texts)):
-            parsed = parse_caption(caption)
+        parses = [parse_caption(caption) for caption in texts]
+        reranked = (
+            rerank_captions(
+                model, codes, parses, rerank, caption_weight=rerank_caption_weight, batch_size=batch_size
+            )
+            if rerank
+            else [None] * len(parses)
+        )
+        for i, (item, caption, parsed, better) in enumerate(zip(chunk, texts, parses, reranked)):
             truth = {name: int(item["attributes"][name]) for name in CAPTION_ATTRIBUTES}
             out.append(
                 CaptionedImage(
@@ -275,12 +290,24 @@ def caption_images(
                     caption,
                     parsed,
                     correct_flags(parsed, truth, CAPTION_ATTRIBUTES),
+                    better,
+                    correct_flags(better, truth, CAPTION_ATTRIBUTES) if rerank else None,
                 )
             )
     return out
 
 
-def _caption_figures(captioned: Sequence[CaptionedImage], split: str) -> dict[str, MetricResult]:
+def _joint_attributes(score: str) -> list[str]:
+    """The attributes a caption score needs right: all six, the pair, or one."""
+    return list(CAPTION_ATTRIBUTES) if score == ALL else list(PAIR) if score == PAIR_SCORE else [score]
+
+
+def _caption_figures(
+    captioned: Sequence[CaptionedImage],
+    split: str,
+    rerank: Sequence[str] = (),
+    rerank_caption_weight: float = 0.0,
+) -> dict[str, MetricResult]:
     protocol = {
         "split": split,
         "num_images": len(captioned),
@@ -288,15 +315,31 @@ def _caption_figures(captioned: Sequence[CaptionedImage], split: str) -> dict[st
         "parser": "the shapes caption grammar (polytok.data.shapes.caption_for); unparsed = all wrong",
     }
     truths = [c.attributes for c in captioned]
+    kinds = [("caption", protocol, [c.correct for c in captioned])]
+    if rerank:
+        decoding = (
+            f"greedy, then {', '.join(rerank)} re-ranked in turn by bits(image | caption) + "
+            f"{rerank_caption_weight:g} x bits(caption | image) (polytok.eval.caption_rerank)"
+        )
+        flags = [c.reranked_correct or {} for c in captioned]
+        kinds.append(("caption reranked", {**protocol, "decoding": decoding}, flags))
     figures = {}
-    for score, value in accuracy([c.correct for c in captioned]).items():
-        joint = list(CAPTION_ATTRIBUTES) if score == ALL else list(PAIR) if score == PAIR_SCORE else [score]
-        baselines = {"chance": chance(joint)}
-        if score == PAIR_SCORE:
-            baselines.update(single_attribute_baselines(truths, joint))
-        figures[f"caption[{split}] attr[{score}]"] = MetricResult(value, {**protocol, "baselines": baselines})
-    unparsed = sum(c.parsed is None for c in captioned)
-    figures[f"caption[{split}] unparsed"] = MetricResult(float(unparsed), {**protocol, "unit": "captions"})
+    for prefix, kind_protocol, flags in kinds:
+        for score, value in accuracy(flags).items():
+            joint = (
+                list(CAPTION_ATTRIBUTES) if score == ALL else list(PAIR) if score == PAIR_SCORE else [score]
+            )
+            baselines = {"chance": chance(joint)}
+            if score == PAIR_SCORE:
+                baselines.update(single_attribute_baselines(truths, joint))
+            figures[f"{prefix}[{split}] attr[{score}]"] = MetricResult(
+                value, {**kind_protocol, "baselines": baselines}
+            )
+        if prefix == "caption":
+            unparsed = sum(c.parsed is None for c in captioned)
+            figures[f"caption[{split}] unparsed"] = MetricResult(
+                float(unparsed), {**protocol, "unit": "captions"}
+            )
     return figures
 
 
@@ -317,6 +360,8 @@ def evaluate_unified(
     caption_splits: Sequence[str] = CAPTION_SPLITS,
     bits_token_sets: Sequence[str | os.PathLike] = (),
     likelihood_attributes: Sequence[str] = ("colour", "shape"),
+    caption_rerank: Sequence[str] = ("shape",),
+    caption_rerank_weight: float = 0.0,
     data_seed: int = 0,
     gfd: Toggle = "auto",
     gfd_size: int = SEMANTIC_FIDELITY_SIZE,
@@ -340,6 +385,10 @@ def evaluate_unified(
         likelihood_attributes: attributes read by the model's likelihood on the bits images
             (:mod:`polytok.eval.likelihood_choice`: which value's caption gives the image the fewest
             bits); () skips it.
+        caption_rerank: attributes of each greedy caption re-ranked by the generator, in turn, and
+            scored again as ``caption reranked[split]`` (:mod:`polytok.eval.caption_rerank`; () skips
+            it); ``caption_rerank_weight``: the weight of the caption's own bits in that score (0: the
+            image's bits alone, a uniform prior over the attribute's values).
         gfd: ``True`` (the EfficientNet-Lite0 weights must load), ``False``, ``"auto"`` (skipped with
             the reason when they do not); ``gfd_size``: the network's input size.
         judge: a loaded shapes judge (default: the shipped one).
@@ -357,6 +406,11 @@ def evaluate_unified(
     bad = [a for a in likelihood_attributes if a not in TASK_CLASSES]
     if bad:
         raise ValueError(f"likelihood_attributes must be among {sorted(TASK_CLASSES)}, got {bad}")
+    bad = [a for a in caption_rerank if a not in CAPTION_ATTRIBUTES]
+    if bad:
+        raise ValueError(f"caption_rerank must be among {list(CAPTION_ATTRIBUTES)}, got {bad}")
+    if caption_rerank_weight < 0:
+        raise ValueError(f"caption_rerank_weight must be >= 0, got {caption_rerank_weight}")
     unknown = [split for split in caption_splits if split not in CAPTION_SPLITS]
     if unknown:
         raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")
@@ -428,10 +482,10 @@ def evaluate_unified(
         if caption_images_per_split:
             captioned = caption_images(
                 model, tokenizer, items[:caption_images_per_split], split, batch_size=batch_size,
-                progress=progress,
+                rerank=caption_rerank, rerank_caption_weight=caption_rerank_weight, progress=progress,
             )  # fmt: skip
             report.captions.extend(captioned)
-            figures = _caption_figures(captioned, split)
+            figures = _caption_figures(captioned, split, caption_rerank, caption_rerank_weight)
             for key, value in figures.items():
                 report.metrics[key] = MetricResult(value.value, {**protocol, **value.protocol})
     for path in bits_token_sets:

@@ -10,7 +10,9 @@ Figure names:
 * ``bits/image token[<split>]`` and ``bits/image[<split>]``: the model's mean -log2 likelihood of
   the image tokens given the caption;
 * ``caption[<split>] attr[<a>]`` (the caption's six attributes, ``all``, ``pair``) and
-  ``caption[<split>] unparsed`` (a count: captions outside the grammar, wrong for every attribute).
+  ``caption[<split>] unparsed`` (a count: captions outside the grammar, wrong for every attribute);
+  ``caption reranked[<split>] attr[<a>]``: the same captions after re-ranking attributes by the
+  generator's likelihood (:mod:`polytok.eval.caption_rerank`).
 
 Each figure's ``protocol["baselines"]`` holds what it must be read against (chance, single-attribute
 models, the judge's accuracy on real images and on the tokenizer's reconstructions of them).
@@ -52,7 +54,8 @@ class PromptSamples:
 class CaptionedImage:
     """One captioned image: ``image`` (3, H, W) uint8, its dataset ``split`` and ``index``, the true
     ``attributes``, the model's ``caption``, the ``parsed`` attributes (None: outside the grammar) and
-    ``correct`` (attribute / all / pair -> bool)."""
+    ``correct`` (attribute / all / pair -> bool); ``reranked`` / ``reranked_correct``: the same after
+    re-ranking by the generator (:mod:`polytok.eval.caption_rerank`), None where it was not run."""
 
     split: str
     index: int
@@ -61,6 +64,8 @@ class CaptionedImage:
     caption: str
     parsed: dict[str, int] | None
     correct: dict[str, bool]
+    reranked: dict[str, int] | None = None
+    reranked_correct: dict[str, bool] | None = None
 
     @property
     def heldout(self) -> bool:
@@ -74,6 +79,11 @@ class CaptionedImage:
             "caption": self.caption,
             "parsed": self.parsed,
             "correct": self.correct,
+            **(
+                {"reranked": self.reranked, "reranked_correct": self.reranked_correct}
+                if self.reranked_correct is not None
+                else {}
+            ),
         }
 
 

@@ -67,13 +67,22 @@ def caption_files(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
-) -> Iterator[dict[str, str]]:
+    rerank: Sequence[str] = (),
+) -> Iterator[dict[str, str | None]]:
     """Captions of image files, read at the model's resolution (grid x tokenizer stride); greedy by default.
 
-    Yields ``{"image", "caption"}`` per image.
+    Yields ``{"image", "caption"}`` per image; with ``rerank`` (``shapes`` attribute names) also
+    ``"reranked"``: the caption with those attributes re-ranked by the model's text -> image likelihood
+    (:mod:`polytok.eval.caption_rerank`), None for a caption outside the ``shapes`` grammar.
     """
+    from polytok.data.shapes import caption_for
+    from polytok.eval.caption_rerank import rerank_captions
+    from polytok.eval.captions import CAPTION_ATTRIBUTES, parse_caption
     from polytok.image_io import load_images
 
+    bad = [a for a in rerank if a not in CAPTION_ATTRIBUTES]
+    if bad:
+        raise ValueError(f"rerank takes attributes among {list(CAPTION_ATTRIBUTES)}, got {bad}")
     model.check_tokenizer(tokenizer)
     h, w = model.layout.grid
     if h != w:
@@ -91,5 +100,11 @@ def caption_files(
             top_p=top_p,
             seed=seed,
         )
-        for image, caption in zip(chunk, captions):
-            yield {"image": image, "caption": caption}
+        if not rerank:
+            for image, caption in zip(chunk, captions):
+                yield {"image": image, "caption": caption}
+            continue
+        parses = rerank_captions(model, codes.to(model.device), [parse_caption(c) for c in captions], rerank)
+        for image, caption, parse in zip(chunk, captions, parses):
+            better = None if parse is None else caption_for(parse)
+            yield {"image": image, "caption": caption, "reranked": better}
