@@ -300,6 +300,7 @@ def study_row(summary: Mapping[str, Any]) -> dict[str, float | None]:
     for split in ("val", "heldout"):
         for attr in (*CAPTIONED, "all", "pair"):
             row[f"caption[{split}] {attr}"] = _value(m, f"caption[{split}] attr[{attr}]")
+        row[f"reranked[{split}] pair"] = _value(m, f"caption reranked[{split}] attr[pair]")
         row[f"bits/token[{split}]"] = _value(m, f"bits/image token[{split}]")
     return row
 
@@ -339,7 +340,8 @@ COLUMNS = (
     "tokenizer", "seed", "steps", "judge ceiling: all seen / held-out (held-out pair)", "gen seen all",
     "gen seen pair",
     "gen held-out all", "gen held-out pair", "gen seen per attr", "gen held-out per attr", "gFD",
-    "cap val all", "cap held-out all", "cap held-out pair", "cap val per attr", "cap held-out per attr",
+    "cap val all", "cap held-out all", "cap held-out pair", "cap re-ranked pair: val / held-out",
+    "cap val per attr", "cap held-out per attr",
     "bits/token val", "bits/token held-out",
 )  # fmt: skip
 
@@ -361,6 +363,7 @@ def table_line(name: str, seed: str, steps: str, row: Mapping[str, float | None]
         _fmt(row.get("caption[val] all")),
         _fmt(row.get("caption[heldout] all")),
         _fmt(row.get("caption[heldout] pair")),
+        f"{_fmt(row.get('reranked[val] pair'))} / {_fmt(row.get('reranked[heldout] pair'))}",
         _attrs(row, "caption[val]", CAPTIONED),
         _attrs(row, "caption[heldout]", CAPTIONED),
         _fmt(row.get("bits/token[val]"), 3),
@@ -394,7 +397,8 @@ def build_table(runs: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]
         "",
         "gen: text-to-image, the shapes judge's accuracy on the samples (all: every judged attribute "
         "right; pair: shape and colour both right); per attr: " + "/".join(JUDGED) + ". cap: greedy "
-        "captions, parsed; per attr: " + "/".join(CAPTIONED) + ". held-out: the (shape, colour) pairs "
+        "captions, parsed; per attr: " + "/".join(CAPTIONED) + "; re-ranked: the greedy caption's shape "
+        "word chosen by the model's text -> image likelihood. held-out: the (shape, colour) pairs "
         "never in a training caption. Judge ceiling: the judge on the tokenizer's pixel-prefix "
         "reconstructions of the prompts' real images. bits/token: "
         "-log2 p(image sub-code | caption), teacher forced.",

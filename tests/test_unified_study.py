@@ -29,7 +29,8 @@ def _study():
 
 def _summary(wrong: set[str], gfd: float | None) -> dict:
     """A report made by evaluate_unified's own figure functions: every sample and caption right except
-    the attributes in ``wrong``; the reconstructions get the colour wrong on every held-out prompt."""
+    the attributes in ``wrong``; the reconstructions get the colour wrong on every held-out prompt; the
+    re-ranked captions are always right."""
     prompts = prompt_suite()
     samples, real, recon = [], {}, {}
     for p in prompts:
@@ -47,8 +48,10 @@ def _summary(wrong: set[str], gfd: float | None) -> dict:
             truth = {a: p.attributes[a] for a in CAPTION_ATTRIBUTES}
             parsed = {a: truth[a] + (1 if a in wrong else 0) for a in CAPTION_ATTRIBUTES}
             flags = correct_flags(parsed, truth, CAPTION_ATTRIBUTES)
-            captioned.append(CaptionedImage(split, i, torch.zeros(3, 4, 4), truth, "c", parsed, flags))
-        metrics.update(_caption_figures(captioned, split))
+            right = correct_flags(truth, truth, CAPTION_ATTRIBUTES)
+            image = torch.zeros(3, 4, 4)
+            captioned.append(CaptionedImage(split, i, image, truth, "c", parsed, flags, truth, right))
+        metrics.update(_caption_figures(captioned, split, ("shape",)))
         metrics[f"bits/image token[{split}]"] = MetricResult(2.0 if wrong else 1.0)
     if gfd is not None:
         metrics[GFD_LABEL] = MetricResult(gfd)
@@ -73,6 +76,7 @@ def test_table_rows_means_and_baselines():
     assert perfect["ceiling[seen] all"] == 1.0 and perfect["ceiling[heldout] all"] == 0.0
     assert no_colour["caption[heldout] colour"] == 0.0 and no_colour["caption[val] shape"] == 1.0
     assert no_shape["caption[val] all"] == 0.0 and perfect["caption[heldout] pair"] == 1.0
+    assert no_shape["reranked[val] pair"] == no_shape["reranked[heldout] pair"] == 1.0
     assert perfect["bits/token[val]"] == 1.0 and no_shape["bits/token[heldout]"] == 2.0
     assert no_colour["gFD"] is None
     mean = table["means"]["a"]
@@ -83,6 +87,7 @@ def test_table_rows_means_and_baselines():
     assert len(lines) == 2 + 3 + 1  # header, rule, three runs, one mean
     assert lines[-2].startswith("| **a** | mean | 12 |") and "| 5.0 |" in lines[-2]
     assert lines[-1].startswith("| b | 0 | 9 | 1.00 / 0.00 (pair 0.00) |") and "| - |" in lines[-1]
+    assert "| 1.00 / 1.00 |" in lines[-1]  # the re-ranked captions' pair, val / held-out
     # baselines: chance of the shape-and-colour pair is 1/42, and the single-attribute models beside it
     pair = table["baselines"]["t2i[heldout] attr[pair]"]
     assert pair["chance"] == pytest.approx(1 / 42) and len(pair) > 3
