@@ -4,6 +4,7 @@ for the same wall-clock time on the codes of each tokenizer, then measured by ``
     python scripts/unified_study.py --out runs/unified-study --seeds 0 1 --minutes 10   # the full study
     python scripts/unified_study.py --out runs/unified-study-quick --quick              # smoke run, 1 seed
     python scripts/unified_study.py --out runs/unified-study --eval-only                # re-measure the runs
+    python scripts/unified_study.py ... --eval-only --keep-evaluations   # measure only the unmeasured runs
     python scripts/unified_study.py --out runs/size-probe --probe-sizes 32 64          # the image-size probe
 
 Rows: the shipped ``unitok-tiny``, ``evotok-tiny`` and ``polytok-tiny`` tokenizers, and ``pixel-only``:
@@ -264,6 +265,13 @@ def evaluate_run(model_dir: Path, summary: Path, settings: Mapping[str, Any]) ->
     tmp = summary.with_name(summary.name + ".tmp")
     tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
     os.replace(tmp, summary)
+
+
+def evaluation_is_current(summary: Path, model_dir: Path) -> bool:
+    """Whether ``summary`` was written after the weights of the model it measures (so a rerun with
+    ``--keep-evaluations`` keeps it; the settings it was measured with are in its protocol)."""
+    weights = model_dir / "model.safetensors"
+    return summary.is_file() and weights.is_file() and summary.stat().st_mtime >= weights.stat().st_mtime
 
 
 def evaluate_command(model_dir: Path, summary: Path, quick: bool) -> list[str]:
@@ -538,6 +546,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and evaluation")
     parser.add_argument("--eval-only", action="store_true", help="measure the runs already in --out")
+    parser.add_argument(
+        "--keep-evaluations", action="store_true",
+        help="keep each run's eval.json written after its model; measure only the others",
+    )  # fmt: skip
     parser.add_argument("--probe-sizes", nargs="*", type=int, default=None, help="time steps at these sizes")
     parser.add_argument("--probe-rounds", type=int, default=10)
     parser.add_argument("--evaluate-one", nargs=2, metavar=("MODEL_DIR", "SUMMARY"), help=argparse.SUPPRESS)
@@ -574,6 +586,7 @@ def main() -> None:
     jobs = [
         (f"eval-{name}", evaluate_command(path.parent / "model", path, args.quick), None)
         for name, path in summaries.items()
+        if not (args.keep_evaluations and evaluation_is_current(path, path.parent / "model"))
     ]
     run_side_by_side(jobs, out / "logs", args.parallel)
     results = [

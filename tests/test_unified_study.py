@@ -184,3 +184,18 @@ def test_side_by_side_runs_a_waiting_job_after_the_one_it_needs(tmp_path):
     failing = ("bad", [sys.executable, "-c", "raise SystemExit(3)"], None)
     with pytest.raises(SystemExit, match="bad failed"):
         study.run_side_by_side([failing], tmp_path / "logs", 1)
+
+
+def test_a_kept_evaluation_must_be_newer_than_its_model(tmp_path):
+    study = _study()
+    model, summary = tmp_path / "run" / "model", tmp_path / "run" / "eval.json"
+    model.mkdir(parents=True)
+    assert not study.evaluation_is_current(summary, model)  # neither there
+    (model / "model.safetensors").write_bytes(b"weights")
+    assert not study.evaluation_is_current(summary, model)  # never measured
+    summary.write_text("{}")
+    os.utime(model / "model.safetensors", (1_000, 1_000))
+    os.utime(summary, (2_000, 2_000))
+    assert study.evaluation_is_current(summary, model)
+    os.utime(model / "model.safetensors", (3_000, 3_000))  # retrained since: measured again
+    assert not study.evaluation_is_current(summary, model)
