@@ -546,6 +546,7 @@ ABOVE = {
     "recipes/unified_evaluation.py",
     "eval/unified_eval.py",
     "eval/likelihood_choice.py",
+    "eval/caption_rerank.py",
     "eval/html_unified.py",
 }
 
