@@ -52,6 +52,11 @@ def _first(value: Any, count: int) -> Any:
     return value
 
 
+def code_levels(tokenizer: Any) -> int:
+    """Code levels of a tokenizer: its full depth (1 unless its quantizer is residual)."""
+    return int(getattr(tokenizer.quantizer, "num_levels", 1))
+
+
 @dataclass(frozen=True)
 class DepthPlan:
     """Which levels are measured. ``depths``: code depths (code families); ``decoded``: levels decoded
@@ -66,7 +71,7 @@ class DepthPlan:
 
     @classmethod
     def of(cls, tokenizer: Any, depths: Sequence[int] | None) -> DepthPlan:
-        num_levels = int(getattr(tokenizer.quantizer, "num_levels", 1))
+        num_levels = code_levels(tokenizer)
         code_shape = tuple(int(s) for s in tokenizer.quantizer.code_shape)
         chosen = sorted(set(depths)) if depths is not None else list(range(1, num_levels + 1))
         if not chosen:

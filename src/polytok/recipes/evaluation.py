@@ -18,11 +18,6 @@ from polytok.eval import (
 )
 
 
-def _num_levels(tokenizer: Any) -> int:
-    """Code levels of a tokenizer (1 unless its quantizer is residual)."""
-    return int(getattr(tokenizer.quantizer, "num_levels", 1))
-
-
 def zero_shot_spec(dataset: Any, task: str | None) -> ZeroShotSpec | None:
     """Class names and prompt templates of a built-in dataset task (shapes: ``shape``, ``colour``, ...)."""
     if task is None or not hasattr(dataset, "class_names"):
@@ -64,6 +59,7 @@ def evaluate_many(
     figures without the per-level curves, at a fraction of the cost for deep residual tokenizers).
     """
     from polytok.data import build_dataloader, build_dataset
+    from polytok.eval.evaluate import code_levels
 
     options = dict(dataset_options or {})
     if zero_shot_task is not None:
@@ -88,7 +84,7 @@ def evaluate_many(
     reports = []
     for tok, name in zip(tokenizers, names):
         loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False)
-        tok_options = options if depth_curves else replace(options, depths=[_num_levels(tok)])
+        tok_options = options if depth_curves else replace(options, depths=[code_levels(tok)])
         reports.append(
             evaluate_tokenizer(tok, loader, tok_options, name=name, protocol=protocol, progress=progress)
         )
