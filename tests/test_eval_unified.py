@@ -545,3 +545,7 @@ def test_reranked_captions_take_the_value_of_lowest_score(trained, report, weigh
         evaluate_unified(model, tok, caption_rerank=("hue",), progress=False)
     with pytest.raises(ValueError, match="caption_weight"):
         rerank_captions(model, codes, parses, ("shape",), caption_weight=-1.0)
+    with pytest.raises(ValueError, match="rerank must be among"):  # a task, not a word of the caption
+        rerank_captions(model, codes, parses, ("object",))
+    with pytest.raises(ValueError, match="caption_rerank_weight"):
+        evaluate_unified(model, tok, caption_rerank_weight=-1.0, progress=False)

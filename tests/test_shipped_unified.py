@@ -126,4 +126,4 @@ def test_generate_and_caption_work_by_name(tmp_path, capsys):
             k: v for k, v in parsed.items() if k != "shape"
         }
     assert main(["caption", NAME, path, "--rerank", "hue"]) == 2
-    assert "polytok: error: rerank takes attributes among" in capsys.readouterr().err
+    assert "polytok: error: rerank must be among" in capsys.readouterr().err

@@ -28,9 +28,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polytok.data.shapes import TASK_CLASSES, caption_for
+from polytok.eval.captions import CAPTION_ATTRIBUTES
 from polytok.eval.likelihood_choice import image_bits
 
 Parse = dict[str, int]
+
+
+def check_rerank(
+    attributes: Sequence[str],
+    caption_weight: float = 0.0,
+    name: str = "rerank",
+    weight_name: str = "caption_weight",
+) -> None:
+    """Refuse, before any work, attributes a caption does not state (``object`` included: no caption
+    word names it) and a negative weight; ``name`` / ``weight_name``: the caller's parameters."""
+    bad = [a for a in attributes if a not in CAPTION_ATTRIBUTES]
+    if bad:
+        raise ValueError(f"{name} must be among {list(CAPTION_ATTRIBUTES)}, got {bad}")
+    if caption_weight < 0:
+        raise ValueError(f"{weight_name} must be >= 0, got {caption_weight}")
 
 
 @torch.no_grad()
@@ -80,10 +96,7 @@ def rerank_attribute(
 ) -> list[Parse | None]:
     """Each parse with ``attribute`` set to the value of lowest score (module docstring); codes
     (B, h, w, *code_shape), B parses (None: a caption outside the grammar, left as it is)."""
-    if attribute not in TASK_CLASSES:
-        raise ValueError(f"unknown attribute {attribute!r}; expected one of {sorted(TASK_CLASSES)}")
-    if caption_weight < 0:
-        raise ValueError(f"caption_weight must be >= 0, got {caption_weight}")
+    check_rerank([attribute], caption_weight)
     if len(codes) != len(parsed):
         raise ValueError(f"need one parse per image, got {len(parsed)} and {len(codes)}")
     rows = [i for i, p in enumerate(parsed) if p is not None]

@@ -326,9 +326,7 @@ def _caption_figures(
     figures = {}
     for prefix, kind_protocol, flags in kinds:
         for score, value in accuracy(flags).items():
-            joint = (
-                list(CAPTION_ATTRIBUTES) if score == ALL else list(PAIR) if score == PAIR_SCORE else [score]
-            )
+            joint = _joint_attributes(score)
             baselines = {"chance": chance(joint)}
             if score == PAIR_SCORE:
                 baselines.update(single_attribute_baselines(truths, joint))
@@ -395,6 +393,7 @@ def evaluate_unified(
 
     Returns a :class:`UnifiedReport`; the same arguments give the same figures.
     """
+    from polytok.eval.caption_rerank import check_rerank
     from polytok.eval.shapes_judge import load_shapes_judge
     from polytok.unified.sampling import SamplingOptions
 
@@ -406,11 +405,7 @@ def evaluate_unified(
     bad = [a for a in likelihood_attributes if a not in TASK_CLASSES]
     if bad:
         raise ValueError(f"likelihood_attributes must be among {sorted(TASK_CLASSES)}, got {bad}")
-    bad = [a for a in caption_rerank if a not in CAPTION_ATTRIBUTES]
-    if bad:
-        raise ValueError(f"caption_rerank must be among {list(CAPTION_ATTRIBUTES)}, got {bad}")
-    if caption_rerank_weight < 0:
-        raise ValueError(f"caption_rerank_weight must be >= 0, got {caption_rerank_weight}")
+    check_rerank(caption_rerank, caption_rerank_weight, "caption_rerank", "caption_rerank_weight")
     unknown = [split for split in caption_splits if split not in CAPTION_SPLITS]
     if unknown:
         raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")

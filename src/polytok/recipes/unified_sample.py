@@ -76,13 +76,11 @@ def caption_files(
     (:mod:`polytok.eval.caption_rerank`), None for a caption outside the ``shapes`` grammar.
     """
     from polytok.data.shapes import caption_for
-    from polytok.eval.caption_rerank import rerank_captions
-    from polytok.eval.captions import CAPTION_ATTRIBUTES, parse_caption
+    from polytok.eval.caption_rerank import check_rerank, rerank_captions
+    from polytok.eval.captions import parse_caption
     from polytok.image_io import load_images
 
-    bad = [a for a in rerank if a not in CAPTION_ATTRIBUTES]
-    if bad:
-        raise ValueError(f"rerank takes attributes among {list(CAPTION_ATTRIBUTES)}, got {bad}")
+    check_rerank(rerank)
     model.check_tokenizer(tokenizer)
     h, w = model.layout.grid
     if h != w:
