@@ -3,7 +3,7 @@
     PYTHONPATH=/tmp/offpkgs python benchmarks/official_throughput.py --unitok /path/to/UniTok \\
         --evotok /path/to/EvoTok [--repeats 3] [--batch8-repeats 1] [--quick] [--json rows.json]
 
-Each official model is built as scripts/compare_official_full.py builds it (published size, seeded random
+Each official model is built as scripts/parity/compare_official_full.py builds it (published size, seeded random
 weights, nothing downloaded), converted into the polytok preset, and both run side by side: encode
 (images -> codes), decode (codes -> image) and, for EvoTok, the semantic branch (codes -> semantic
 tokens), at batch 1 and 8, in fp32 and under bf16 autocast. Calls alternate official, polytok,
@@ -12,7 +12,7 @@ median is kept, so load on the machine falls on both sides alike. Everything run
 ``torch.inference_mode``. The table gives seconds per image and the speed-up official / polytok (above 1:
 polytok is faster), with a check that both computed the same thing (the fraction of equal codes, or the
 largest difference of the outputs). ``--quick`` runs the reduced widths of the parity fixtures instead
-(a smoke run). The official code needs the packages named in scripts/make_parity_fixtures.py (UniTok:
+(a smoke run). The official code needs the packages named in scripts/parity/make_parity_fixtures.py (UniTok:
 timm 1.0.8, ``pytz``, ``typed-argument-parser``, e.g. ``pip install --target /tmp/offpkgs ...`` and
 that directory on PYTHONPATH).
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "parity"
 sys.path.insert(0, str(SCRIPTS))
 from compare_official_full import EVOTOK_L_ARCH, EVOTOK_L_ARGS, UNITOK_L_ARCH, UNITOK_L_ARGS  # noqa: E402
 from make_parity_fixtures import (  # noqa: E402

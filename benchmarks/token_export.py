@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from polytok.token_shards import load_token_shards
+from polytok.tokensets.shards import load_token_shards
 
 
 def run_export(nproc: int, args: argparse.Namespace, out: Path) -> dict[str, float]:

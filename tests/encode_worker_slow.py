@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-import polytok.tokens
+import polytok.tokensets.npz
 from polytok.cli import main
 
 SLOW_FROM = int(os.environ.get("SLOW_FROM", "8"))
@@ -30,8 +30,8 @@ class Slowed:
         return self.dataset[index]
 
 
-real = polytok.tokens.dataset_for_encoding
-polytok.tokens.dataset_for_encoding = lambda *a, **kw: Slowed(real(*a, **kw))
+real = polytok.tokensets.npz.dataset_for_encoding
+polytok.tokensets.npz.dataset_for_encoding = lambda *a, **kw: Slowed(real(*a, **kw))
 
 if __name__ == "__main__":
     sys.exit(main())

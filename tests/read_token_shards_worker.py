@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from polytok.token_shards import TokenShardDataset
+from polytok.tokensets.shards import TokenShardDataset
 
 if __name__ == "__main__":
     source, out = Path(sys.argv[1]), Path(sys.argv[2])

@@ -22,7 +22,7 @@ from PIL import Image
 from polytok.cli import build_parser, main
 from polytok.hub import load_tokenizer
 from polytok.image_io import load_images
-from polytok.tokens import TokenFileError, encode_batches, load_tokens, weights_sha256
+from polytok.tokensets.npz import TokenFileError, encode_batches, load_tokens, weights_sha256
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

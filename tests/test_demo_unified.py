@@ -21,7 +21,7 @@ from PIL import Image
 
 from polytok.cli import main
 from polytok.demo import UNIFIED_SUMMARY, choose_unified
-from polytok.eval.prompts import prompt_suite
+from polytok.eval.shapes.prompts import prompt_suite
 from polytok.recipes.unified_run import (
     IMAGE_TOKENIZER_DIR,
     WEIGHTS_ENV,
@@ -134,7 +134,7 @@ def test_package_data_ships_every_file_of_a_unified_model_folder(model_dir, tmp_
 
 
 def test_shipping_script_trains_and_places_a_unified_model_found_by_name(tmp_path, monkeypatch, capfd):
-    """scripts/train_shipped_unified.sh with the shipped config at a 2-step budget, into a weights
+    """scripts/shipped/train_shipped_unified.sh with the shipped config at a 2-step budget, into a weights
     directory outside the package: the folder is complete, checksummed, and generates by name."""
     venv = Path(sys.executable).parent
     env = {
@@ -147,7 +147,7 @@ def test_shipping_script_trains_and_places_a_unified_model_found_by_name(tmp_pat
     }
     budget = ["train.max_steps=2", "train.max_minutes=null", "unified.text_captions=64"]
     budget += ["unified.heldout_samples=4", "train.save_every=0", "train.log_every=1"]
-    script = ROOT / "scripts" / "train_shipped_unified.sh"
+    script = ROOT / "scripts" / "shipped" / "train_shipped_unified.sh"
     done = subprocess.run(["bash", str(script), *budget], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + (tmp_path / "run.log").read_text()
     folder = tmp_path / "weights" / "shipped-unified"

@@ -11,7 +11,7 @@ from polytok.data.shapes import ShapesDataset
 from polytok.eval import EvalOptions, evaluate_tokenizer
 from polytok.eval.families.attributes import AttributeFidelity, cell_means, figure_name
 from polytok.eval.families.base import DepthBatch, RealBatch
-from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
+from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
 from polytok.hub import load_tokenizer
 
 N = 48

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from polytok.eval import FeatureMoments, FrechetDistance, InceptionFeatures, InceptionScore, ModuleFeatures
-from polytok.eval.weights import INCEPTION_FILENAME
+from polytok.eval.metrics.weights import INCEPTION_FILENAME
 from test_eval_photos import perturb, photo_crops
 
 

@@ -8,7 +8,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from polytok.eval import LPIPS, PSNR, SSIM, build_lpips_vgg, psnr_per_image, ssim_per_image
-from polytok.eval.weights import VGG16_FILENAME
+from polytok.eval.metrics.weights import VGG16_FILENAME
 from test_eval_photos import perturb, photo_crops
 
 

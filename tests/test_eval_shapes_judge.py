@@ -12,7 +12,7 @@ import torch
 from skimage.filters import gaussian
 
 from polytok.data.shapes import COLOURS, ShapesDataset
-from polytok.eval.shapes_judge import (
+from polytok.eval.shapes.judge import (
     GEOMETRY_ATTRIBUTES,
     JUDGED_ATTRIBUTES,
     JudgeRecipe,

@@ -1,4 +1,4 @@
-"""scripts/fidelity_diagnostics.py: the references it prints and a fine-tuning probe, run as a user does."""
+"""scripts/studies/fidelity_diagnostics.py: the references it prints and a fine-tuning probe, run as a user does."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "fidelity_diagnostics.py"
+SCRIPT = ROOT / "scripts" / "studies" / "fidelity_diagnostics.py"
 
 
 def _run(*args: str) -> list[dict]:

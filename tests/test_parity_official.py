@@ -1,6 +1,6 @@
 """Parity with the official UniTok and EvoTok code, through fixtures built from it.
 
-The fixtures (tests/fixtures/parity, made by scripts/make_parity_fixtures.py from the official
+The fixtures (tests/fixtures/parity, made by scripts/parity/make_parity_fixtures.py from the official
 repositories) hold seeded official modules at reduced width, with LayerNorm weights and all biases
 perturbed, their inputs and their outputs. Each test converts the official state dict with
 polytok.convert, loads it strictly into the polytok module and compares the outputs.

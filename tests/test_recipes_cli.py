@@ -13,7 +13,7 @@ from PIL import Image
 from polytok.cli import main
 from polytok.models.tokenizer import Tokenizer
 from polytok.recipes.run import load_run_config
-from polytok.tokens import check_tokens_fit, load_tokens
+from polytok.tokensets.npz import check_tokens_fit, load_tokens
 from polytok.train import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -11,8 +11,8 @@ from scipy.special import log_softmax, rel_entr
 from skimage import data
 from skimage.filters import gaussian
 
-from polytok.eval.frechet import FeatureMoments
-from polytok.eval.semantic_fidelity import (
+from polytok.eval.metrics.frechet import FeatureMoments
+from polytok.eval.metrics.semantic_fidelity import (
     EfficientNetFrechetDistance,
     FrechetStatistics,
     SemanticAgreement,

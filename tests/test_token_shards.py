@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader
 from polytok.cli import main
 from polytok.hub import load_tokenizer
 from polytok.image_io import load_images
-from polytok.token_shards import (
+from polytok.tokensets.shards import (
     TokenSetMismatchError,
     TokenShardDataset,
     load_token_shards,
     shard_name,
 )
-from polytok.tokens import TokenFileError, load_tokens
+from polytok.tokensets.npz import TokenFileError, load_tokens
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SLOW_WORKER = Path(__file__).with_name("encode_worker_slow.py")
@@ -89,7 +89,7 @@ def test_two_processes_write_the_same_set_as_one(one_process: Path, tmp_path) ->
     ]
     tok = load_tokenizer("evotok-tiny").eval()  # an independent check of some rows
     data = load_token_shards(out)
-    from polytok.tokens import dataset_for_encoding
+    from polytok.tokensets.npz import dataset_for_encoding
 
     shapes = dataset_for_encoding("shapes", image_size=64)
     images = torch.stack([shapes[i]["image"] for i in range(8, 12)])
@@ -292,7 +292,7 @@ def test_reader_splits_the_shards_over_torchrun_ranks(one_process: Path, tmp_pat
 
 def test_webdataset_input_gives_one_token_shard_per_input_shard(tmp_path) -> None:
     from polytok.data import write_shards
-    from polytok.tokens import dataset_for_encoding
+    from polytok.tokensets.npz import dataset_for_encoding
 
     shapes = dataset_for_encoding("shapes", image_size=64)
     samples = [{"key": f"img{i:03d}", **{k: shapes[i][k] for k in ("image", "caption")}} for i in range(20)]

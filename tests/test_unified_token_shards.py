@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset
 
 from polytok.cli import main
 from polytok.recipes.unified_run import load_unified_run_config, train_unified
-from polytok.token_shards import load_token_shards
+from polytok.tokensets.shards import load_token_shards
 from process_kill import kill_when_file_appears
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -137,7 +137,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from polytok.data import ShardDataset
-    from polytok.tokens import collate_readable, dataset_for_encoding, encode_batches
+    from polytok.tokensets.npz import collate_readable, dataset_for_encoding, encode_batches
 
     kind = _output_format(args)
     if kind == "npz" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -151,7 +151,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     if kind == "wds":
-        from polytok.token_shards import encode_to_shards
+        from polytok.tokensets.shards import encode_to_shards
 
         written = encode_to_shards(
             tok, dataset, args.out, args.shard_size, batch_size=args.batch_size, workers=args.workers
@@ -185,8 +185,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from polytok.image_io import save_images
-    from polytok.token_shards import check_identity, is_token_shard_set, load_token_shards
-    from polytok.tokens import check_tokens_fit, load_tokens
+    from polytok.tokensets.shards import check_identity, is_token_shard_set, load_token_shards
+    from polytok.tokensets.npz import check_tokens_fit, load_tokens
 
     tok = _load_model(args)
     _check_depth(args.depth, tok)

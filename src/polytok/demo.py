@@ -138,11 +138,11 @@ def sample_unified(
     seed: int = 0,
     progress: bool | None = None,
 ) -> Any:
-    """The unified model's :class:`~polytok.eval.unified_report.UnifiedReport` on the prompt suite
+    """The unified model's :class:`~polytok.eval.unified.report.UnifiedReport` on the prompt suite
     (``samples_per_prompt`` each, held-out pairs included) and on ``caption_images`` held-out shapes
     images (captions and bits per image token); :func:`evaluate_unified`'s sampling defaults otherwise
     (guidance 3.0, temperature 1.0)."""
-    from polytok.eval.unified_eval import evaluate_unified
+    from polytok.eval.unified.evaluate import evaluate_unified
     from polytok.recipes.unified_run import load_unified
 
     model, tokenizer = load_unified(name_or_path)
@@ -193,8 +193,8 @@ def run_demo(
     ``unified_caption_images`` held-out images captioned bound its cost. ``unified_only``: only that
     stage and the report (no tokenizer trained or measured)."""
     from polytok.eval import write_report
-    from polytok.eval.html_unified import render_unified_section, write_unified_report
-    from polytok.eval.prompts import prompt_suite
+    from polytok.eval.html.unified import render_unified_section, write_unified_report
+    from polytok.eval.shapes.prompts import prompt_suite
     from polytok.hub import list_shipped, load_tokenizer
 
     if unified_samples_per_prompt < 1 or unified_caption_images < 0:

@@ -1,4 +1,11 @@
-"""Durable directories: written aside, checksummed, fsync'ed, then swapped in whole.
+"""Durable files and directories: every save of polytok goes through here.
+
+Files (:func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`) are written to a
+temporary name in the same directory, fsync'ed and renamed over the target: a reader sees the old or the
+new content, never a half-written file.
+
+Directories (:func:`save_folder`, :func:`open_folder`) are written aside, checksummed, fsync'ed, then
+swapped in whole.
 
 A directory ``<parent>/<name>`` (a ``save_pretrained`` directory, a training checkpoint) is never written
 in place. Its files go into a staging directory; a ``manifest.json`` with the size and sha256 of every file
@@ -21,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +68,38 @@ def sha256_file(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# single files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``<path>.tmp-<pid>`` + fsync + rename; the temporary file is
+    removed if writing fails (a full disk leaves no partial file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
+    """:func:`atomic_write_bytes` of ``data`` as JSON."""
+    return atomic_write_text(path, json.dumps(data, indent=indent))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # manifests
 
 
@@ -72,13 +112,7 @@ def write_manifest(directory: str | Path, extra: dict[str, Any] | None = None) -
         if f.is_file() and not f.name.startswith(".") and f.name != MANIFEST:
             files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
     manifest = {"format": FORMAT_VERSION, **dict(extra or {}), "files": files}
-    tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST)
-    fsync_dir(directory)
+    atomic_write_json(directory / MANIFEST, manifest, indent=1)
     return manifest
 
 
@@ -205,3 +239,87 @@ def publish(staging: str | Path, final: str | Path) -> Path:
         shutil.rmtree(previous, ignore_errors=True)
     prune_stale(final)
     return final
+
+
+# ---------------------------------------------------------------------------------------------------------
+# saved folders: the one format of ``save_pretrained`` (tokenizers, unified models)
+
+
+def check_replaceable(out: str | Path, known: set[str], what: str) -> None:
+    """Refuse to replace ``out`` unless it holds only entries of a saved ``what`` (``known`` names): the
+    whole directory is swapped for the new one, so anything else in it would be lost."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot save a {what} to {out}: it is a file, not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in known | {MANIFEST})
+        if foreign:
+            raise ValueError(
+                f"refusing to save a {what} into {out}: saving replaces the whole directory, and it "
+                f"holds other files ({', '.join(foreign[:5])}); choose an empty or new directory"
+            )
+
+
+def save_folder(
+    out: str | Path,
+    write: Callable[[Path], None],
+    *,
+    known: set[str],
+    what: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a folder atomically: ``write(staging)`` fills a staging directory, the manifest (sizes and
+    sha256 of its files, plus ``extra``) is written last, and the directory takes the name ``out`` whole
+    (:func:`publish`). ``known``: the names a saved ``what`` holds; ``out`` holding anything else is refused
+    before anything is written. Files keep the permissions the umask gives."""
+    out = Path(out)
+    check_replaceable(out, known, what)
+    staging = staging_dir(out)
+    try:
+        write(staging)
+        honour_umask(staging)
+        write_manifest(staging, extra)
+        publish(staging, out)
+    finally:
+        if staging.exists():  # an exception before the rename: nothing was published
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def honour_umask(directory: str | Path) -> None:
+    """Give the regular files directly in ``directory`` the mode the umask gives new files (some writers,
+    safetensors among them, create files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in Path(directory).iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
+
+
+def open_folder(directory: str | Path, what: str) -> Path:
+    """The saved folder to read at ``directory``, its files verified against its manifest
+    (:class:`ChecksumError` on a mismatch). After a crash in the middle of replacing it, the previous
+    version (``<directory>.old-*``) is read, with a warning; a folder without a manifest (saved by an older
+    polytok) is read unverified, with a warning."""
+    import warnings
+
+    directory = Path(directory)
+    root = resolve(directory)
+    if root is None or not root.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {directory}")
+    if root != directory:
+        warnings.warn(
+            f"{directory} is missing; reading {root.name}, the version an interrupted save left",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    manifest = read_manifest(root)
+    if manifest is None:
+        warnings.warn(
+            f"{root} has no {MANIFEST} (saved by an older polytok): its files are not verified",
+            UserWarning,
+            stacklevel=3,
+        )
+    else:
+        verify_files(root, manifest)
+    return root

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from polytok.eval.features import FeatureSpace
-from polytok.eval.zero_shot import DEFAULT_TEMPLATES
+from polytok.eval.metrics.features import FeatureSpace
+from polytok.eval.metrics.zero_shot import DEFAULT_TEMPLATES
 
 Toggle = bool | Literal["auto"]
 

@@ -5,19 +5,16 @@
     codes[all]          -> semantic branch (CLIP head against a text tower, or a distilled ViT decoder)
 
 Checkpoints (``save_pretrained``) hold ``config.json``, ``model.safetensors`` and ``manifest.json`` (their
-checksums, verified on load). Frozen third-party networks (a distillation teacher, a frozen pretrained
-text encoder) are not stored: they are rebuilt from their package or weights path when first needed,
-which keeps checkpoints small and licences separate.
+checksums, verified on load); the folder format is :mod:`polytok.models.saving`. Frozen third-party
+networks (a distillation teacher, a frozen pretrained text encoder) are not stored: they are rebuilt from
+their package or weights path when first needed, which keeps checkpoints small and licences separate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +39,6 @@ from polytok.models.text import PretrainedTextTower, build_text_tower
 from polytok.nn import AttentionProjection, LinearProjection, TanhMlpProjection
 from polytok.nn.patch_pca import PatchPCA
 from polytok.quant import MultiCodebookQuantizer, QuantizerOutput, ResidualQuantizer, VectorQuantizer
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -631,6 +625,8 @@ class Tokenizer(nn.Module):
         complete, and the next save removes the partial leftovers. A directory holding other files than a
         saved tokenizer's is refused (ValueError) rather than replaced.
         """
+        from polytok.models.saving import save_tokenizer_state
+
         return save_tokenizer_state(self.config, self.checkpoint_state_dict(), directory)
 
     @classmethod
@@ -650,12 +646,10 @@ class Tokenizer(nn.Module):
         (written before polytok stored checksums) loads unverified, with a warning. The model is moved to
         ``map_location``.
         """
-        root = _find_saved(Path(directory))
-        config_path = root / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"checkpoint config missing: expected {config_path}")
-        tok = cls(TokenizerConfig.from_file(config_path), load_backbone_weights=False, teacher=teacher)
-        state = _read_weights(root, "cpu")
+        from polytok.models.saving import read_tokenizer_folder
+
+        config, state, root = read_tokenizer_folder(directory)
+        tok = cls(config, load_backbone_weights=False, teacher=teacher)
         tok.load_checkpoint_state(state, source=str(root))
         return tok.to(map_location)
 
@@ -683,98 +677,3 @@ class Tokenizer(nn.Module):
                     f"expected {tuple(v.shape)}"
                 )
         self.load_state_dict(state, strict=False)
-
-
-def save_tokenizer_state(
-    config: TokenizerConfig, state: dict[str, Tensor], directory: str | os.PathLike
-) -> Path:
-    """``save_pretrained`` for weights held apart from a model, e.g. gathered from FSDP shards:
-    ``state`` is ``checkpoint_state_dict()`` of a tokenizer built from ``config``."""
-    from safetensors.torch import save_file
-
-    from polytok import storage
-
-    out = Path(directory)
-    _check_replaceable(out)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    staging = storage.staging_dir(out)
-    try:
-        save_file(
-            tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_preset": config.name}
-        )
-        (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
-        storage.write_manifest(staging)
-        storage.publish(staging, out)
-    finally:
-        if staging.exists():  # an exception before the rename: nothing was published
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
-
-
-_SAVED_FILES = {CONFIG_NAME, WEIGHTS_NAME, "manifest.json", "pytorch_model.bin"}
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace anything but a saved tokenizer: the whole directory is swapped for the new one."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"cannot save a tokenizer to {out}: it is a file, not a directory")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _SAVED_FILES)
-        if foreign:
-            raise ValueError(
-                f"refusing to save a tokenizer into {out}: saving replaces the whole directory, and it "
-                f"holds other files ({', '.join(foreign[:5])}); choose an empty or new directory"
-            )
-
-
-def _find_saved(directory: Path) -> Path:
-    """The ``save_pretrained`` directory to read, its files verified against its manifest.
-
-    After a crash in the middle of replacing it, the previous version is read from ``<directory>.old-*``.
-    """
-    from polytok import storage
-
-    root = storage.resolve(directory)
-    if root is None or not root.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    if root != directory:
-        warnings.warn(
-            f"{directory} is missing; reading {root.name}, the version an interrupted save left",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    manifest = storage.read_manifest(root)
-    if manifest is None:
-        warnings.warn(
-            f"{root} has no {storage.MANIFEST} (saved by an older polytok): its files are not verified",
-            UserWarning,
-            stacklevel=3,
-        )
-    else:
-        storage.verify_files(root, manifest)
-    return root
-
-
-def _read_weights(root: Path, map_location: str | torch.device) -> dict[str, Tensor]:
-    weights = root / WEIGHTS_NAME
-    if weights.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ValueError(f"cannot read {weights}: truncated or corrupt (half-written?) ({exc})") from exc
-    pickled = root / "pytorch_model.bin"
-    if pickled.is_file():
-        try:
-            state = torch.load(pickled, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"refusing to unpickle {pickled}: it is not a plain tensor file loadable with "
-                f"weights_only=True ({exc})"
-            ) from exc
-        if not isinstance(state, dict):
-            raise ValueError(f"{pickled} does not hold a state dict")
-        return state
-    raise FileNotFoundError(f"checkpoint weights missing: expected {weights}")

@@ -113,7 +113,7 @@ def train_tokenizer(config: RunConfig):
     import torch
 
     from polytok.data import collate
-    from polytok.models.tokenizer import save_tokenizer_state
+    from polytok.models.saving import save_tokenizer_state
 
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     tokenizer = build_tokenizer(config.model)

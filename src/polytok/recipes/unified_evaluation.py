@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from polytok.eval.unified_report import UnifiedReport
+from polytok.eval.unified.report import UnifiedReport
 
 
 def is_unified_model(name_or_path: str) -> bool:
@@ -34,9 +34,9 @@ def evaluate_unified_to_files(
     """Load the unified model, evaluate it, print the tables, write the HTML ``report`` and the JSON
     ``summary`` (default: beside the report, ``.json``). ``max_prompts``: only the suite's first N
     prompts (a quick look; the figures then cover fewer pairs). Other keywords: ``evaluate_unified``'s."""
-    from polytok.eval.html_unified import write_unified_report
-    from polytok.eval.prompts import prompt_suite
-    from polytok.eval.unified_eval import evaluate_unified
+    from polytok.eval.html.unified import write_unified_report
+    from polytok.eval.shapes.prompts import prompt_suite
+    from polytok.eval.unified.evaluate import evaluate_unified
     from polytok.recipes.unified_run import load_unified
 
     if max_prompts is not None and max_prompts < 1:

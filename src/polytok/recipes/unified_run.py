@@ -177,7 +177,7 @@ def _sequence_batch(fields: dict, device: torch.device):
 
 def is_token_set(name: str) -> bool:
     """True when ``name`` is a directory of token shards (complete or not) rather than images."""
-    from polytok.token_shards import MANIFEST
+    from polytok.tokensets.shards import MANIFEST
 
     path = Path(name)
     return path.is_dir() and ((path / MANIFEST).is_file() or any(path.glob("tokens-*.tar")))
@@ -185,7 +185,7 @@ def is_token_set(name: str) -> bool:
 
 def check_token_set(path: str, tokenizer: Any, tokenizer_name: str, grid: tuple[int, int]) -> dict:
     """The manifest of the token set at ``path``; refused unless ``tokenizer`` made it at ``grid``."""
-    from polytok.token_shards import (
+    from polytok.tokensets.shards import (
         TokenSetMismatchError,
         describe_difference,
         load_token_shards,
@@ -213,7 +213,7 @@ def check_token_set(path: str, tokenizer: Any, tokenizer_name: str, grid: tuple[
 
 def token_set_dataset(path: str, options: dict[str, Any], seed: int) -> TokenShardCaptions:
     """The training stream of a (checked) token set; ``options``: shuffle (default true), shuffle_buffer."""
-    from polytok.token_shards import TokenShardDataset
+    from polytok.tokensets.shards import TokenShardDataset
 
     unknown = set(options) - {"shuffle", "shuffle_buffer"}
     if unknown:
@@ -231,7 +231,7 @@ def token_set_dataset(path: str, options: dict[str, Any], seed: int) -> TokenSha
 
 def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any, grid: tuple[int, int]):
     from polytok.data import build_dataset
-    from polytok.token_shards import load_token_shards
+    from polytok.tokensets.shards import load_token_shards
 
     section = config.unified
     if not section.heldout_samples:

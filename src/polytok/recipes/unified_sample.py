@@ -73,11 +73,11 @@ def caption_files(
 
     Yields ``{"image", "caption"}`` per image; with ``rerank`` (``shapes`` attribute names) also
     ``"reranked"``: the caption with those attributes re-ranked by the model's text -> image likelihood
-    (:mod:`polytok.eval.caption_rerank`), None for a caption outside the ``shapes`` grammar.
+    (:mod:`polytok.eval.unified.rerank`), None for a caption outside the ``shapes`` grammar.
     """
     from polytok.data.shapes import caption_for
-    from polytok.eval.caption_rerank import check_rerank, rerank_captions
-    from polytok.eval.captions import parse_caption
+    from polytok.eval.unified.rerank import check_rerank, rerank_captions
+    from polytok.eval.shapes.captions import parse_caption
     from polytok.image_io import load_images
 
     check_rerank(rerank)

@@ -94,7 +94,7 @@ def sample_number(key: str) -> int:
 
 
 class TokenShardCaptions(IterableDataset):
-    """A token set (:class:`polytok.token_shards.TokenShardDataset`) streamed as ``{"codes", "caption",
+    """A token set (:class:`polytok.tokensets.shards.TokenShardDataset`) streamed as ``{"codes", "caption",
     "key": (epoch, sample number)}`` items.
 
     The stream splits itself over ranks and DataLoader workers; its order is a function of (seed, epoch),
@@ -118,7 +118,7 @@ class TokenShardCaptions(IterableDataset):
 
     def captions(self, count: int) -> list[str]:
         """The captions of the set's first ``count`` samples in dataset order (the same on every rank)."""
-        from polytok.token_shards import load_token_shards
+        from polytok.tokensets.shards import load_token_shards
 
         return load_token_shards(self.shards.manifest["directory"], limit=count)["captions"]
 

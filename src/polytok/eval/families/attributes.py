@@ -68,7 +68,7 @@ class AttributeFidelity:
     label = "attribute judge"  # named in progress lines
 
     def __init__(self, judge: Any, required: bool = False, stride: int | None = None) -> None:
-        from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
+        from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES
 
         self.judge = judge
         self.stride = stride  # the token grid's cell side; None: no cell-mean reference
@@ -133,7 +133,7 @@ class AttributeFidelity:
 def _chance(attribute: str) -> float:
     """Accuracy of a uniform guess (for ``all``: of guessing every attribute at once)."""
     from polytok.data.shapes import TASK_CLASSES
-    from polytok.eval.shapes_judge import JUDGED_ATTRIBUTES
+    from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES
 
     names = JUDGED_ATTRIBUTES if attribute == ALL_CORRECT else (attribute,)
     chance = 1.0
@@ -147,7 +147,7 @@ def build(
 ) -> AttributeFidelity | None:
     if options.attribute_fidelity is False:
         return None
-    from polytok.eval.shapes_judge import load_shapes_judge
+    from polytok.eval.shapes.judge import load_shapes_judge
 
     stride = getattr(tokenizer, "stride", None)
     required = options.attribute_fidelity is True

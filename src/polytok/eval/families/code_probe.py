@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
-from polytok.eval.linear_probe import FeatureBank, probe_top1
+from polytok.eval.metrics.linear_probe import FeatureBank, probe_top1
 from polytok.eval.options import EvalOptions
 
 

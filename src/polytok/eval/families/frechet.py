@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, load_optional
-from polytok.eval.features import FeatureSpace, InceptionFeatures
-from polytok.eval.frechet import FeatureMoments, FrechetDistance
+from polytok.eval.metrics.features import FeatureSpace, InceptionFeatures
+from polytok.eval.metrics.frechet import FeatureMoments, FrechetDistance
 from polytok.eval.options import EvalOptions
 
 

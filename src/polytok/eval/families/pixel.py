@@ -8,8 +8,8 @@ import torch
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth, load_optional
 from polytok.eval.options import EvalOptions
-from polytok.eval.perceptual import LPIPS, build_lpips_vgg
-from polytok.eval.pixel import PSNR, SSIM
+from polytok.eval.metrics.perceptual import LPIPS, build_lpips_vgg
+from polytok.eval.metrics.pixel import PSNR, SSIM
 
 
 class PixelFidelity:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
 from polytok.eval.options import EvalOptions
-from polytok.eval.pixel import PSNR, SSIM
+from polytok.eval.metrics.pixel import PSNR, SSIM
 
 REFERENCES = ("JPEG", "bicubic")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
-from polytok.eval.frechet import FeatureMoments
+from polytok.eval.metrics.frechet import FeatureMoments
 from polytok.eval.options import EvalOptions
 
 
@@ -18,7 +18,7 @@ class SemanticFidelityFamily:
     label = "semantic fidelity"  # named in progress lines
 
     def __init__(self, classifier: Any, size: int) -> None:
-        from polytok.eval.semantic_fidelity import SemanticFidelity, rfd_label
+        from polytok.eval.metrics.semantic_fidelity import SemanticFidelity, rfd_label
 
         self.classifier, self.size = classifier, size
         self._classify = SemanticFidelity(classifier, size=size, frechet=False).classify
@@ -29,7 +29,7 @@ class SemanticFidelityFamily:
         self._originals: Any = None
 
     def _make(self) -> Any:
-        from polytok.eval.semantic_fidelity import SemanticFidelity
+        from polytok.eval.metrics.semantic_fidelity import SemanticFidelity
 
         return SemanticFidelity(self.classifier, size=self.size, reference=self.reference)
 

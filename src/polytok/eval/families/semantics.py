@@ -3,7 +3,7 @@
 
 The zero-shot figures carry their baselines in ``protocol["baselines"]``: chance and, for the (colour,
 shape) classes of ``shapes``, the models that know only the shape or only the colour
-(:func:`polytok.eval.attribute_baselines.zero_shot_baselines`)."""
+(:func:`polytok.eval.shapes.baselines.zero_shot_baselines`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from polytok.eval.attribute_baselines import zero_shot_baselines
+from polytok.eval.shapes.baselines import zero_shot_baselines
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
-from polytok.eval.linear_probe import FeatureBank, probe_top1
+from polytok.eval.metrics.linear_probe import FeatureBank, probe_top1
 from polytok.eval.options import EvalOptions, ZeroShotSpec
 from polytok.eval.result import MetricResult
-from polytok.eval.zero_shot import ZeroShotClassifier, check_templates
+from polytok.eval.metrics.zero_shot import ZeroShotClassifier, check_templates
 
 
 class SemanticFeatures:
