@@ -3,7 +3,8 @@
     PYTHONPATH=/tmp/offpkgs python benchmarks/official_throughput.py --unitok /path/to/UniTok \\
         --evotok /path/to/EvoTok [--repeats 3] [--batch8-repeats 1] [--quick] [--json rows.json]
 
-Each official model is built as scripts/parity/compare_official_full.py builds it (published size, seeded random
+Each official model is built as scripts/parity/compare_official_full.py builds it (published size, seeded
+random
 weights, nothing downloaded), converted into the polytok preset, and both run side by side: encode
 (images -> codes), decode (codes -> image) and, for EvoTok, the semantic branch (codes -> semantic
 tokens), at batch 1 and 8, in fp32 and under bf16 autocast. Calls alternate official, polytok,

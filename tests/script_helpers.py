@@ -10,7 +10,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def script_path(name: str) -> Path:
-    """``scripts/<kind>/<name>.py`` (or ``.sh``): scripts live in one folder per kind (studies, parity, shipped)."""
+    """``scripts/<kind>/<name>.py`` (or ``.sh``): one folder per kind (studies, parity, shipped)."""
     found = sorted(SCRIPTS.glob(f"*/{name}")) + sorted(SCRIPTS.glob(f"*/{name}.py"))
     if len(found) != 1:
         raise FileNotFoundError(f"expected one script named {name!r} under {SCRIPTS}, found {found}")

@@ -22,7 +22,8 @@ from PIL import Image
 from polytok.cli import build_parser, main
 from polytok.hub import load_tokenizer
 from polytok.image_io import load_images
-from polytok.tokensets.npz import TokenFileError, encode_batches, load_tokens, weights_sha256
+from polytok.models.identity import weights_sha256
+from polytok.tokensets.npz import TokenFileError, encode_batches, load_tokens
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

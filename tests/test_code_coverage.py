@@ -1,4 +1,5 @@
-"""scripts/studies/code_coverage.py: the unseen-code fraction against hand-made codes, and a run as a user does."""
+"""scripts/studies/code_coverage.py: the unseen-code fraction against hand-made codes, and a run as a user
+does."""
 
 from __future__ import annotations
 

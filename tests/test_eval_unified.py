@@ -32,11 +32,11 @@ from polytok.data.shapes import (
     caption_for,
 )
 from polytok.eval import PROMPT_SUITE_VERSION, evaluate_unified, parse_caption, prompt_suite
-from polytok.eval.shapes.baselines import chance, single_attribute_baselines, zero_shot_baselines
-from polytok.eval.shapes.scores import accuracy, correct_flags
-from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES
 from polytok.eval.html.unified import render_unified_section
+from polytok.eval.shapes.baselines import chance, single_attribute_baselines, zero_shot_baselines
+from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES, load_shapes_judge
+from polytok.eval.shapes.scores import accuracy, correct_flags
 from polytok.unified import UnifiedModel, train_text_tokenizer
 from unified_helpers import tiny_config, tokenizer
 
@@ -341,8 +341,8 @@ def test_end_to_end_structure_and_protocol(trained, report) -> None:
 def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
     """The choice of each value against a naive reference: every (image, value) scored alone through the
     model's own mean image loss (bits_per_image_token), argmin and margins recomputed by hand."""
-    from polytok.eval.unified.likelihood import likelihood_choice
     from polytok.eval.unified.evaluate import bits_per_image_token
+    from polytok.eval.unified.likelihood import likelihood_choice
 
     model, tok = trained
     data = ShapesDataset("val", image_size=SIDE, length=3, seed=0)
@@ -511,8 +511,8 @@ def test_reranked_captions_take_the_value_of_lowest_score(trained, report, weigh
     """Each re-ranked shape against a naive reference: every candidate caption scored alone (image bits
     through the model's mean image loss, caption bits through caption_bits), the chosen one of lowest score
     up to rounding; the other attributes kept; an unparsed caption left alone."""
-    from polytok.eval.unified.rerank import caption_bits, rerank_captions
     from polytok.eval.unified.evaluate import bits_per_image_token
+    from polytok.eval.unified.rerank import caption_bits, rerank_captions
 
     model, tok = trained
     data = ShapesDataset("heldout", image_size=SIDE, length=3, seed=0)

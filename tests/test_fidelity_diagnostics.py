@@ -1,4 +1,5 @@
-"""scripts/studies/fidelity_diagnostics.py: the references it prints and a fine-tuning probe, run as a user does."""
+"""scripts/studies/fidelity_diagnostics.py: the references it prints and a fine-tuning probe, run as a user
+does."""
 
 from __future__ import annotations
 

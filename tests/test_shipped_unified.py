@@ -12,9 +12,9 @@ import torch
 from polytok.cli import main
 from polytok.eval import evaluate_unified, prompt_suite
 from polytok.eval.shapes.baselines import single_attribute_baselines
-from polytok.eval.shapes.scores import accuracy, correct_flags
 from polytok.eval.shapes.captions import parse_caption
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES, load_shapes_judge
+from polytok.eval.shapes.scores import accuracy, correct_flags
 from polytok.eval.unified.evaluate import _rows
 from polytok.recipes.unified_run import (
     IMAGE_TOKENIZER_DIR,

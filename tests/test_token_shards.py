@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader
 from polytok.cli import main
 from polytok.hub import load_tokenizer
 from polytok.image_io import load_images
+from polytok.tokensets.npz import TokenFileError, load_tokens
 from polytok.tokensets.shards import (
     TokenSetMismatchError,
     TokenShardDataset,
     load_token_shards,
     shard_name,
 )
-from polytok.tokensets.npz import TokenFileError, load_tokens
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SLOW_WORKER = Path(__file__).with_name("encode_worker_slow.py")

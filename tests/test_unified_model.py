@@ -649,7 +649,7 @@ def test_the_recorded_config_is_what_differs_from_the_defaults() -> None:
 
     from polytok.config import without_defaults
     from polytok.unified import tokenizer_identity
-    from polytok.unified.identity import check_identity
+    from polytok.unified.model import check_identity
 
     tok = tokenizer("evotok-tiny")
     ident = tokenizer_identity(tok)
@@ -657,13 +657,15 @@ def test_the_recorded_config_is_what_differs_from_the_defaults() -> None:
     assert ident["config_sha256"] == hashlib.sha256(chosen).hexdigest()
     assert "linear_path_gate_init" not in without_defaults(tok.config)  # at its default: not hashed
     full = json.dumps(tok.config.to_dict(), sort_keys=True).encode()
-    check_identity({**ident, "config_sha256": hashlib.sha256(full).hexdigest()}, tok)  # earlier record
+    earlier = {"name": ident["name"], "weights_sha256": ident["weights_sha256"]}  # the record's old shape
+    check_identity({**earlier, "config_sha256": hashlib.sha256(full).hexdigest()}, tok)
+    check_identity({**earlier, "config_sha256": ident["config_sha256"]}, tok)
     changed = copy.deepcopy(tok)
     changed.config.linear_path_gate_init = 0.5
     with pytest.raises(TokenizerMismatchError, match="different config"):
         check_identity(ident, changed)
     with pytest.raises(TokenizerMismatchError, match="different config"):
-        check_identity({**ident, "config_sha256": hashlib.sha256(full).hexdigest()}, changed)
+        check_identity({**earlier, "config_sha256": hashlib.sha256(full).hexdigest()}, changed)
 
 
 def test_half_written_checkpoint_is_refused(tmp_path) -> None:

@@ -1,5 +1,5 @@
-"""scripts/studies/unified_study.py: the table built from evaluate_unified's figures (fast), and the whole study
-in its quick mode, end to end with real training and evaluation subprocesses (slow)."""
+"""scripts/studies/unified_study.py: the table built from evaluate_unified's figures (fast), and the whole
+study in its quick mode, end to end with real training and evaluation subprocesses (slow)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from polytok.eval.shapes.scores import correct_flags
-from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES
-from polytok.eval.shapes.prompts import prompt_suite
 from polytok.eval.result import MetricResult
+from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES
+from polytok.eval.shapes.prompts import prompt_suite
+from polytok.eval.shapes.scores import correct_flags
 from polytok.eval.unified.evaluate import GFD_LABEL, _caption_figures, _t2i_figures
 from polytok.eval.unified.report import CaptionedImage, PromptSamples, UnifiedReport
 from script_helpers import SCRIPTS, load_script

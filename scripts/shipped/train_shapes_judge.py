@@ -1,6 +1,6 @@
 """Train the ``shapes`` judge shipped in the package and print its accuracy on real held-out images.
 
-python scripts/shipped/train_shapes_judge.py                    # writes src/polytok/eval/shapes/shapes-judge.safetensors
+python scripts/shipped/train_shapes_judge.py  # writes src/polytok/eval/shapes/shapes-judge.safetensors
 python scripts/shipped/train_shapes_judge.py --out /tmp/j.safetensors --steps 500
 """
 

@@ -5,7 +5,8 @@ A captioner that fails on held-out (shape, colour) pairs could be reading codes 
 held-out and ``val`` images' positions whose code does not occur at that level anywhere in the ``train``
 images' codes, one JSON line per (split, level):
 
-python scripts/studies/code_coverage.py --tokenizer evotok-tiny --train-images 2048 --images 128 --image-size 64
+python scripts/studies/code_coverage.py --tokenizer evotok-tiny --train-images 2048 --images 128 \
+    --image-size 64
 """
 
 from __future__ import annotations

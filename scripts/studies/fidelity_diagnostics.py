@@ -1,8 +1,8 @@
 """Where do the shapes go? Diagnostics behind section 6 of docs/study.md, on held-out ``shapes`` images.
 
-    python scripts/studies/fidelity_diagnostics.py references                      # the judge on degraded originals
-    python scripts/studies/fidelity_diagnostics.py latents unitok-tiny             # codes against unquantized latents
-    python scripts/studies/fidelity_diagnostics.py linear                          # linear codec of the token grid
+    python scripts/studies/fidelity_diagnostics.py references  # the judge on degraded originals
+    python scripts/studies/fidelity_diagnostics.py latents unitok-tiny  # codes against unquantized latents
+    python scripts/studies/fidelity_diagnostics.py linear  # linear codec of the token grid
     python scripts/studies/fidelity_diagnostics.py finetune unitok-tiny --parts decoder --steps 200
     python scripts/studies/fidelity_diagnostics.py finetune unitok-tiny --parts autoencoder --steps 300 \\
         --set loss.l2=10 loss.l1=2                                         # dotted overrides of its config
@@ -40,10 +40,10 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from polytok.data.shapes import ShapesDataset
-from polytok.eval.shapes.scores import ALL, accuracy, correct_flags
 from polytok.eval.families.attributes import cell_means
 from polytok.eval.families.references import bicubic_at_bits
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES, load_shapes_judge, render_batch
+from polytok.eval.shapes.scores import ALL, accuracy, correct_flags
 from polytok.hub import load_tokenizer
 from polytok.nn.patch_pca import PatchPCA
 from polytok.quant import ResidualQuantizer

@@ -3,7 +3,7 @@ its recipe, at equal training compute.
 
     python scripts/studies/fidelity_study.py --out runs/fidelity --base-steps 150      # all variants
     python scripts/studies/fidelity_study.py --out runs/fidelity --variants base objects-x8
-    python scripts/studies/fidelity_study.py --out runs/fidelity --eval-only --variants objects-x8  # one row again
+    python scripts/studies/fidelity_study.py --out runs/fidelity --eval-only --variants objects-x8
 
 Every variant is a shipped tiny config with the named dotted overrides, trained by ``polytok train`` on
 built-in photos + captioned shapes. Equal compute: one probe times a training step of every variant,

@@ -2,9 +2,9 @@
 and the ablations of the pretrained parts (real teacher vs none, perceptual term vs none, MiniLM text
 tower frozen vs fine-tuned vs a tower trained from scratch).
 
-    python scripts/studies/study.py --group quantizers --minutes 4 --out runs/study     # runs/study/study.md ...
+    python scripts/studies/study.py --group quantizers --minutes 4 --out runs/study  # runs/study/study.md ...
     python scripts/studies/study.py --group ablations --minutes 4 --out runs/ablations
-    python scripts/studies/study.py --group shipped --out runs/shipped-eval     # the shipped checkpoints as they are
+    python scripts/studies/study.py --group shipped --out runs/shipped-eval   # the shipped ones
 
 Every variant is a shipped tiny config (``polytok/configs/<preset>.yaml``) with only the named parts
 changed, trained on built-in photos + captioned shapes for the same wall-clock budget (``train.max_minutes``,

@@ -1,11 +1,11 @@
 """Which tokens serve one model best? One unified model (captioning + text-to-image on ``shapes``) trained
 for the same wall-clock time on the codes of each tokenizer, then measured by ``evaluate_unified``.
 
-    python scripts/studies/unified_study.py --out runs/unified-study --seeds 0 1 --minutes 10   # the full study
-    python scripts/studies/unified_study.py --out runs/unified-study-quick --quick              # smoke run, 1 seed
-    python scripts/studies/unified_study.py --out runs/unified-study --eval-only                # re-measure the runs
-    python scripts/studies/unified_study.py ... --eval-only --keep-evaluations   # measure only the unmeasured runs
-    python scripts/studies/unified_study.py --out runs/size-probe --probe-sizes 32 64          # the image-size probe
+    python scripts/studies/unified_study.py --out runs/unified-study --seeds 0 1 --minutes 10  # full study
+    python scripts/studies/unified_study.py --out runs/unified-study-quick --quick  # smoke run, 1 seed
+    python scripts/studies/unified_study.py --out runs/unified-study --eval-only  # re-measure the runs
+    python scripts/studies/unified_study.py ... --eval-only --keep-evaluations  # only the unmeasured runs
+    python scripts/studies/unified_study.py --out runs/size-probe --probe-sizes 32 64  # the image-size probe
 
 Rows: the shipped ``unitok-tiny``, ``evotok-tiny`` and ``polytok-tiny`` tokenizers, and ``pixel-only``:
 unitok-tiny's shipped config (same architecture, data and ``max_steps``) with ``loss.semantic=0``, trained
@@ -431,8 +431,8 @@ def probe_sizes(sizes: Sequence[int], rounds: int, ceiling_images: int) -> dict[
     import torch
 
     from polytok.data.shapes import ShapesDataset
-    from polytok.eval.shapes.scores import accuracy, correct_flags
     from polytok.eval.shapes.judge import load_shapes_judge
+    from polytok.eval.shapes.scores import accuracy, correct_flags
     from polytok.eval.unified.evaluate import encode_alone, pixel_prefix_reconstruction
     from polytok.recipes.unified_objective import UnifiedObjective
     from polytok.recipes.unified_run import image_grid, load_image_tokenizer, load_unified_run_config

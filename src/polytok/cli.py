@@ -185,8 +185,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from polytok.image_io import save_images
-    from polytok.tokensets.shards import check_identity, is_token_shard_set, load_token_shards
     from polytok.tokensets.npz import check_tokens_fit, load_tokens
+    from polytok.tokensets.shards import check_identity, is_token_shard_set, load_token_shards
 
     tok = _load_model(args)
     _check_depth(args.depth, tok)

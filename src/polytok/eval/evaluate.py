@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from polytok.eval.metrics.checks import check_images
-from polytok.eval.metrics.codebook import CodebookUsage
 from polytok.eval.families import DepthBatch, DepthResult, MetricFamily, RealBatch, build_families
 from polytok.eval.families.base import family_label
+from polytok.eval.metrics.checks import check_images
+from polytok.eval.metrics.codebook import CodebookUsage
 from polytok.eval.options import EvalOptions, Toggle, ZeroShotSpec
 from polytok.eval.progress import StageTimes, progress_bar
-from polytok.eval.tokenizer_report import EvalReport
 from polytok.eval.result import MetricResult
+from polytok.eval.tokenizer_report import EvalReport
 
 __all__ = ["DepthPlan", "EvalOptions", "Toggle", "ZeroShotSpec", "code_prefix", "evaluate_tokenizer"]
 

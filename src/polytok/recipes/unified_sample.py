@@ -76,8 +76,8 @@ def caption_files(
     (:mod:`polytok.eval.unified.rerank`), None for a caption outside the ``shapes`` grammar.
     """
     from polytok.data.shapes import caption_for
-    from polytok.eval.unified.rerank import check_rerank, rerank_captions
     from polytok.eval.shapes.captions import parse_caption
+    from polytok.eval.unified.rerank import check_rerank, rerank_captions
     from polytok.image_io import load_images
 
     check_rerank(rerank)

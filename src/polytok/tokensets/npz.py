@@ -30,6 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polytok.models.identity import tokenizer_identity
+from polytok.storage import atomic_write_bytes, atomic_write_json
+
 FORMAT = "polytok-tokens"
 VERSION = 1
 
@@ -57,20 +60,6 @@ def shard_path(out: str | os.PathLike, index: int) -> Path:
     return out.with_name(f"{out.stem}-{index:05d}{out.suffix}")
 
 
-def weights_sha256(tokenizer) -> str:
-    """SHA-256 of the tokenizer's stored tensors (names, dtypes, shapes, bytes): which weights made a set."""
-    import hashlib
-
-    state = tokenizer.checkpoint_state_dict() if hasattr(tokenizer, "checkpoint_state_dict") else None
-    state = state if state is not None else tokenizer.state_dict()
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 @dataclass
 class EncodedSet:
     """What :func:`encode_batches` wrote: the token files, the manifest, counts and skipped inputs."""
@@ -81,25 +70,20 @@ class EncodedSet:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write(path: Path, codes: list[np.ndarray], rows: dict[str, list], meta: dict) -> Path:
+    import io
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    buffer = io.BytesIO()
     np.savez(
-        tmp,
+        buffer,
         codes=np.concatenate(codes),
         keys=np.array(rows["keys"], dtype=str),
         captions=np.array(rows["captions"], dtype=str),
         labels=np.array(rows["labels"], dtype=np.int64),
         meta=np.array(json.dumps(meta)),
     )
-    os.replace(tmp, path)  # a reader never sees a half-written file
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())  # a reader never sees a half-written file
 
 
 @torch.no_grad()
@@ -175,12 +159,9 @@ def encode_batches(
         "files": [{"file": p.name, "samples": n} for p, n in written],
         "samples": total,
         "skipped": skipped,
-        "code_shape": meta["code_shape"],
-        "codebook_size": meta["codebook_size"],
-        "config": meta["config"],
-        "weights_sha256": weights_sha256(tokenizer),
+        **tokenizer_identity(tokenizer),  # code_shape, codebook_size, config, weights_sha256, ...
     }
-    _atomic_write_text(manifest, json.dumps(record, indent=1))  # last: the set is now complete
+    atomic_write_json(manifest, record, indent=1)  # last: the set is now complete
     return EncodedSet([p for p, _ in written], manifest, total, skipped)
 
 
@@ -261,7 +242,8 @@ def _identity(record: dict[str, Any]) -> dict[str, Any] | None:
     """The tokenizer that made a set, as its manifest records it (None before manifests named it)."""
     if "weights_sha256" not in record:
         return None
-    return {k: record.get(k) for k in ("code_shape", "codebook_size", "config", "weights_sha256")}
+    keys = ("name", "code_shape", "codebook_size", "config", "config_sha256", "weights_sha256")
+    return {k: record[k] for k in keys if k in record}
 
 
 def _check_listed(path: Path, part: dict[str, Any]) -> None:

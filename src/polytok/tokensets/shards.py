@@ -24,7 +24,6 @@ DataLoader workers.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -42,14 +41,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json, weights_sha256
+from polytok.models.identity import TokenizerMismatchError, identity_difference, tokenizer_identity
+from polytok.storage import atomic_write_json, sha256_file
+from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json
 
 FORMAT = "polytok-token-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class TokenSetMismatchError(TokenFileError):
+class TokenSetMismatchError(TokenFileError, TokenizerMismatchError):
     """A token set made by another tokenizer (or with another shard size) than the one at hand."""
 
 
@@ -61,69 +62,14 @@ def record_name(index: int) -> str:
     return f"tokens-{index:06d}.json"
 
 
-def tokenizer_identity(tokenizer) -> dict[str, Any]:
-    """What decides which tokens a tokenizer makes and reads: layout, config and a hash of the weights."""
-    config = tokenizer.config.to_dict() if hasattr(tokenizer.config, "to_dict") else None
-    return {
-        "code_shape": list(tokenizer.code_shape),
-        "codebook_size": int(tokenizer.codebook_size),
-        "config": json.loads(json.dumps(config)),  # as it reads back from JSON
-        "weights_sha256": weights_sha256(tokenizer),
-    }
-
-
-def _comparable_config(config: Any) -> Any:
-    """A recorded tokenizer config as it is compared: only what differs from the defaults, so that sets
-    recorded before a config field was added (at its default) still match."""
-    from polytok.config import ConfigError, without_defaults
-    from polytok.models.config import TokenizerConfig
-
-    if not isinstance(config, dict):
-        return config
-    try:
-        return without_defaults(TokenizerConfig.from_dict(config))
-    except (ConfigError, TypeError, ValueError):  # not a polytok TokenizerConfig: compared as recorded
-        return config
-
-
-def describe_difference(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """None when two identities are the same tokenizer, else which part differs."""
-    for part in ("code_shape", "codebook_size", "weights_sha256", "config"):
-        if part == "config":
-            same = _comparable_config(recorded.get(part)) == _comparable_config(current.get(part))
-        else:
-            same = recorded.get(part) == current.get(part)
-        if not same:
-            if part == "weights_sha256":
-                return f"weights (SHA-256 {str(recorded.get(part))[:12]}... vs {current[part][:12]}...)"
-            if part == "config":
-                return "config"
-            return f"{part.replace('_', ' ')} ({recorded.get(part)} vs {current[part]})"
-    return None
-
-
 def check_identity(recorded: dict[str, Any], tokenizer, where: str | os.PathLike) -> None:
     """:class:`TokenSetMismatchError` unless ``tokenizer`` is the one that made the set at ``where``."""
-    difference = describe_difference(recorded, tokenizer_identity(tokenizer))
+    difference = identity_difference(recorded, tokenizer_identity(tokenizer))
     if difference is not None:
         raise TokenSetMismatchError(
             f"{where} was encoded by another tokenizer (they differ in {difference}); decode it with the "
             "tokenizer that encoded it"
         )
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write_json(path: Path, record: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -163,10 +109,10 @@ def write_shard(
         "samples": len(rows),
         "keys": [str(row["key"]) for row in rows],
         "skipped": list(skipped),
-        "sha256": _sha256_file(tmp),
+        "sha256": sha256_file(tmp),
         "bytes": tmp.stat().st_size,
     }
-    _atomic_write_json(out_dir / record_name(index), record)  # the record first, then the tar
+    atomic_write_json(out_dir / record_name(index), record, indent=1)  # the record first, then the tar
     os.replace(tmp, path)
     return record
 
@@ -180,7 +126,7 @@ def complete_record(out_dir: Path, index: int) -> dict[str, Any] | None:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("bytes") != path.stat().st_size or record.get("sha256") != _sha256_file(path):
+    if record.get("bytes") != path.stat().st_size or record.get("sha256") != sha256_file(path):
         return None
     return record
 
@@ -197,7 +143,7 @@ def check_resumable(out_dir: Path, header: dict[str, Any]) -> None:
             recorded = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # a torn record: its shard is incomplete and will be written again
-        difference = describe_difference(recorded.get("identity", {}), header["identity"])
+        difference = identity_difference(recorded.get("identity", {}), header["identity"])
         if difference is not None:
             raise TokenSetMismatchError(
                 f"{out_dir} holds tokens from another tokenizer (they differ in {difference}); choose "
@@ -356,8 +302,9 @@ def encode_to_shards(
     """Encode ``dataset`` into tar shards under ``out_dir`` (see the module docstring); under torchrun
     each rank writes its shards.
 
-    A map-style dataset (items as :func:`polytok.tokensets.npz.dataset_for_encoding` gives them; unreadable ones
-    marked ``{"key", "file", "unreadable"}``) is cut into shards of ``shard_size`` samples in its order.
+    A map-style dataset (items as :func:`polytok.tokensets.npz.dataset_for_encoding` gives them;
+    unreadable ones marked ``{"key", "file", "unreadable"}``) is cut into shards of ``shard_size``
+    samples in its order.
     A :class:`polytok.data.ShardDataset` (webdataset input, no length) gives one token shard per input
     tar shard, in the order of its shard list (``shard_size`` and ``workers`` do not apply). Complete
     shards of an earlier run of the same command are kept, not encoded again.
@@ -425,7 +372,7 @@ def encode_to_shards(
         manifest = None
         if rank == 0:
             manifest = out_dir / MANIFEST
-            _atomic_write_json(
+            atomic_write_json(
                 manifest,
                 {
                     **header,

@@ -17,10 +17,10 @@ This package imports from the tokenizer side of polytok; nothing there imports f
     captions = generate_captions(model, tok.encode(images))
 """
 
+from polytok.models.identity import TokenizerMismatchError, tokenizer_identity
 from polytok.unified.config import TINY_BACKBONE, UnifiedConfig, unified_preset
 from polytok.unified.depth_head import DepthHead
 from polytok.unified.embed import CodeVectors, ImageInputEmbedding, SubCodeEmbedding
-from polytok.unified.identity import TokenizerMismatchError, tokenizer_identity
 from polytok.unified.layout import CodeLayout, tokenizer_code_vectors
 from polytok.unified.model import UnifiedModel, UnifiedOutput
 from polytok.unified.sampling import (

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.losses.reconstruction import object_pixel_weight
+from polytok.models.identity import TokenizerMismatchError, identity_difference, tokenizer_identity
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.depth_head import DepthHead
 from polytok.unified.embed import CodeVectors, ImageInputEmbedding, ImagePositionEmbedding
-from polytok.unified.identity import check_identity, tokenizer_identity
 from polytok.unified.layout import CodeLayout, tokenizer_code_vectors
 from polytok.unified.sequence import IGNORE, SequenceBatch, SequenceFormat, SpecialTokens
 from polytok.unified.text_tokenizer import TextTokenizer
@@ -85,7 +85,7 @@ class UnifiedModel(nn.Module):
         layout: the image tokenizer's :class:`CodeLayout`.
         text_tokenizer: the :class:`TextTokenizer` of the captions.
         code_vectors: the tokenizer's code vectors (L, C, K, d), needed by the "codebook" embeddings.
-        tokenizer_id: the image tokenizer's identity (see ``polytok.unified.identity``).
+        tokenizer_id: the image tokenizer's identity (see ``polytok.models.identity``).
         backbone_config: a ready ``transformers`` config to build the backbone from (checkpoints).
 
     Use :meth:`from_tokenizer` to build one for a polytok ``Tokenizer``.
@@ -432,6 +432,19 @@ class UnifiedModel(nn.Module):
         except RuntimeError as exc:  # names the missing and unexpected tensors
             raise ValueError(f"checkpoint {root} does not match its config: {exc}") from exc
         return model.to(map_location)
+
+
+def check_identity(expected: dict[str, Any] | None, tokenizer: Any) -> None:
+    """:class:`TokenizerMismatchError` unless ``tokenizer`` is the one a unified model recorded."""
+    if expected is None:
+        raise TokenizerMismatchError("this unified model records no image tokenizer; it cannot decode codes")
+    difference = identity_difference(expected, tokenizer_identity(tokenizer))
+    if difference is not None:
+        raise TokenizerMismatchError(
+            f"the unified model was trained on tokenizer {expected.get('name')!r} (weights sha256 "
+            f"{str(expected.get('weights_sha256'))[:12]}), got {str(tokenizer.config.name)!r} with a "
+            f"different {difference}; decode with the tokenizer the model was trained on"
+        )
 
 
 def generation_layout(layout: CodeLayout, generation_levels: int | None) -> CodeLayout:

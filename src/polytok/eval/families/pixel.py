@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth, load_optional
-from polytok.eval.options import EvalOptions
 from polytok.eval.metrics.perceptual import LPIPS, build_lpips_vgg
 from polytok.eval.metrics.pixel import PSNR, SSIM
+from polytok.eval.options import EvalOptions
 
 
 class PixelFidelity:

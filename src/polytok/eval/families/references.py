@@ -20,8 +20,8 @@ from PIL import Image
 from torch import Tensor
 
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
-from polytok.eval.options import EvalOptions
 from polytok.eval.metrics.pixel import PSNR, SSIM
+from polytok.eval.options import EvalOptions
 
 REFERENCES = ("JPEG", "bicubic")
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from polytok.eval.shapes.baselines import zero_shot_baselines
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
 from polytok.eval.metrics.linear_probe import FeatureBank, probe_top1
+from polytok.eval.metrics.zero_shot import ZeroShotClassifier, check_templates
 from polytok.eval.options import EvalOptions, ZeroShotSpec
 from polytok.eval.result import MetricResult
-from polytok.eval.metrics.zero_shot import ZeroShotClassifier, check_templates
+from polytok.eval.shapes.baselines import zero_shot_baselines
 
 
 class SemanticFeatures:

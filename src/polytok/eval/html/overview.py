@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from polytok.eval.html.plots import LOWER_IS_BETTER
-from polytok.eval.tokenizer_report import EvalReport
 from polytok.eval.html.pieces import DatasetGroup, esc, figure_title, image_tag, skip_reason
+from polytok.eval.html.plots import LOWER_IS_BETTER
 from polytok.eval.result import MetricResult
+from polytok.eval.tokenizer_report import EvalReport
 
 BITS = "bits / image"  # derived from the codec references' budget, not a metric of its own
 STRIP_SAMPLES = 6  # images per row of the strip: 6 x 64 px keeps two datasets' strips side by side

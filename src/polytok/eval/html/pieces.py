@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from polytok.eval.tokenizer_report import EvalReport
 from polytok.eval.result import MetricResult
+from polytok.eval.tokenizer_report import EvalReport
 
 # Protocol fields that describe the data rather than one figure: shown once per dataset, not per number.
 DATA_FIELDS = ("dataset", "split", "num_images", "image_size", "resize", "max_images", "reference_set")

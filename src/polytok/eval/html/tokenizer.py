@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from polytok.eval.html.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
-from polytok.eval.progress import progress_bar
-from polytok.eval.tokenizer_report import EvalReport
+from polytok.eval.html.overview import headline_legend, headline_table, reconstruction_strip
 from polytok.eval.html.pieces import (
     DatasetGroup,
     data_uri,
@@ -29,7 +27,9 @@ from polytok.eval.html.pieces import (
     protocol_html,
     skip_reason,
 )
-from polytok.eval.html.overview import headline_legend, headline_table, reconstruction_strip
+from polytok.eval.html.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
+from polytok.eval.progress import progress_bar
+from polytok.eval.tokenizer_report import EvalReport
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px 24px; color: #222; font-size: 14px; }

@@ -38,13 +38,13 @@ import torch
 from torch import Tensor
 
 from polytok.data.shapes import TASK_CLASSES
-from polytok.eval.shapes.baselines import PAIR, all_combinations, chance, single_attribute_baselines
-from polytok.eval.shapes.scores import ALL, PAIR_SCORE, accuracy, correct_flags
-from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES, parse_caption
-from polytok.eval.unified.likelihood import likelihood_figures, t2i_batches
 from polytok.eval.options import SEMANTIC_FIDELITY_SIZE, Toggle
-from polytok.eval.shapes.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
 from polytok.eval.result import MetricResult
+from polytok.eval.shapes.baselines import PAIR, all_combinations, chance, single_attribute_baselines
+from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES, parse_caption
+from polytok.eval.shapes.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
+from polytok.eval.shapes.scores import ALL, PAIR_SCORE, accuracy, correct_flags
+from polytok.eval.unified.likelihood import likelihood_figures, t2i_batches
 from polytok.eval.unified.report import CaptionedImage, PromptSamples, UnifiedReport
 
 GFD_LABEL = "gFD (EfficientNet-Lite0)"
@@ -393,8 +393,8 @@ def evaluate_unified(
 
     Returns a :class:`UnifiedReport`; the same arguments give the same figures.
     """
-    from polytok.eval.unified.rerank import check_rerank
     from polytok.eval.shapes.judge import load_shapes_judge
+    from polytok.eval.unified.rerank import check_rerank
     from polytok.unified.sampling import SamplingOptions
 
     SamplingOptions(temperature, top_k, top_p)  # bad settings refused before anything is loaded

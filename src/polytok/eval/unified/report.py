@@ -25,8 +25,8 @@ from typing import Any
 
 from torch import Tensor
 
-from polytok.eval.shapes.prompts import ShapesPrompt
 from polytok.eval.result import MetricResult
+from polytok.eval.shapes.prompts import ShapesPrompt
 
 
 @dataclass
