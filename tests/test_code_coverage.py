@@ -10,9 +10,9 @@ import sys
 
 import torch
 
-from script_helpers import SCRIPTS, load_script
+from script_helpers import load_script, script_path
 
-SCRIPT = SCRIPTS / "code_coverage.py"
+SCRIPT = script_path("code_coverage")
 
 
 def test_unseen_fraction_counts_codes_absent_from_the_same_level_and_codebook() -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
-from polytok.demo import DEMO_PRESETS, evaluate_on_builtin, run_demo
+from polytok.demo import DEMO_PRESETS, run_demo
 from polytok.hub import list_shipped, load_tokenizer
-from polytok.recipes.unified_run import IMAGE_TOKENIZER_DIR
+from polytok.recipes.evaluation import evaluate_on_builtin
+from polytok.unified.model import IMAGE_TOKENIZER_DIR
 from unified_helpers import tiny_model, tokenizer
 
 

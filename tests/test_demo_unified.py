@@ -22,14 +22,10 @@ from PIL import Image
 from polytok.cli import main
 from polytok.demo import UNIFIED_SUMMARY, choose_unified
 from polytok.eval.shapes.prompts import prompt_suite
-from polytok.recipes.unified_run import (
-    IMAGE_TOKENIZER_DIR,
-    WEIGHTS_ENV,
-    list_shipped_unified,
-    load_unified,
-    load_unified_run_config,
-)
+from polytok.recipes.unified_run import load_unified_run_config
 from polytok.storage import MANIFEST, read_manifest, verify_files, write_manifest
+from polytok.unified.hub import WEIGHTS_ENV, list_shipped_unified, load_unified
+from polytok.unified.model import IMAGE_TOKENIZER_DIR
 from unified_helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from polytok.cli import main
 from polytok.models.tokenizer import Tokenizer
-from polytok.recipes.run import load_run_config
+from polytok.recipes.tokenizer_run import load_run_config
 from polytok.tokensets.npz import check_tokens_fit, load_tokens
 from polytok.train import ConfigError
 
@@ -195,7 +195,7 @@ def test_eval_command_writes_report_with_semantic_fidelity(trained: Path, tmp_pa
 
 
 def test_concatenated_builtin_data_forwards_set_epoch() -> None:
-    from polytok.recipes.run import DataSection, build_training_dataset
+    from polytok.recipes.sections import DataSection, build_training_dataset
 
     data = build_training_dataset(DataSection(name="photos+shapes", image_size=32))
     photos = data.datasets[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from polytok.recipes.run import load_run_config, train_tokenizer
+from polytok.recipes.tokenizer_run import load_run_config, train_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -16,13 +16,9 @@ from polytok.eval.shapes.captions import parse_caption
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES, load_shapes_judge
 from polytok.eval.shapes.scores import accuracy, correct_flags
 from polytok.eval.unified.evaluate import _rows
-from polytok.recipes.unified_run import (
-    IMAGE_TOKENIZER_DIR,
-    find_shipped_unified,
-    list_shipped_unified,
-    load_unified,
-)
 from polytok.storage import read_manifest, verify_files
+from polytok.unified.hub import find_shipped_unified, list_shipped_unified, load_unified
+from polytok.unified.model import IMAGE_TOKENIZER_DIR
 from polytok.unified.sampling import generate_image_codes
 
 NAME = "unified-evotok-tiny"

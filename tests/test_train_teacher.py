@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from polytok.models.tokenizer import Tokenizer
-from polytok.recipes.run import load_run_config, train_tokenizer
+from polytok.recipes.tokenizer_run import load_run_config, train_tokenizer
 from polytok.train.checkpoint import list_checkpoints, load_safetensors
 from process_kill import kill_when_file_appears
 

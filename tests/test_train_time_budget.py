@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from polytok.config import load_yaml_with_overrides
-from polytok.recipes.run import load_run_config
+from polytok.recipes.tokenizer_run import load_run_config
 from polytok.train import OptimConfig, TrainConfig, Trainer
 from polytok.train.checkpoint import STATE_FILE, find_latest_checkpoint, load_pickled
 from polytok.train.schedule import build_scheduler, lr_multiplier, set_time_fraction

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from polytok import Tokenizer
-from polytok.recipes.run import load_run_config, train_tokenizer
+from polytok.recipes.tokenizer_run import load_run_config, train_tokenizer
 from polytok.train.precision import native_bf16
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -225,7 +225,7 @@ def test_real_size_backbone_config_counts_qwen2_5_0_5b_parameters_on_meta() -> N
 def test_tiny_configs_of_the_other_layouts_train_and_export(tmp_path, name) -> None:
     """Multi-codebook (unitok-tiny) and residual multi-codebook (polytok-tiny) codes through the same
     recipe: two steps, both losses finite, and the exported model reloads with its image tokenizer."""
-    from polytok.recipes.unified_run import load_unified
+    from polytok.unified.hub import load_unified
 
     config = load_unified_run_config(
         CONFIGS / f"unified-{name}-tiny.yaml",

@@ -159,9 +159,10 @@ def finetune(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
     from polytok.data import collate
-    from polytok.demo import CONFIG_DIR
     from polytok.recipes.objective import TokenizerObjective
-    from polytok.recipes.run import build_training_dataset, load_run_config
+    from polytok.recipes.sections import build_training_dataset
+    from polytok.recipes.tokenizer_run import load_run_config
+    from polytok.registry import CONFIG_DIR
 
     torch.manual_seed(args.seed)
     judge, tokenizer = load_shapes_judge(), load_tokenizer(args.tokenizer)

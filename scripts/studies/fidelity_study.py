@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from polytok.demo import CONFIG_DIR
-from polytok.recipes.run import build_tokenizer, build_training_dataset, load_run_config
+from polytok.recipes.sections import build_training_dataset
+from polytok.recipes.tokenizer_run import build_tokenizer, load_run_config
+from polytok.registry import CONFIG_DIR
 
 # The rows of docs/study.md section 6 train the networks alone, as the tiny presets did before their
 # linear patch path (section 6.2); ``linear-path`` is the preset as shipped now.

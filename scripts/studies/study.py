@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polytok.demo import CONFIG_DIR, evaluate_on_builtin, trained_steps
 from polytok.hub import list_shipped, load_tokenizer
-from polytok.recipes.run import load_run_config, train_tokenizer
+from polytok.recipes.evaluation import evaluate_on_builtin
+from polytok.recipes.sections import trained_steps
+from polytok.recipes.tokenizer_run import load_run_config, train_tokenizer
+from polytok.registry import CONFIG_DIR
 
 # name -> (claim tested, model overrides on unitok-tiny). All quantizers see the same 32-d latent; two
 # families at equal bits per position: 12 bits (one 4096-code codebook vs several small ones) and 32 bits

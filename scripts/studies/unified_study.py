@@ -51,9 +51,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from polytok.demo import CONFIG_DIR
 from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES as CAPTIONED
 from polytok.eval.shapes.judge import JUDGED_ATTRIBUTES as JUDGED
+from polytok.registry import CONFIG_DIR
 
 UNIFIED_CONFIG = CONFIG_DIR / "unified-unitok-tiny.yaml"
 PIXEL_ONLY = "pixel-only"
@@ -209,7 +209,7 @@ def training_jobs(
 def pixel_only_done(folder: Path, steps: int | None) -> bool:
     """Whether ``folder`` holds the pixel-only tokenizer trained for ``steps`` (None: the shipped
     config's ``max_steps``), not one of another length (a quick run's, say)."""
-    from polytok.recipes.run import load_run_config
+    from polytok.recipes.tokenizer_run import load_run_config
 
     if not (folder / "tokenizer").is_dir() or not (folder / "log.jsonl").is_file():
         return False
@@ -243,7 +243,7 @@ def evaluate_run(model_dir: Path, summary: Path, settings: Mapping[str, Any]) ->
     import torch
 
     from polytok.eval.unified.evaluate import evaluate_unified
-    from polytok.recipes.unified_run import load_unified
+    from polytok.unified.hub import load_unified
 
     torch.set_num_threads(1)
     model, tokenizer = load_unified(str(model_dir))

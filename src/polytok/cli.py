@@ -2,7 +2,7 @@
 
 polytok demo                                  # the main job on the built-in data
 polytok demo --unified NAME_OR_DIR            # ... also sampling and captioning a unified model
-polytok presets                               # registered presets and shipped checkpoints
+polytok presets                               # every name: architectures, trained weights (arch.tag)
 polytok train CONFIG.yaml [key=value ...]     # train (single process or under torchrun)
 polytok generate MODEL "PROMPT" ... --out-dir DIR   # unified model: images from text (PNG + JSON lines)
 polytok caption MODEL IMAGE ...                # unified model: one JSON line per image
@@ -45,23 +45,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     from polytok.hub import list_shipped
     from polytok.models.registry import list_presets
-    from polytok.recipes.unified_run import list_shipped_unified
+    from polytok.registry import list_models
+    from polytok.unified.hub import list_shipped_unified
 
+    models = [
+        {"name": e.name, "kind": e.kind, "arch": e.arch, "tag": e.tag, "trained": e.trained}
+        | ({"path": str(e.path)} if e.path is not None else {})
+        for e in list_models()
+    ]
     shipped = {"shipped": list_shipped(), "shipped_unified": list_shipped_unified()}
-    print(json.dumps({"presets": list_presets(), **shipped}, indent=1))
+    print(json.dumps({"models": models, "presets": list_presets(), **shipped}, indent=1))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from polytok.recipes.run import train_from_file
+    from polytok.recipes.train import train_from_file
 
     train_from_file(args.config, args.overrides)
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from polytok.recipes.unified_run import load_unified
     from polytok.recipes.unified_sample import generate_files
+    from polytok.unified.hub import load_unified
 
     model, tok = load_unified(args.model)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -74,8 +80,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    from polytok.recipes.unified_run import load_unified
     from polytok.recipes.unified_sample import caption_files
+    from polytok.unified.hub import load_unified
 
     model, tok = load_unified(args.model)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -117,87 +123,41 @@ def _check_depth(depth: int | None, tok) -> None:
 
 
 def _take_depth(codes, depth: int | None, tok):
-    """Codes (B, h, w, L) or (B, h, w, L, C) -> their first ``depth`` levels."""
-    if depth is None:
-        return codes
-    return codes[..., :depth] if len(tok.code_shape) == 1 else codes[..., :depth, :]
+    """Codes (B, h, w, L) or (B, h, w, L, C) -> their first ``depth`` levels (all when None)."""
+    from polytok.models.levels import code_prefix
 
-
-def _output_format(args: argparse.Namespace) -> str:
-    """``--format``, or by ``--out``: a ``.npz`` name -> one or more .npz files, else a directory of tar
-    shards."""
-    if args.format != "auto":
-        return args.format
-    return "npz" if Path(args.out).suffix == ".npz" else "wds"
+    return codes if depth is None else code_prefix(codes, depth, tok.code_shape, tok.num_levels)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    import os
+    from torch.utils.data import Subset
 
-    from torch.utils.data import DataLoader, Subset
+    from polytok.tokensets import encode_format, encode_token_set
+    from polytok.tokensets.npz import dataset_for_encoding
 
-    from polytok.data import ShardDataset
-    from polytok.tokensets.npz import collate_readable, dataset_for_encoding, encode_batches
-
-    kind = _output_format(args)
-    if kind == "npz" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            "under torchrun encode writes tar shards: give a directory as --out (or --format wds)"
-        )
+    encode_format(args.out, args.format)  # refused before the model loads
     tok = _load_model(args)
     dataset = dataset_for_encoding(args.data, split=args.split, image_size=args.image_size)
     if args.max_images is not None:
         if not hasattr(dataset, "__len__"):
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
-    if kind == "wds":
-        from polytok.tokensets.shards import encode_to_shards
-
-        written = encode_to_shards(
-            tok, dataset, args.out, args.shard_size, batch_size=args.batch_size, workers=args.workers
-        )
-        if written.manifest is not None:  # rank 0 reports the whole set
-            report = {
-                "shards": [s["file"] for s in written.shards],
-                "manifest": str(written.manifest),
-                "samples": written.samples,
-                "skipped": [s["file"] for s in written.skipped],
-                "resumed": written.resumed,
-                "seconds": round(written.seconds, 3),
-            }
-            print(json.dumps(report))
-        return 0
-    loader = DataLoader(
-        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_readable
-    )
-    result = encode_batches(tok, loader, args.out, shard_size=args.shard_size)
-    report = {
-        "written": [str(p) for p in result.files],
-        "manifest": str(result.manifest),
-        "samples": result.samples,
-        "skipped": [s["file"] for s in result.skipped],
-    }
-    if isinstance(dataset, ShardDataset) and dataset.skipped:
-        report["skipped_in_shards"] = dataset.skipped  # counted, not named
-    print(json.dumps(report))
+    report = encode_token_set(
+        tok, dataset, args.out, format=args.format, shard_size=args.shard_size,
+        batch_size=args.batch_size, workers=args.workers,
+    )  # fmt: skip
+    if report is not None:  # rank 0 reports the whole set
+        print(json.dumps(report))
     return 0
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from polytok.image_io import save_images
-    from polytok.tokensets.npz import check_tokens_fit, load_tokens
-    from polytok.tokensets.shards import check_identity, is_token_shard_set, load_token_shards
+    from polytok.tokensets import open_token_set
 
     tok = _load_model(args)
     _check_depth(args.depth, tok)
-    if is_token_shard_set(args.tokens):
-        tokens = load_token_shards(args.tokens, tokenizer=tok, limit=args.limit)
-    else:
-        tokens = load_tokens(args.tokens)
-        check_tokens_fit(tokens["meta"], tok)
-        if tokens.get("identity") is not None:
-            check_identity(tokens["identity"], tok, args.tokens)
-    codes = tokens["codes"] if args.limit is None else tokens["codes"][: args.limit]
+    codes = open_token_set(args.tokens, tokenizer=tok, limit=args.limit)["codes"]
     out = Path(args.out_dir)
     for start in range(0, len(codes), args.batch_size):
         chunk = _take_depth(codes[start : start + args.batch_size], args.depth, tok)
@@ -275,7 +235,7 @@ def _cmd_eval_unified(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from polytok.recipes.evaluation import evaluate_to_report
-    from polytok.recipes.unified_evaluation import is_unified_model
+    from polytok.unified.hub import is_unified_model
 
     if is_unified_model(args.model):
         return _cmd_eval_unified(args)

@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from polytok.recipes.evaluation import evaluate_many
-from polytok.recipes.run import RunConfig, load_run_config, train_tokenizer
-from polytok.recipes.unified_evaluation import is_unified_model
-from polytok.recipes.unified_run import list_shipped_unified
+from polytok.recipes.evaluation import PHOTOS_EVAL, SHAPES_EVAL, evaluate_photos, evaluate_shapes
+from polytok.recipes.sections import trained_steps
+from polytok.recipes.tokenizer_run import RunConfig, load_run_config, train_tokenizer
+from polytok.registry import CONFIG_DIR
+from polytok.unified.hub import is_unified_model, list_shipped_unified
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_PRESETS = ("unitok-tiny", "evotok-tiny", "polytok-tiny")
 UNIFIED_SUMMARY = "unified_report.json"  # the unified stage's figures, beside report.json
 
@@ -60,52 +60,6 @@ class Stages:
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 1)
             self.cpu_seconds[name] = round(time.process_time() - cpu, 1)
-
-
-def trained_steps(out_dir: Path) -> int:
-    """Optimiser steps of the run in ``out_dir`` (its last log line: the final step is always logged)."""
-    lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return int(json.loads(lines[-1])["step"]) if lines else 0
-
-
-PHOTOS_EVAL = "held-out photo crops: PSNR, SSIM, codebook use, codec references, semantic fidelity, rFD"
-SHAPES_EVAL = "held-out shape/colour pairs: zero-shot (1/42), linear probes, attribute judge, references"
-
-
-def evaluate_photos(tokenizers: dict[str, Any], max_images: int, progress: bool | None = None) -> list:
-    """Reports on held-out photo crops (with semantic fidelity), named ``<name> | photos val``."""
-    return evaluate_many(
-        list(tokenizers.values()),
-        [f"{n} | photos val" for n in tokenizers],
-        data="photos",
-        split="val",
-        max_images=max_images,
-        zero_shot_task=None,
-        progress=progress,
-    )
-
-
-def evaluate_shapes(tokenizers: dict[str, Any], max_images: int, progress: bool | None = None) -> list:
-    """Reports on held-out shape combinations (zero-shot classification of the (colour, shape) pair among
-    all 42, chance 1/42), named ``<name> | shapes held-out``."""
-    return evaluate_many(
-        list(tokenizers.values()),
-        [f"{n} | shapes held-out" for n in tokenizers],
-        data="shapes",
-        split="heldout",
-        max_images=max_images,
-        zero_shot_task="object",
-        semantic_fidelity=False,
-        progress=progress,
-    )
-
-
-def evaluate_on_builtin(
-    tokenizers: dict[str, Any], max_images: int, progress: bool | None = None
-) -> tuple[list, list]:
-    """:func:`evaluate_photos` and :func:`evaluate_shapes`, one report per tokenizer each."""
-    photos = evaluate_photos(tokenizers, max_images, progress)
-    return photos, evaluate_shapes(tokenizers, max_images, progress)
 
 
 def choose_unified(named: str | None) -> str | None:
@@ -143,7 +97,7 @@ def sample_unified(
     images (captions and bits per image token); :func:`evaluate_unified`'s sampling defaults otherwise
     (guidance 3.0, temperature 1.0)."""
     from polytok.eval.unified.evaluate import evaluate_unified
-    from polytok.recipes.unified_run import load_unified
+    from polytok.unified.hub import load_unified
 
     model, tokenizer = load_unified(name_or_path)
     return evaluate_unified(

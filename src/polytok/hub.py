@@ -1,7 +1,10 @@
-"""Find a tokenizer by name or path: a saved directory, a checkpoint shipped in the package, or a preset.
+"""Load a tokenizer by name or path: a saved directory, trained weights by name, or a preset.
 
-tok = load_tokenizer("runs/unitok-tiny/tokenizer")   # a save_pretrained directory
-tok = load_tokenizer("unitok-tiny")                  # the weights shipped with polytok, if any
+    tok = load_tokenizer("runs/unitok-tiny/tokenizer")   # a save_pretrained directory
+    tok = load_tokenizer("unitok-tiny.builtin")          # trained weights shipped with polytok
+    tok = load_tokenizer("unitok-tiny")                  # the same: an architecture's default tag
+
+Names are answered by :mod:`polytok.registry`.
 """
 
 from __future__ import annotations
@@ -9,25 +12,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+from polytok.registry import SHIPPED_DIR
+
+__all__ = ["SHIPPED_DIR", "list_shipped", "load_tokenizer"]
 
 
 def list_shipped() -> list[str]:
-    """Names of the trained checkpoints shipped inside the package."""
-    if not SHIPPED_DIR.is_dir():
-        return []
-    from polytok.storage import is_aside
+    """Architectures whose trained weights ship inside the package (their ``.builtin`` tag)."""
+    from polytok.registry import list_models
 
-    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file() and not is_aside(p))
+    return sorted(e.arch for e in list_models(kind="tokenizer", trained=True) if e.path.parent == SHIPPED_DIR)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = False):
-    """A trained tokenizer from a directory or a shipped name; a fresh preset only if allowed.
+    """A trained tokenizer from a directory or a name (``arch.tag``, or an architecture's default tag); a
+    fresh preset only if allowed.
 
     Raises FileNotFoundError naming what was looked for when nothing matches.
     """
     from polytok.models.registry import list_presets
     from polytok.models.tokenizer import Tokenizer
+    from polytok.registry import list_models, split_name, trained_weights
     from polytok.storage import resolve
 
     path = Path(name_or_path)
@@ -37,13 +42,16 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
             raise FileNotFoundError(f"{path} has no config.json: not a save_pretrained directory")
         return Tokenizer.from_pretrained(path)
     name = str(name_or_path)
-    if name in list_shipped():
-        return Tokenizer.from_pretrained(SHIPPED_DIR / name)
-    if allow_untrained and name in list_presets():
-        return Tokenizer.from_preset(name)
+    entry = trained_weights(name, kind="tokenizer")
+    if entry is not None:
+        return Tokenizer.from_pretrained(entry.path)
+    arch, tag = split_name(name)
+    if allow_untrained and tag is None and arch in list_presets():
+        return Tokenizer.from_preset(arch)
+    trained = [e.name for e in list_models(kind="tokenizer", trained=True)]
     raise FileNotFoundError(
-        f"no tokenizer {name!r}: not a directory with config.json + model.safetensors, not a shipped "
-        f"checkpoint {list_shipped()}"
+        f"no tokenizer {name!r}: not a directory with config.json + model.safetensors, not trained "
+        f"weights {trained}"
         + (
             ""
             if allow_untrained

@@ -25,22 +25,9 @@ from polytok.eval.options import EvalOptions, Toggle, ZeroShotSpec
 from polytok.eval.progress import StageTimes, progress_bar
 from polytok.eval.result import MetricResult
 from polytok.eval.tokenizer_report import EvalReport
+from polytok.models.levels import code_prefix
 
 __all__ = ["DepthPlan", "EvalOptions", "Toggle", "ZeroShotSpec", "code_prefix", "evaluate_tokenizer"]
-
-
-def code_prefix(codes: torch.Tensor, depth: int, code_shape: Sequence[int], num_levels: int) -> torch.Tensor:
-    """The codes of the first ``depth`` residual levels: (B, h, w, L) -> (B, h, w, depth),
-    (B, h, w, L, C) -> (B, h, w, depth, C); non-residual codes are returned whole (depth must be 1)."""
-    if not 1 <= depth <= num_levels:
-        raise ValueError(f"depth must lie in [1, {num_levels}], got {depth}")
-    if num_levels == 1:
-        return codes
-    if len(code_shape) == 1:
-        return codes[..., :depth]
-    if len(code_shape) == 2:
-        return codes[..., :depth, :]
-    raise ValueError(f"a residual tokenizer must have code_shape (L,) or (L, C), got {tuple(code_shape)}")
 
 
 def _first(value: Any, count: int) -> Any:

@@ -34,6 +34,7 @@ from polytok.models.decoders import (
 from polytok.models.encoders import HFSiglipEncoder, build_encoder
 from polytok.models.heads import ClipHead, pooled_embedding
 from polytok.models.inputs import images_to_tensor
+from polytok.models.levels import code_prefix
 from polytok.models.teacher import FrozenTeacher
 from polytok.models.text import PretrainedTextTower, build_text_tower
 from polytok.nn import AttentionProjection, LinearProjection, TanhMlpProjection
@@ -536,11 +537,6 @@ class Tokenizer(nn.Module):
     def _levels_given(self, codes: Tensor) -> int:
         return 1 if self.num_levels == 1 else int(codes.shape[3])  # the level axis follows (B, h, w)
 
-    def _take_levels(self, flat: Tensor, k: int) -> Tensor:
-        if self.num_levels == 1:
-            return flat
-        return flat[:, :, :k] if len(self.code_shape) == 1 else flat[:, :, :k, :]
-
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes (B, h, w, *code_shape) -> images (B, 3, h*stride, w*stride) in [0, 1].
@@ -550,7 +546,7 @@ class Tokenizer(nn.Module):
         """
         flat, grid = self._flatten_codes(codes)
         k = min(self._levels_given(codes), self.pixel_depth)
-        vectors = self.quantizer.indices_to_codes(self._take_levels(flat, k))
+        vectors = self.quantizer.indices_to_codes(code_prefix(flat, k, self.code_shape, self.num_levels))
         return self._pixels(vectors, grid).clamp(0.0, 1.0)
 
     @torch.no_grad()

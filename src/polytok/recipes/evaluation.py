@@ -109,3 +109,46 @@ def evaluate_to_report(
         print(json.dumps({"tokenizer": r.name, **{k: round(v.value, 4) for k, v in r.metrics.items()}}))
     print(json.dumps({"report": str(path), "summary": str(summary)}))
     return reports
+
+
+# -- the built-in protocol: what the demo and the studies report ------------------------------------------
+
+
+PHOTOS_EVAL = "held-out photo crops: PSNR, SSIM, codebook use, codec references, semantic fidelity, rFD"
+SHAPES_EVAL = "held-out shape/colour pairs: zero-shot (1/42), linear probes, attribute judge, references"
+
+
+def evaluate_photos(tokenizers: dict[str, Any], max_images: int, progress: bool | None = None) -> list:
+    """Reports on held-out photo crops (with semantic fidelity), named ``<name> | photos val``."""
+    return evaluate_many(
+        list(tokenizers.values()),
+        [f"{n} | photos val" for n in tokenizers],
+        data="photos",
+        split="val",
+        max_images=max_images,
+        zero_shot_task=None,
+        progress=progress,
+    )
+
+
+def evaluate_shapes(tokenizers: dict[str, Any], max_images: int, progress: bool | None = None) -> list:
+    """Reports on held-out shape combinations (zero-shot classification of the (colour, shape) pair among
+    all 42, chance 1/42), named ``<name> | shapes held-out``."""
+    return evaluate_many(
+        list(tokenizers.values()),
+        [f"{n} | shapes held-out" for n in tokenizers],
+        data="shapes",
+        split="heldout",
+        max_images=max_images,
+        zero_shot_task="object",
+        semantic_fidelity=False,
+        progress=progress,
+    )
+
+
+def evaluate_on_builtin(
+    tokenizers: dict[str, Any], max_images: int, progress: bool | None = None
+) -> tuple[list, list]:
+    """:func:`evaluate_photos` and :func:`evaluate_shapes`, one report per tokenizer each."""
+    photos = evaluate_photos(tokenizers, max_images, progress)
+    return photos, evaluate_shapes(tokenizers, max_images, progress)

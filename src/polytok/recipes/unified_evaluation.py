@@ -11,17 +11,6 @@ from typing import Any
 from polytok.eval.unified.report import UnifiedReport
 
 
-def is_unified_model(name_or_path: str) -> bool:
-    """True for a folder written by the unified model's ``save_pretrained`` or a shipped unified name."""
-    from polytok.recipes.unified_run import list_shipped_unified
-    from polytok.unified.model import META_NAME
-
-    path = Path(name_or_path)
-    if path.is_dir():
-        return (path / META_NAME).is_file()
-    return str(name_or_path) in list_shipped_unified()
-
-
 def evaluate_unified_to_files(
     name_or_path: str,
     *,
@@ -37,7 +26,7 @@ def evaluate_unified_to_files(
     from polytok.eval.html.unified import write_unified_report
     from polytok.eval.shapes.prompts import prompt_suite
     from polytok.eval.unified.evaluate import evaluate_unified
-    from polytok.recipes.unified_run import load_unified
+    from polytok.unified.hub import load_unified
 
     if max_prompts is not None and max_prompts < 1:
         raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")

@@ -29,7 +29,6 @@ reads the same vocabulary), the engine's checkpoints, ``heldout.json`` and, at t
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,18 +41,16 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import Dataset
 
 from polytok.config import REQUIRED, from_dict, load_yaml_with_overrides
-from polytok.recipes.run import DataSection, build_training_dataset, write_run_record
+from polytok.recipes.sections import DataSection, build_training_dataset, write_run_record
 from polytok.recipes.unified_objective import UnifiedObjective
 from polytok.train import TrainConfig, Trainer
 from polytok.train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from polytok.train.trainer import Callback
 from polytok.unified.config import UnifiedConfig
 from polytok.unified.data import EncodedCaptions, MixedTaskCollate, TokenShardCaptions, caption_batch
-from polytok.unified.model import META_NAME, UnifiedModel
+from polytok.unified.model import UnifiedModel
 from polytok.unified.text_tokenizer import FILE_NAME as TEXT_FILE
 from polytok.unified.text_tokenizer import TextTokenizer, train_text_tokenizer
-
-IMAGE_TOKENIZER_DIR = "image_tokenizer"
 
 
 @dataclass
@@ -177,25 +174,19 @@ def _sequence_batch(fields: dict, device: torch.device):
 
 def is_token_set(name: str) -> bool:
     """True when ``name`` is a directory of token shards (complete or not) rather than images."""
-    from polytok.tokensets.shards import MANIFEST
+    from polytok.tokensets.shards import holds_shards
 
-    path = Path(name)
-    return path.is_dir() and ((path / MANIFEST).is_file() or any(path.glob("tokens-*.tar")))
+    return holds_shards(name)
 
 
 def check_token_set(path: str, tokenizer: Any, tokenizer_name: str, grid: tuple[int, int]) -> dict:
     """The manifest of the token set at ``path``; refused unless ``tokenizer`` made it at ``grid``."""
-    from polytok.tokensets.shards import (
-        TokenSetMismatchError,
-        describe_difference,
-        load_token_shards,
-        read_manifest,
-        tokenizer_identity,
-    )
+    from polytok.models.identity import identity_difference, tokenizer_identity
+    from polytok.tokensets.shards import TokenSetMismatchError, load_token_shards, read_manifest
 
     manifest = read_manifest(path)
     recorded = manifest.get("identity", {})
-    difference = describe_difference(recorded, tokenizer_identity(tokenizer))
+    difference = identity_difference(recorded, tokenizer_identity(tokenizer))
     if difference is not None:
         made_by = (recorded.get("config") or {}).get("name", "an unnamed tokenizer")
         raise TokenSetMismatchError(
@@ -306,8 +297,7 @@ def train_unified(
                 record["loss_after"] = heldout_caption_loss(final, heldout, config.train.batch_size)
                 _write_json(out_dir / "heldout.json", record)
             export = Path(config.export_dir or out_dir / "model")
-            final.save_pretrained(export)
-            tokenizer.save_pretrained(export / IMAGE_TOKENIZER_DIR)
+            final.save_pretrained(export, image_tokenizer=tokenizer)
             model = final
     finally:
         if trainer is not None:
@@ -351,76 +341,6 @@ def _plain_model(trainer: Trainer, build) -> UnifiedModel | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from polytok.storage import atomic_write_json
 
-
-# -- loading a trained model ----------------------------------------------------------------------------
-
-
-WEIGHTS_ENV = "POLYTOK_UNIFIED_WEIGHTS"
-
-
-def unified_weights_dirs() -> list[Path]:
-    """Where unified models are found by name: the package's ``weights/`` first, then the directories
-    listed in the environment variable ``POLYTOK_UNIFIED_WEIGHTS`` (``os.pathsep``-separated), for
-    models kept outside the package."""
-    from polytok.hub import SHIPPED_DIR
-
-    extra = [Path(p) for p in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if p]
-    return [SHIPPED_DIR, *extra]
-
-
-def find_shipped_unified(name: str) -> Path | None:
-    """The folder of the unified model called ``name`` in :func:`unified_weights_dirs` (the first)."""
-    for root in unified_weights_dirs():
-        if (root / name / META_NAME).is_file():
-            return root / name
-    return None
-
-
-def list_shipped_unified() -> list[str]:
-    """Names of the unified models shipped inside the package (folders holding ``unified.json``), and of
-    those in the directories of ``POLYTOK_UNIFIED_WEIGHTS``."""
-    from polytok.storage import is_aside
-
-    names = {
-        p.name
-        for root in unified_weights_dirs()
-        if root.is_dir()
-        for p in root.iterdir()
-        if (p / META_NAME).is_file() and not is_aside(p)
-    }
-    return sorted(names)
-
-
-def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple[UnifiedModel, Any]:
-    """A trained unified model (a ``save_pretrained`` folder or a shipped name) and its image tokenizer.
-
-    The image tokenizer is the one saved beside the model (``image_tokenizer/``), else the shipped
-    checkpoint of the recorded name; either way it must be the one the model was trained on.
-    """
-    from polytok.hub import load_tokenizer
-
-    path = Path(name_or_path)
-    if not path.is_dir():
-        found = find_shipped_unified(str(name_or_path))
-        if found is None:
-            raise FileNotFoundError(
-                f"no unified model {str(name_or_path)!r}: not a folder holding {META_NAME} (written by "
-                f"'polytok train' into <out_dir>/model), nor a shipped unified model "
-                f"{list_shipped_unified()} (searched: the package's weights/ and ${WEIGHTS_ENV})"
-            )
-        path = found
-    model = UnifiedModel.from_pretrained(path, map_location=device).eval()
-    beside = path / IMAGE_TOKENIZER_DIR
-    if beside.is_dir():
-        tokenizer = load_tokenizer(beside)
-    else:
-        if model.tokenizer_id is None:
-            raise ValueError(f"{path} records no image tokenizer and holds none in {IMAGE_TOKENIZER_DIR}/")
-        tokenizer = load_tokenizer(model.tokenizer_id["name"])
-    tokenizer = tokenizer.eval().to(device)
-    model.check_tokenizer(tokenizer)
-    return model, tokenizer
+    atomic_write_json(path, data, indent=1)

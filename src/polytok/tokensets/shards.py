@@ -395,6 +395,12 @@ def encode_to_shards(
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def holds_shards(path: str | os.PathLike) -> bool:
+    """True for a directory holding a shard set, complete (its manifest) or not (shards only)."""
+    path = Path(path)
+    return path.is_dir() and ((path / MANIFEST).is_file() or any(path.glob("tokens-*.tar")))
+
+
 def is_token_shard_set(path: str | os.PathLike) -> bool:
     """True for a directory meant for / holding tar shards, or its manifest."""
     path = Path(path)

@@ -29,9 +29,11 @@ from polytok.unified.depth_head import DepthHead
 from polytok.unified.embed import CodeVectors, ImageInputEmbedding, ImagePositionEmbedding
 from polytok.unified.layout import CodeLayout, tokenizer_code_vectors
 from polytok.unified.sequence import IGNORE, SequenceBatch, SequenceFormat, SpecialTokens
+from polytok.unified.text_tokenizer import FILE_NAME as TEXT_FILE_NAME
 from polytok.unified.text_tokenizer import TextTokenizer
 
 META_NAME = "unified.json"
+IMAGE_TOKENIZER_DIR = "image_tokenizer"  # the image tokenizer saved beside the model
 BACKBONE_CONFIG_NAME = "backbone_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "polytok-unified/1"
@@ -380,25 +382,39 @@ class UnifiedModel(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, image_tokenizer: Any = None) -> Path:
+        """Write the model's folder (``unified.json``, ``model.safetensors``, ``backbone_config.json``,
+        ``text_tokenizer.json``, and ``image_tokenizer/`` when ``image_tokenizer`` is given) in the
+        format every polytok save uses (:func:`polytok.storage.save_folder`): staged aside, checksummed in
+        ``manifest.json``, swapped in whole; a folder holding other files is refused."""
         from safetensors.torch import save_model
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_model(self, str(tmp))
-        os.replace(tmp, out / WEIGHTS_NAME)
-        self.text_tokenizer.save(out)
-        _write_atomic(out / BACKBONE_CONFIG_NAME, self.backbone.config.to_json_string())
-        meta = {
-            "format": FORMAT,
-            "config": self.config.to_dict(),
-            "layout": self.layout.to_dict(),
-            "tokenizer": self.tokenizer_id,
-            "code_vectors": list(self.code_vectors.vectors.shape) if self.code_vectors is not None else None,
-        }
-        _write_atomic(out / META_NAME, json.dumps(meta, indent=2))  # last: a complete checkpoint has it
-        return out
+        from polytok import storage
+
+        if image_tokenizer is not None:
+            self.check_tokenizer(image_tokenizer)
+
+        def write(staging: Path) -> None:
+            save_model(self, str(staging / WEIGHTS_NAME))
+            self.text_tokenizer.save(staging)
+            (staging / BACKBONE_CONFIG_NAME).write_text(self.backbone.config.to_json_string())
+            meta = {
+                "format": FORMAT,
+                "config": self.config.to_dict(),
+                "layout": self.layout.to_dict(),
+                "tokenizer": self.tokenizer_id,
+                "code_vectors": (
+                    list(self.code_vectors.vectors.shape) if self.code_vectors is not None else None
+                ),
+            }
+            (staging / META_NAME).write_text(json.dumps(meta, indent=2))
+            if image_tokenizer is not None:
+                image_tokenizer.save_pretrained(staging / IMAGE_TOKENIZER_DIR)
+
+        known = {META_NAME, WEIGHTS_NAME, BACKBONE_CONFIG_NAME, TEXT_FILE_NAME, IMAGE_TOKENIZER_DIR}
+        return storage.save_folder(
+            Path(directory), write, known=known, what="unified model", extra={"kind": "unified model"}
+        )
 
     @classmethod
     def from_pretrained(
@@ -408,10 +424,13 @@ class UnifiedModel(nn.Module):
         from safetensors.torch import load_model
         from transformers import AutoConfig
 
+        from polytok import storage
+
         root = Path(directory)
-        meta_path = root / META_NAME
-        if not meta_path.is_file():
+        if not (storage.resolve(root) or root).joinpath(META_NAME).is_file():
             raise FileNotFoundError(f"{root} is not a unified model checkpoint: {META_NAME} is missing")
+        root = storage.open_folder(root, "unified model")  # files checked against manifest.json
+        meta_path = root / META_NAME
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -457,9 +476,3 @@ def generation_layout(layout: CodeLayout, generation_levels: int | None) -> Code
             f"got {generation_levels}"
         )
     return dataclasses.replace(layout, pixel_levels=generation_levels)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -50,11 +50,9 @@ class TextTokenizer:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``text_tokenizer.json`` into ``directory`` (atomically)."""
-        out = Path(directory) / FILE_NAME
-        tmp = out.with_name(out.name + ".tmp")
-        self.backend.save(str(tmp))
-        os.replace(tmp, out)
-        return out
+        from polytok.storage import atomic_write_text
+
+        return atomic_write_text(Path(directory) / FILE_NAME, self.backend.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextTokenizer:

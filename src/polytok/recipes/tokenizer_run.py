@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import ConcatDataset
-
-from polytok.config import from_dict, load_yaml_with_overrides, to_dict
+from polytok.config import from_dict, load_yaml_with_overrides
 from polytok.recipes.objective import LossConfig, build_objective
+from polytok.recipes.sections import DataSection, build_training_dataset, write_run_record
 from polytok.train import TrainConfig, Trainer
 
 
@@ -42,16 +41,6 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
-    """``name``: a built-in dataset (photos, shapes), an image folder or a webdataset shard pattern."""
-
-    name: str = "photos"
-    split: str = "train"
-    image_size: int = 64
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=lambda: ModelSection(preset="unitok-tiny"))
     data: DataSection = field(default_factory=DataSection)
@@ -65,43 +54,12 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | tuple
     return from_dict(RunConfig, load_yaml_with_overrides(path, list(overrides)))
 
 
-def train_from_file(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
-    """``polytok train``: a config with a ``unified`` section trains the unified model
-    (:mod:`polytok.recipes.unified_run`), any other trains a tokenizer. Returns the trained model."""
-    data = load_yaml_with_overrides(path, list(overrides))
-    if "unified" in data:
-        from polytok.recipes.unified_run import UnifiedRunConfig, train_unified
-
-        return train_unified(from_dict(UnifiedRunConfig, data))
-    return train_tokenizer(from_dict(RunConfig, data))
-
-
 def build_tokenizer(section: ModelSection):
     from polytok.models.tokenizer import Tokenizer
 
     if section.preset is not None:
         return Tokenizer.from_preset(section.preset, **section.overrides)
     return Tokenizer.from_config(section.config, **section.overrides)
-
-
-class ConcatWithEpoch(ConcatDataset):
-    """ConcatDataset that passes ``set_epoch`` on to its parts (built-in photo crops change per epoch)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        for part in self.datasets:
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
-
-
-def build_training_dataset(section: DataSection):
-    """The dataset ``section.name``; ``a+b`` concatenates datasets (e.g. ``photos+shapes``)."""
-    from polytok.data import build_dataset
-
-    parts = [
-        build_dataset(name, split=section.split, image_size=section.image_size, **section.options)
-        for name in section.name.split("+")
-    ]
-    return parts[0] if len(parts) == 1 else ConcatWithEpoch(parts)
 
 
 def train_tokenizer(config: RunConfig):
@@ -136,19 +94,6 @@ def train_tokenizer(config: RunConfig):
     finally:
         trainer.close()
     return tokenizer
-
-
-def write_run_record(config: RunConfig, precision: str, path: Path) -> Path:
-    """Write ``config`` as run by this machine (``train.precision`` resolved) to ``path``, atomically."""
-    import yaml
-
-    data = to_dict(config)
-    data["train"]["precision"] = precision
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _last_layer_name(tokenizer) -> str | None:
