@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 import polytok
 
@@ -59,11 +60,16 @@ def run_blocks(path: Path) -> None:
     blocks = python_blocks(text)
     assert len(blocks) == len(openings), openings  # none skipped by an odd fence
     namespace: dict = {"__name__": f"{path.stem}_examples"}
-    for i, block in enumerate(blocks):
-        try:
-            exec(compile(block, f"{path.name} block {i}", "exec"), namespace)
-        except Exception as exc:  # pragma: no cover - the message names the failing block
-            pytest.fail(f"{path.name}: python block {i} failed: {exc!r}\n{block}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny examples: one thread is fastest, and immune to a busy machine
+    try:
+        for i, block in enumerate(blocks):
+            try:
+                exec(compile(block, f"{path.name} block {i}", "exec"), namespace)
+            except Exception as exc:  # pragma: no cover - the message names the failing block
+                pytest.fail(f"{path.name}: python block {i} failed: {exc!r}\n{block}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_every_python_block_of_the_readme_is_found() -> None:
