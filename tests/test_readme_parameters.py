@@ -1,5 +1,5 @@
-"""The parameter figures of the README's preset table, counted: large presets on the meta device (no
-memory, no weights), tiny ones built for real with their frozen pretrained parts."""
+"""The parameter figures of the preset table in docs/tokenizers.md, counted: large presets on the meta
+device (no memory, no weights), tiny ones built for real with their frozen pretrained parts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from polytok.models.registry import list_presets
 from polytok.models.tokenizer import Tokenizer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-PARTS = {  # README wording -> Tokenizer.parameter_counts() key
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "tokenizers.md"
+PARTS = {  # the table's wording -> Tokenizer.parameter_counts() key
     "encoder": "encoder",
     "vision tower": "encoder",
     "pixel decoder": "pixel_decoder",
@@ -28,7 +28,7 @@ FIGURE = re.compile(
 
 def readme_figures() -> dict[str, list[tuple[str, str | None, float]]]:
     """preset -> [(label, suffix, millions)] from the 'parameters (polytok)' column."""
-    lines = README.read_text().splitlines()
+    lines = PAGE.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| preset | what | parameters"))
     figures = {}
     for line in lines[header + 2 :]:
@@ -39,7 +39,7 @@ def readme_figures() -> dict[str, list[tuple[str, str | None, float]]]:
         parsed = []
         for piece in filter(None, (p.strip() for p in re.split(r"[,;+]", cell))):
             m = FIGURE.match(piece)
-            assert m, f"README figure {piece!r} of {name} is not '<part> <x.y>M'"
+            assert m, f"{PAGE.name}: figure {piece!r} of {name} is not '<part> <x.y>M'"
             parsed.append((m["label"], m["suffix"], float(m["value"])))
         figures[name] = parsed
     return figures
@@ -78,7 +78,7 @@ def _count(tok: Tokenizer, label: str, suffix: str | None) -> int:
     if label == "frozen teacher":
         assert tok.teacher is not None
         return sum(p.numel() for p in tok.teacher.parameters())
-    raise AssertionError(f"no rule to count the README figure {label!r} {suffix!r}")
+    raise AssertionError(f"no rule to count the figure {label!r} {suffix!r}")
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
