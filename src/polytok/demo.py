@@ -35,6 +35,7 @@ from polytok.recipes.evaluation import PHOTOS_EVAL, SHAPES_EVAL, evaluate_photos
 from polytok.recipes.sections import trained_steps
 from polytok.recipes.tokenizer_run import RunConfig, load_run_config, train_tokenizer
 from polytok.registry import CONFIG_DIR
+from polytok.storage import atomic_write_text
 from polytok.unified.hub import is_unified_model, list_shipped_unified
 
 DEMO_PRESETS = ("unitok-tiny", "evotok-tiny", "polytok-tiny")
@@ -219,10 +220,10 @@ def run_demo(
         else:  # unified_only: the unified section alone
             path = write_unified_report(unified_report, out_dir / "report.html", title="polytok demo")
         summary = json.dumps([r.to_dict() for r in reports], indent=1, default=str)
-        (out_dir / "report.json").write_text(summary)
+        atomic_write_text(out_dir / "report.json", summary)
         if unified_report is not None:
             unified_summary = json.dumps(unified_report.to_dict(), indent=1, default=str)
-            (out_dir / UNIFIED_SUMMARY).write_text(unified_summary)
+            atomic_write_text(out_dir / UNIFIED_SUMMARY, unified_summary)
     for r in reports:
         print(json.dumps({"tokenizer": r.name, **{k: round(v.value, 4) for k, v in r.metrics.items()}}))
     if unified_report is not None:

@@ -30,7 +30,7 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -71,22 +71,27 @@ def sha256_file(path: str | Path) -> str:
 # single files
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through ``<path>.tmp-<pid>`` + fsync + rename; the temporary file is
-    removed if writing fails (a full disk leaves no partial file)."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``.<name>.tmp-<pid>`` in the same directory: ``write(file)`` fills it, it is
+    fsync'ed and renamed over ``path``. If anything fails the temporary file is removed, so a full disk
+    or a crash in ``write`` leaves no partial file and the old ``path`` untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -51,9 +51,9 @@ class EvalReport:
         }
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
-        return path
+        from polytok.storage import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,6 +16,7 @@ from polytok.eval import (
     evaluate_tokenizer,
     write_report,
 )
+from polytok.storage import atomic_write_text
 
 
 def zero_shot_spec(dataset: Any, task: str | None) -> ZeroShotSpec | None:
@@ -104,7 +105,7 @@ def evaluate_to_report(
     reports = evaluate_many(tokenizers, names, progress=progress, **kwargs)
     path = write_report(reports, report, title=title, progress=progress)
     summary = path.with_suffix(".json")
-    summary.write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
+    atomic_write_text(summary, json.dumps([r.to_dict() for r in reports], indent=1, default=str))
     for r in reports:
         print(json.dumps({"tokenizer": r.name, **{k: round(v.value, 4) for k, v in r.metrics.items()}}))
     print(json.dumps({"report": str(path), "summary": str(summary)}))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from polytok.eval.unified.report import UnifiedReport
+from polytok.storage import atomic_write_text
 
 
 def evaluate_unified_to_files(
@@ -37,8 +38,6 @@ def evaluate_unified_to_files(
     page = write_unified_report(result, report)
     summary_path = Path(summary) if summary is not None else page.with_suffix(".json")
     summary_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
-    os.replace(tmp, summary_path)
+    atomic_write_text(summary_path, json.dumps(result.to_dict(), indent=1, default=str))
     print(json.dumps({"report": str(page), "summary": str(summary_path)}))
     return result

@@ -24,6 +24,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -42,7 +43,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from polytok.models.identity import TokenizerMismatchError, identity_difference, tokenizer_identity
-from polytok.storage import atomic_write_json, sha256_file
+from polytok.storage import atomic_write_bytes, atomic_write_json, sha256_file
 from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json
 
 FORMAT = "polytok-token-shards"
@@ -94,8 +95,8 @@ def write_shard(
     """Write shard ``index`` (rows: ``{"index", "key", "codes" (h, w, *code_shape), "caption", "label"}``)
     and its record; returns the record. The tar appears under its final name only when complete."""
     path = out_dir / shard_name(index)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    buffer = io.BytesIO()  # a shard is small (shard_size rows of codes): built in memory, written once
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows:
             base = f"{row['index']:09d}"
             _add_member(tar, f"{base}.codes.npy", _npy_bytes(row["codes"]))
@@ -109,11 +110,11 @@ def write_shard(
         "samples": len(rows),
         "keys": [str(row["key"]) for row in rows],
         "skipped": list(skipped),
-        "sha256": sha256_file(tmp),
-        "bytes": tmp.stat().st_size,
+        "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+        "bytes": len(buffer.getvalue()),
     }
     atomic_write_json(out_dir / record_name(index), record, indent=1)  # the record first, then the tar
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
     return record
 
 
@@ -343,8 +344,9 @@ def encode_to_shards(
         check_resumable(out_dir, header)  # every rank reads the same files: all refuse or none
         if rank == 0:  # the set is incomplete from here; temporaries of a killed run go
             (out_dir / MANIFEST).unlink(missing_ok=True)
-            for stale in out_dir.glob("tokens-*.tmp*"):
-                stale.unlink(missing_ok=True)
+            for pattern in ("tokens-*.tmp*", ".tokens-*.tmp-*", f".{MANIFEST}.tmp-*"):
+                for stale in out_dir.glob(pattern):  # storage's temporaries are hidden files
+                    stale.unlink(missing_ok=True)
         if world > 1:
             dist.barrier()  # no rank writes before the clean-up
         records: list[dict[str, Any]] = []

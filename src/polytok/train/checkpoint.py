@@ -22,22 +22,21 @@ files are loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from polytok import storage
-from polytok.storage import fsync_dir, sha256_file
+from polytok.storage import atomic_write, sha256_file
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
@@ -55,22 +54,6 @@ class CheckpointError(RuntimeError):
 # low-level atomic writes
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` via a temporary file in the same directory + fsync + ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -85,16 +68,7 @@ def atomic_save_safetensors(tensors: Mapping[str, Tensor], path: str | Path) -> 
         key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
         flat[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
         seen.add(key)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(flat, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+    atomic_write(path, lambda f: f.write(save(flat)))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from polytok.eval.html.pieces import (
 from polytok.eval.html.plots import LOWER_IS_BETTER, codebook_usage_png, depth_curves_png
 from polytok.eval.progress import progress_bar
 from polytok.eval.tokenizer_report import EvalReport
+from polytok.storage import atomic_write_text
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px 24px; color: #222; font-size: 14px; }
@@ -303,5 +304,4 @@ def write_report(
     path = Path(path)
     text = render_report(reports, title, extra_sections, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(path, text)

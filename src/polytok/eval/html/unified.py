@@ -119,7 +119,6 @@ def write_unified_report(
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_esc(title)}</title></head>'
         f"<body><h1>{_esc(title)}</h1>{render_unified_section(report)}</body></html>"
     )
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    from polytok.storage import atomic_write_text
+
+    return atomic_write_text(out, page)

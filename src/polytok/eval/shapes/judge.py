@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from polytok.data.shapes import TASK_CLASSES, ShapesDataset
@@ -230,11 +230,12 @@ def train_shapes_judge(
 
 def save_shapes_judge(judge: ShapesJudge, recipe: JudgeRecipe, path: str | Path = WEIGHTS_PATH) -> None:
     """Write the judge's weights with its recipe in the safetensors metadata (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from safetensors.torch import save
+
+    from polytok.storage import atomic_write_bytes
+
     state = {k: v.detach().contiguous() for k, v in judge.state_dict().items()}
-    save_file(state, str(tmp), metadata={"recipe": json.dumps(asdict(recipe))})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(state, metadata={"recipe": json.dumps(asdict(recipe))}))
 
 
 def load_shapes_judge(path: str | Path = WEIGHTS_PATH) -> ShapesJudge:
