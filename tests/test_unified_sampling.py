@@ -38,17 +38,14 @@ def _prompts(model, captions):
 @pytest.mark.parametrize("name", LAYOUTS)
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
 def test_image_sampling_with_cache_equals_recomputation(name, mode) -> None:
-    extra = {"image_positions": "learned_2d", "caption_summary": True} if name == "evotok-tiny" else {}
+    extra = {"image_positions": "learned_2d"} if name == "evotok-tiny" else {}
     model = tiny_model(name, **extra)
-    if model.caption_summary is not None:  # zero at initialisation: make it matter
-        torch.nn.init.normal_(model.caption_summary.weight, std=0.5)
     kwargs = {"temperature": 0.0} if mode == "greedy" else {**SAMPLED, "guidance_scale": 2.5}
     captions = [CAPTIONS[0], CAPTIONS[2]]  # different lengths: left padding is exercised
     cached = generate_image_codes(model, captions, seed=5, **kwargs)
     recomputed = generate_image_codes(model, captions, seed=5, use_cache=False, **kwargs)
     assert cached.shape[:3] == (2, 3, 3)
     assert torch.equal(cached, recomputed)
-    assert not torch.equal(cached[0], cached[1])  # the two captions do not collapse to one image
 
 
 @pytest.mark.parametrize("image_positions", ["none", "learned_2d"])

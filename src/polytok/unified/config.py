@@ -24,6 +24,11 @@ TINY_BACKBONE: dict[str, Any] = {
 }
 
 
+# Options that were measured not to help and removed, with the value at which they changed nothing: models
+# saved with them at that value still load.
+RETIRED: dict[str, Any] = {"caption_summary": False, "image_input_noise": 0.0, "caption_input_noise": 0.0}
+
+
 @dataclass
 class UnifiedConfig:
     """How the unified model is built and trained.
@@ -39,10 +44,6 @@ class UnifiedConfig:
         image_positions: "learned_2d" adds a learned (row, column) embedding of the grid cell each state
             predicts to the backbone's input (see ``ImagePositionEmbedding``); "none" leaves the backbone's
             1-d positions alone.
-        caption_summary: in text -> image rows, add a linear map (zero at initialisation) of the mean
-            embedding of the caption's tokens to the input of every token that predicts an image position,
-            so each position reads the caption directly rather than through attention alone (the empty
-            caption of guidance adds nothing).
         depth_embedding: how earlier sub-codes enter the depth head: "learned" tables or "codebook"
             (frozen code vectors through a linear map).
         depth_conditioning: "running_sum" (step (l, c) reads the sum of all sub-codes of levels < l plus
@@ -56,20 +57,6 @@ class UnifiedConfig:
             the bits an image costs: evotok-tiny's first level of 4 keeps the colour, count and position
             of `shapes` objects as the shapes judge reads them, at about a fifth of the bits.
         caption_dropout: probability of training text-to-image on the empty caption (for guidance).
-        image_input_noise: probability that, in training, an image position of a text -> image row is
-            read as uniformly random codes (its target stays the true code). A caption holds ~13 bits
-            of a ``shapes`` image's ~5,000 and teacher forcing lets every object cell but the first copy
-            its colour and shape from its neighbours, so without noise the caption's attributes reach
-            the loss at about one position per image; corrupted neighbours make them matter at every
-            object cell. Sampling and evaluation read clean codes.
-        caption_input_noise: probability that, in training, a caption token an image -> text row reads
-            (never its target) is swapped for the token at the same place of another image -> text
-            caption of the batch. Captioning predicts each word from the image and the words before it;
-            where some pairs never occur (a `shapes` held-out pair: no caption has "red" before
-            "triangle"), the word before is a prior that outvotes the image. Words that are sometimes
-            another caption's make the image the only reliable witness. Captions sharing a template
-            (``shapes``) swap like for like (a colour for a colour); free text swaps near-random words.
-            Not shown to help: held-out `shapes` pairs are captioned no better at 0.3 or 0.6 (README).
         object_loss_weight: weight of an image position's cross-entropy where objects cover its grid cell
             (1 on background, blended by the cell's coverage), read from the ``object_mask`` of datasets
             that give one (``shapes``); the image loss stays a weighted mean. The caption's object words
@@ -86,7 +73,6 @@ class UnifiedConfig:
     input_embedding: EmbeddingKind = "learned"
     projector_hidden: int | None = None
     image_positions: ImagePositions = "none"
-    caption_summary: bool = False
     depth_embedding: EmbeddingKind = "learned"
     depth_conditioning: DepthConditioning = "running_sum"
     depth_width: int = 64
@@ -97,8 +83,6 @@ class UnifiedConfig:
     understanding_levels: int | None = None
     generation_levels: int | None = None
     caption_dropout: float = 0.1
-    image_input_noise: float = 0.0
-    caption_input_noise: float = 0.0
     object_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
     text_loss_weight: float = 1.0
@@ -114,9 +98,8 @@ class UnifiedConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("caption_dropout", "image_input_noise", "caption_input_noise"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.generation_levels is not None and self.generation_levels < 1:
             raise ValueError(f"generation_levels must be >= 1 or None, got {self.generation_levels}")
         if not self.object_loss_weight > 0.0:
@@ -129,6 +112,21 @@ class UnifiedConfig:
             raise ValueError("depth_layers and max_caption_tokens must be >= 1")
         if isinstance(self.backbone, dict) and "model_type" not in self.backbone:
             raise ValueError("a backbone config dict needs 'model_type' (e.g. 'llama' or 'qwen2')")
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> UnifiedConfig:
+        """The config as a saved model records it. Options since removed (:data:`RETIRED`) are accepted
+        at the value that left the model unchanged, and refused at any other."""
+        data = dict(data)
+        for name, inert in RETIRED.items():
+            if name in data:
+                value = data.pop(name)
+                if value != inert:
+                    raise ValueError(
+                        f"this model was trained with {name}={value!r}, an option polytok no longer has "
+                        "(it was not shown to help: docs/unified.md); load it with the version that made it"
+                    )
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}

@@ -132,9 +132,6 @@ class UnifiedModel(nn.Module):
         self.image_positions = (
             ImagePositionEmbedding(layout.grid, hidden) if config.image_positions == "learned_2d" else None
         )
-        self.caption_summary = nn.Linear(hidden, hidden, bias=False) if config.caption_summary else None
-        if self.caption_summary is not None:  # starts as the model without it
-            nn.init.zeros_(self.caption_summary.weight)
         self.depth_head = DepthHead(layout, hidden, config, self.code_vectors)
         if not config.backbone_trainable:
             self.backbone.requires_grad_(False)
@@ -218,90 +215,26 @@ class UnifiedModel(nn.Module):
             return 0.0
         return self.image_positions(torch.tensor(index, device=self.device)).to(self.dtype)
 
-    def _summaries(self, token_ids: Tensor, caption: Tensor) -> Tensor:
-        """(B, T) ids, (B, T) bool caption tokens -> (B, hidden) map of their mean embedding (0 if none)."""
+    def embed_t2i_prompt(self, token_ids: Tensor) -> Tensor:
+        """(B, T) left-padded text -> image prompts, each ending with <boi> -> (B, T, hidden) inputs."""
         emb = self.embed_text(token_ids)
-        weight = caption.to(emb.dtype)[..., None]
-        mean = (emb * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
-        return self.caption_summary(mean)
-
-    def t2i_summary(self, token_ids: Tensor) -> Tensor | None:
-        """(B, T) text -> image prompts -> (B, hidden) caption summaries (``caption_summary``), else None."""
-        if self.caption_summary is None:
-            return None
-        return self._summaries(token_ids, token_ids < self.special.pad)
-
-    def embed_t2i_prompt(self, token_ids: Tensor, summary: Tensor | None = None) -> Tensor:
-        """(B, T) left-padded text -> image prompts, each ending with <boi> -> (B, T, hidden) inputs;
-        ``summary``: :meth:`t2i_summary` of the same prompts."""
-        emb = self.embed_text(token_ids)
-        if self.image_positions is None and summary is None:
+        if self.image_positions is None:
             return emb
         last = emb[:, -1:] + self.image_position(0)
-        if summary is not None:
-            last = last + summary[:, None]
         return torch.cat([emb[:, :-1], last], dim=1)
 
-    def embed_image_step(self, codes: Tensor, index: int, summary: Tensor | None = None) -> Tensor:
+    def embed_image_step(self, codes: Tensor, index: int) -> Tensor:
         """Codes (B, 1, pixel_levels, C) of image position ``index`` -> (B, 1, hidden), the input from which
-        position ``index + 1`` is predicted; ``summary``: :meth:`t2i_summary` of the rows' prompts."""
+        position ``index + 1`` is predicted."""
         emb = self.embed_image(codes, self.layout.pixel_levels)
         if index + 1 < self.layout.num_positions:
             emb = emb + self.image_position(index + 1)
-            if summary is not None:
-                emb = emb + summary[:, None]
         return emb
-
-    def noisy_input_codes(self, batch: SequenceBatch) -> Tensor:
-        """The (B, N, L, C) codes the image positions read in training: in text -> image rows each
-        position is, with probability ``image_input_noise``, replaced by uniformly random codes of the
-        levels the row reads (the targets are not touched)."""
-        codes = batch.image_codes
-        p = self.config.image_input_noise
-        if not self.training or p == 0.0:
-            return codes
-        b, n, levels, _ = codes.shape
-        hit = torch.rand(b, n, device=codes.device) < p
-        hit &= batch.image_target.to(codes.device)[:, None]
-        random = torch.randint_like(codes, self.layout.codebook_size)
-        read = (
-            torch.arange(levels, device=codes.device)[None, :] < batch.input_levels.to(codes.device)[:, None]
-        )
-        random = random * read[:, None, :, None]  # levels a row does not read stay zero
-        return torch.where(hit[..., None, None], random, codes)
-
-    def noisy_input_tokens(self, batch: SequenceBatch) -> Tensor:
-        """The (B, T) token ids the backbone reads in training: in image -> text rows each caption token
-        is, with probability ``caption_input_noise``, the token at the same caption index of another
-        image -> text row (a random other one per row and step; rows whose caption is shorter give
-        nothing there). The targets are not touched, and text -> image prompts are never changed."""
-        ids = batch.token_ids
-        p = self.config.caption_input_noise
-        rows = (~batch.image_target.to(ids.device)).nonzero().flatten()
-        if not self.training or p == 0.0 or len(rows) < 2:
-            return ids
-        # caption index k of row r sits at image_start + N + 1 + k (after <eoi>), up to its <eos>
-        t = ids.shape[1]
-        start = batch.image_start.to(ids.device)[rows] + self.layout.num_positions + 1  # (R,)
-        place = start[:, None] + torch.arange(t, device=ids.device)  # (R, T): place of caption index k
-        where = place.clamp(max=t - 1)
-        tokens = ids[rows[:, None], where]
-        is_text = (tokens < self.special.pad) & (place < t)  # (R, T)
-        # a donor per row: a random other image -> text row (a shift by 1..R-1 of a random order)
-        order = torch.randperm(len(rows), device=ids.device)
-        shift = int(torch.randint(1, len(rows), ()))
-        donor = torch.empty_like(order)
-        donor[order] = order.roll(shift)
-        swap = (torch.rand(tokens.shape, device=ids.device) < p) & is_text & is_text[donor]
-        noisy = torch.where(swap, tokens[donor], tokens)
-        out = ids.clone()
-        out[rows[:, None].expand_as(where)[is_text], where[is_text]] = noisy[is_text]
-        return out
 
     def embed_sequence(self, batch: SequenceBatch) -> Tensor:
         """Inputs of a :class:`SequenceBatch`: (B, T, hidden), image positions from their codes."""
-        emb = self.embed_text(self.noisy_input_tokens(batch))
-        image = self.embed_image(self.noisy_input_codes(batch), batch.input_levels)  # (B, N, hidden)
+        emb = self.embed_text(batch.token_ids)
+        image = self.embed_image(batch.image_codes, batch.input_levels)  # (B, N, hidden)
         n = self.layout.num_positions
         pos = batch.image_start[:, None] + torch.arange(n, device=emb.device)
         emb = emb.scatter(1, pos[..., None].expand(-1, -1, emb.shape[-1]), image)
@@ -309,12 +242,6 @@ class UnifiedModel(nn.Module):
         if self.image_positions is not None:
             cells = self.image_positions(torch.arange(n, device=emb.device)).to(emb.dtype)
             emb = emb.scatter_add(1, before, cells.expand(emb.shape[0], -1, -1))
-        if self.caption_summary is not None:  # text -> image rows: the caption lies before the image
-            t = torch.arange(batch.token_ids.shape[1], device=emb.device)
-            caption = (batch.token_ids < self.special.pad) & (t[None, :] < batch.image_start[:, None])
-            caption &= batch.image_target.to(emb.device)[:, None]
-            summary = self._summaries(batch.token_ids, caption).to(emb.dtype)  # (B, hidden); 0 for i2t rows
-            emb = emb.scatter_add(1, before, summary[:, None].expand(-1, n, -1))
         return emb
 
     # -- training ---------------------------------------------------------------------------------
@@ -437,7 +364,7 @@ class UnifiedModel(nn.Module):
         backbone_config = AutoConfig.for_model(**json.loads((root / BACKBONE_CONFIG_NAME).read_text()))
         shape = meta["code_vectors"]
         model = cls(
-            UnifiedConfig(**meta["config"]),
+            UnifiedConfig.from_saved(meta["config"]),
             CodeLayout.from_dict(meta["layout"]),
             TextTokenizer.load(root),
             code_vectors=torch.zeros(shape) if shape is not None else None,

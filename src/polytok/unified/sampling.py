@@ -188,8 +188,7 @@ def sample_image_codes(
         rows += list(uncond_prompts)
     layout = model.layout
     ids, mask, positions = _left_pad(rows, model.special.pad, model.device)
-    summary = model.t2i_summary(ids)
-    stepper = _Stepper(model, model.embed_t2i_prompt(ids, summary), mask, positions, use_cache)
+    stepper = _Stepper(model, model.embed_t2i_prompt(ids), mask, positions, use_cache)
     draws = _Draws(seed, options)
     shape = (layout.pixel_levels, layout.codebooks)
     out = []
@@ -198,7 +197,7 @@ def sample_image_codes(
         out.append(codes)
         if i + 1 < layout.num_positions:
             step = codes.repeat(len(rows) // batch, 1).view(len(rows), 1, *shape)
-            stepper.feed(model.embed_image_step(step, i, summary))
+            stepper.feed(model.embed_image_step(step, i))
     return torch.stack(out, dim=1).view(batch, layout.num_positions, *shape)
 
 
