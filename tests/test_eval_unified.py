@@ -338,10 +338,35 @@ def test_end_to_end_structure_and_protocol(trained, report) -> None:
     assert "t2i[heldout] attr[pair]" in report.format_tables()
 
 
+def loss_bits(model, codes, caption: str) -> float:
+    """Reference bits of one image under one caption: the model's own training loss (the mean image
+    cross-entropy of a text -> image row) times its targets, in bits."""
+    from polytok.eval.unified.likelihood import t2i_batches
+
+    model.eval()
+    ((_, batch),) = t2i_batches(model, codes, [caption])
+    with torch.no_grad():
+        out = model(batch)
+    return float(out.image_loss) * out.image_targets / math.log(2)
+
+
+def test_bits_per_image_token_is_the_models_own_loss(trained) -> None:
+    from polytok.eval.unified.evaluate import bits_per_image_token
+
+    model, tok = trained
+    data = ShapesDataset("val", image_size=SIDE, length=2, seed=1)
+    codes = tok.encode(torch.stack([data[i]["image"] for i in range(2)]))
+    captions = [data[i]["caption"] for i in range(2)]
+    per_token, per_image, tokens = bits_per_image_token(model, codes, captions, batch_size=1)
+    reference = [loss_bits(model, codes[i : i + 1], captions[i]) for i in range(2)]
+    assert tokens == model.layout.num_positions * model.layout.generation_depth
+    assert per_image == pytest.approx(sum(reference) / 2, rel=1e-5)  # float32 loss against float64 sums
+    assert per_token == pytest.approx(per_image / tokens, rel=1e-12)
+
+
 def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
     """The choice of each value against a naive reference: every (image, value) scored alone through the
-    model's own mean image loss (bits_per_image_token), argmin and margins recomputed by hand."""
-    from polytok.eval.unified.evaluate import bits_per_image_token
+    model's own mean image loss (loss_bits), argmin and margins recomputed by hand."""
     from polytok.eval.unified.likelihood import likelihood_choice
 
     model, tok = trained
@@ -355,8 +380,7 @@ def test_likelihood_choice_against_per_image_bits(trained, report) -> None:
             bits = []
             for v in range(values):
                 caption = caption_for({**item["attributes"], attribute: v})
-                _, per_image, _ = bits_per_image_token(model, codes[b : b + 1], [caption])
-                bits.append(per_image)
+                bits.append(loss_bits(model, codes[b : b + 1], caption))
             truth = item["attributes"][attribute]
             best_wrong = min(x for v, x in enumerate(bits) if v != truth)
             assert int(result.truth[b]) == truth
@@ -511,7 +535,6 @@ def test_reranked_captions_take_the_value_of_lowest_score(trained, report, weigh
     """Each re-ranked shape against a naive reference: every candidate caption scored alone (image bits
     through the model's mean image loss, caption bits through caption_bits), the chosen one of lowest score
     up to rounding; the other attributes kept; an unparsed caption left alone."""
-    from polytok.eval.unified.evaluate import bits_per_image_token
     from polytok.eval.unified.rerank import caption_bits, rerank_captions
 
     model, tok = trained
@@ -526,7 +549,7 @@ def test_reranked_captions_take_the_value_of_lowest_score(trained, report, weigh
         scores = []
         for v in range(len(SHAPES)):
             caption = caption_for({**parses[b], "shape": v})
-            _, image, _ = bits_per_image_token(model, codes[b : b + 1], [caption])
+            image = loss_bits(model, codes[b : b + 1], caption)
             scores.append(image + weight * float(caption_bits(model, codes[b : b + 1], [caption])[0]))
         assert scores[out[b]["shape"]] <= min(scores) + 1e-3  # the reference's loss is a float32 mean
         assert {k: v for k, v in out[b].items() if k != "shape"} == {

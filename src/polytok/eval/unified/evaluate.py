@@ -44,7 +44,7 @@ from polytok.eval.shapes.baselines import PAIR, all_combinations, chance, single
 from polytok.eval.shapes.captions import CAPTION_ATTRIBUTES, parse_caption
 from polytok.eval.shapes.prompts import PROMPT_SUITE_VERSION, ShapesPrompt, prompt_suite
 from polytok.eval.shapes.scores import ALL, PAIR_SCORE, accuracy, correct_flags
-from polytok.eval.unified.likelihood import likelihood_figures, t2i_batches
+from polytok.eval.unified.likelihood import likelihood_figures
 from polytok.eval.unified.report import CaptionedImage, PromptSamples, UnifiedReport
 
 GFD_LABEL = "gFD (EfficientNet-Lite0)"
@@ -226,20 +226,12 @@ def bits_per_image_token(
     model: Any, codes: Tensor, captions: Sequence[str], batch_size: int = 16
 ) -> tuple[float, float, int]:
     """Mean -log2 p(image tokens | caption) over codes (B, h, w, *code_shape): (bits per sub-code, bits
-    per image, sub-codes per image), from the model's own teacher-forced image loss."""
-    was_training = model.training
-    model.eval()
-    nats, targets = 0.0, 0
-    try:
-        for _, batch in t2i_batches(model, codes, captions, batch_size):
-            out = model(batch)
-            nats += float(out.image_loss) * out.image_targets
-            targets += out.image_targets
-    finally:
-        model.train(was_training)
-    per_image = targets // len(codes)
-    per_token = nats / targets / math.log(2)
-    return per_token, per_token * per_image, per_image
+    per image, sub-codes per image), from :func:`polytok.eval.unified.likelihood.image_bits`."""
+    from polytok.eval.unified.likelihood import image_bits
+
+    per_image_tokens = model.layout.num_positions * model.layout.generation_depth
+    per_image = float(image_bits(model, codes, captions, batch_size).mean())
+    return per_image / per_image_tokens, per_image, per_image_tokens
 
 
 @torch.no_grad()
