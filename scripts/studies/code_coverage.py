@@ -17,7 +17,7 @@ import json
 import torch
 from torch import Tensor
 
-from polytok.eval.unified.evaluate import _split_images, encode_alone
+from polytok.eval.unified.evaluate import split_images, encode_alone
 from polytok.hub import load_tokenizer
 from polytok.unified.layout import CodeLayout
 
@@ -41,7 +41,7 @@ def unseen_fraction(train_levels: Tensor, other_levels: Tensor) -> list[float]:
 def encode_split(tokenizer, split: str, count: int, image_size: int, seed: int) -> Tensor:
     """The codes (count, h, w, *code_shape) of a ``shapes`` split's first images, each encoded alone, as
     the unified model's training and evaluation encode them."""
-    items = _split_images(split, image_size, count, seed)
+    items = split_images(split, image_size, count, seed)
     with torch.no_grad():
         return encode_alone(tokenizer, torch.stack([it["image"] for it in items]))
 

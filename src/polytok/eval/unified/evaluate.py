@@ -214,7 +214,9 @@ def text_to_image(
     return samples, figures
 
 
-def _split_images(split: str, side: int, count: int, seed: int) -> list[dict[str, Any]]:
+def split_images(split: str, side: int, count: int, seed: int) -> list[dict[str, Any]]:
+    """The first ``count`` items of the ``shapes`` split the evaluation measures (its images at ``side``
+    px, drawn with ``seed``), as ``ShapesDataset`` gives them."""
     from polytok.data.shapes import ShapesDataset
 
     data = ShapesDataset(split, image_size=side, length=count, seed=seed)
@@ -450,7 +452,7 @@ def evaluate_unified(
         count = max(caption_images_per_split, bits_images_per_split)
         if not count:
             break
-        items = _split_images(split, side, count, data_seed)
+        items = split_images(split, side, count, data_seed)
         if bits_images_per_split:
             chosen = items[:bits_images_per_split]
             codes = encode_alone(tokenizer, torch.stack([it["image"] for it in chosen]))
