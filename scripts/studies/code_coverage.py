@@ -17,7 +17,7 @@ import json
 import torch
 from torch import Tensor
 
-from polytok.eval.unified.evaluate import split_images, encode_alone
+from polytok.eval.unified.evaluate import encode_alone, split_images
 from polytok.hub import load_tokenizer
 from polytok.unified.layout import CodeLayout
 
