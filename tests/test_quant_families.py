@@ -1,0 +1,323 @@
+"""The quantizer families (FSQ, LFQ, BSQ, VAR multi-scale, SimVQ projected codes, TokenFlow dual
+codebook) against float64 loops written from each paper's definition, against vector-quantize-pytorch
+where the definitions agree, and the invariants every polytok quantizer keeps.
+
+Inputs are built with margins (values away from rounding boundaries, signs away from 0, nearest codes
+well ahead of the second), so float rounding on another CPU cannot flip a decision.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polytok.quant import (
+    BinarySphericalQuantizer,
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+)
+
+# -- references from the papers' definitions (float64, one row and one channel at a time) -----------
+
+
+def fsq_reference(z: torch.Tensor, levels: list[int], eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """FSQ indices (M,) and codes (M, C) by a loop over rows and channels, in float64."""
+    rows = z.double().tolist()
+    indices, codes = [], []
+    for row in rows:
+        index, radix, code = 0, 1, []
+        for value, level in zip(row, levels):
+            half = (level - 1) * (1 - eps) / 2
+            offset = 0.5 if level % 2 == 0 else 0.0
+            bounded = math.tanh(value + math.atanh(offset / half)) * half - offset
+            digit = round(bounded) + level // 2
+            assert 0 <= digit < level
+            index += digit * radix
+            radix *= level
+            code.append((digit - level // 2) / (level // 2))
+        indices.append(index)
+        codes.append(code)
+    return torch.tensor(indices), torch.tensor(codes, dtype=torch.float64)
+
+
+def fsq_inputs(levels: list[int], rows: int, seed: int) -> torch.Tensor:
+    """Latents whose bounded values sit within 0.3 of an integer level: rounding cannot flip."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(rows, len(levels), dtype=torch.float64)
+    for c, level in enumerate(levels):
+        half = (level - 1) * (1 - 1e-3) / 2
+        offset = 0.5 if level % 2 == 0 else 0.0
+        k = torch.randint(-(level // 2), (level - 1) // 2 + 1, (rows,), generator=g).double()
+        target = k + (torch.rand(rows, generator=g, dtype=torch.float64) - 0.5) * 0.6
+        target = target.clamp(-half - offset + 0.05, half - offset - 0.05)
+        out[:, c] = torch.atanh((target + offset) / half) - math.atanh(offset / half)
+    return out.float()
+
+
+def binary_reference(
+    x: torch.Tensor, value: float, temperature: float, group_size: int, spherical: bool
+) -> dict[str, torch.Tensor]:
+    """LFQ / BSQ by brute force over all 2^D codes, in float64: codes, indices (first channel the most
+    significant bit), per-sample entropy and the grouped codebook entropy."""
+    x = x.double()
+    if spherical:
+        x = x / x.norm(dim=-1, keepdim=True)
+    d = x.shape[1]
+    all_bits = list(itertools.product([0, 1], repeat=d))  # first channel the most significant bit
+    table = torch.tensor(all_bits, dtype=torch.float64) * 2 * value - value  # (2^D, D)
+    dist2 = ((x[:, None, :] - table[None]) ** 2).sum(-1)  # (M, 2^D)
+    indices = dist2.argmin(-1)
+    codes = table[indices]
+    probs = torch.softmax(-dist2 / temperature, dim=-1)
+    per_sample = -(probs * probs.log()).sum(-1).mean()
+    avg = probs.mean(0)
+    codebook = 0.0
+    for g0 in range(0, d, group_size):  # marginal of each group of bits, summed from the full table
+        key = torch.tensor([int("".join(map(str, bits[g0 : g0 + group_size])), 2) for bits in all_bits])
+        marginal = torch.zeros(2**group_size, dtype=torch.float64).index_add_(0, key, avg)
+        codebook = codebook + -(marginal * marginal.log()).sum()
+    return {
+        "codes": codes,
+        "indices": indices,
+        "per_sample": per_sample,
+        "codebook": torch.as_tensor(codebook),
+        "commitment": ((x - codes) ** 2).mean(),
+    }
+
+
+def signed_inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Values with |x| in [0.2, 1.5]: no sign is near 0."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, shape, generator=g) * 2 - 1
+    return sign * (0.2 + 1.3 * torch.rand(shape, generator=g))
+
+
+# -- FSQ -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [7, 6, 4], [3, 4]])
+def test_fsq_matches_the_paper_definition(levels: list[int]) -> None:
+    z = fsq_inputs(levels, 64, seed=len(levels))
+    q = FiniteScalarQuantizer(levels).eval()
+    out = q(z[None])
+    ref_idx, ref_codes = fsq_reference(z, levels)
+    assert torch.equal(out.indices[0], ref_idx)
+    assert torch.equal(out.quantized[0], ref_codes.float())  # (d - L//2) / (L//2): one rounding each
+    assert out.indices.max() < math.prod(levels)
+    # Every code of the grid is reachable and decodes to its digits.
+    all_idx = torch.arange(math.prod(levels))
+    digits = q.indices_to_digits(all_idx)
+    assert torch.equal((digits * torch.cumprod(torch.tensor([1, *levels[:-1]]), 0)).sum(-1), all_idx)
+
+
+def test_fsq_indices_and_codes_equal_vector_quantize_pytorch() -> None:
+    """Conventions that differ: vector-quantize-pytorch bounds with half = (L-1)(1+eps)/2 where the
+    paper (and polytok) use (1-eps); with the margins of these inputs both round alike. Both take the
+    first channel as the least significant digit and normalise codes by L // 2."""
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    levels = [8, 5, 5, 5]
+    z = fsq_inputs(levels, 256, seed=3)[None]
+    ours = FiniteScalarQuantizer(levels).eval()
+    theirs = vqp.FSQ(levels=levels).eval()
+    with torch.no_grad():
+        out = ours(z)
+        their_q, their_idx = theirs(z)
+    assert torch.equal(out.indices, their_idx.long())
+    assert torch.allclose(out.quantized, their_q, atol=1e-6)
+    assert torch.equal(ours.indices_to_codes(their_idx.long()), out.quantized)
+
+
+def test_fsq_gradient_flows_through_the_bound() -> None:
+    levels = [8, 5, 5, 5]
+    q = FiniteScalarQuantizer(levels)
+    z = fsq_inputs(levels, 16, seed=5)[None].requires_grad_()
+    g = torch.randn_like(z)
+    (q(z).quantized * g).sum().backward()
+    lv = torch.tensor(levels, dtype=torch.float64)
+    half, offset = (lv - 1) * (1 - 1e-3) / 2, (lv % 2 == 0).double() * 0.5
+    t = torch.tanh(z.detach().double() + torch.atanh(offset / half))
+    expected = g.double() * (1 - t**2) * half / (lv // 2)  # d/dz [tanh(z + s) * half / (L // 2)]
+    assert torch.allclose(z.grad.double(), expected, atol=1e-5)
+
+
+def test_fsq_with_projection() -> None:
+    torch.manual_seed(0)
+    q = FiniteScalarQuantizer([8, 5, 5, 5], dim=16)
+    z = torch.randn(2, 6, 16, requires_grad=True)
+    out = q(z)
+    assert out.quantized.shape == z.shape and out.indices.shape == (2, 6)
+    out.quantized.square().sum().backward()
+    assert z.grad.abs().sum() > 0 and q.project_in.weight.grad.abs().sum() > 0
+
+
+# -- LFQ and BSQ -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("group_size", [6, 3, 2])
+def test_lfq_bsq_match_brute_force_over_all_codes(spherical: bool, group_size: int) -> None:
+    kind = BinarySphericalQuantizer if spherical else LookupFreeQuantizer
+    temperature = 0.5 if spherical else 2.0  # soft enough for every code to carry probability
+    q = kind(
+        dim=6, group_size=group_size, temperature=temperature, beta=0.3, entropy_weight=0.7, diversity=0.8
+    )
+    x = signed_inputs((1, 40, 6), seed=group_size)
+    out = q(x)
+    ref = binary_reference(x[0], q.code_value, temperature, group_size, spherical)
+    assert torch.equal(out.indices[0], ref["indices"])
+    assert torch.allclose(out.quantized[0].double(), ref["codes"], atol=1e-6)
+    assert torch.allclose(out.stats["per_sample_entropy"].double(), ref["per_sample"], atol=1e-5)
+    assert torch.allclose(out.stats["codebook_entropy"].double(), ref["codebook"], atol=1e-5)
+    assert torch.allclose(out.stats["commitment"].double(), ref["commitment"], atol=1e-6)
+    expected = 0.3 * ref["commitment"] + 0.7 * (ref["per_sample"] - 0.8 * ref["codebook"])
+    assert torch.allclose(out.loss.double(), expected, atol=1e-5)
+
+
+def test_lfq_and_bsq_codes_equal_vector_quantize_pytorch() -> None:
+    """Conventions: both take the first channel as the most significant bit and x = 0 as bit 0. What
+    differs: with several codebooks vector-quantize-pytorch splits the channels into independent
+    quantizers (indices (B, N, C)) and, when spherical, normalises each split; polytok's groups only
+    factorise the entropy (one index of all bits, the whole vector normalised). Its codebook entropy
+    averages the groups' entropies where polytok sums them (the entropy of the factorised joint)."""
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    x = signed_inputs((2, 32, 10), seed=11)
+    for spherical in (False, True):
+        ours = (BinarySphericalQuantizer if spherical else LookupFreeQuantizer)(dim=10).eval()
+        theirs = vqp.LFQ(dim=10, codebook_size=2**10, spherical=spherical).eval()
+        with torch.no_grad():
+            out = ours(x)
+            their_q, their_idx, _ = theirs(x)
+        assert torch.equal(out.indices, their_idx.long())
+        assert torch.allclose(out.quantized, their_q, atol=1e-6)
+
+
+def test_bsq_gradient_goes_through_the_normalisation_and_lfq_is_straight_through() -> None:
+    x = signed_inputs((1, 8, 6), seed=2).requires_grad_()
+    g = torch.randn_like(x)
+    (LookupFreeQuantizer(dim=6)(x).quantized * g).sum().backward()
+    assert torch.equal(x.grad, g)
+    x.grad = None
+    (BinarySphericalQuantizer(dim=6)(x).quantized * g).sum().backward()
+    u = F.normalize(x.detach(), dim=-1)
+    expected = (g - u * (u * g).sum(-1, keepdim=True)) / x.detach().norm(dim=-1, keepdim=True)
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_large_lfq_never_builds_the_full_table() -> None:
+    """36 bits in groups of 9: usage counters of 4 x 512 codes; indices need all 36 bits."""
+    q = BinarySphericalQuantizer(dim=36, group_size=9)
+    assert q.usage_ema.shape == (4, 512) and q.codebook_size == 2**36
+    x = signed_inputs((1, 8, 36), seed=4)
+    out = q(x)
+    bits = (x[0] > 0).long()
+    expected = sum(bits[:, j] * 2 ** (35 - j) for j in range(36))
+    assert torch.equal(out.indices[0], expected)
+
+
+# -- invariants of every family ---------------------------------------------------------------------
+
+
+def _tokens(dim: int):
+    return lambda g, b: (torch.randn(b, 6, dim, generator=g),)
+
+
+FAMILIES = {
+    "fsq": (lambda: FiniteScalarQuantizer([8, 5, 5, 5]), _tokens(4)),
+    "fsq-proj": (lambda: FiniteScalarQuantizer([5, 5, 5], dim=8), _tokens(8)),
+    "lfq": (lambda: LookupFreeQuantizer(dim=12, group_size=4), _tokens(12)),
+    "bsq": (lambda: BinarySphericalQuantizer(dim=12), _tokens(12)),
+}
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _inputs(name: str, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    return FAMILIES[name][1](torch.Generator().manual_seed(seed), batch)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_roundtrip_gradient_and_eval_codes(name: str) -> None:
+    torch.manual_seed(0)
+    q = FAMILIES[name][0]()
+    args = tuple(a.requires_grad_() for a in _inputs(name))
+    out = q(*args)
+    assert out.indices.dtype == torch.int64 and (out.indices >= 0).all()
+    assert out.quantized.shape[0] == args[0].shape[0] and torch.isfinite(out.loss)
+    loss = out.quantized.square().sum() + out.loss
+    loss.backward()
+    for a in args:  # the straight-through path reaches every input
+        assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert out.stats["skipped_update"].item() == 0.0
+    q.eval()
+    with torch.no_grad():
+        ev = q(*(a.detach() for a in args))
+    assert torch.equal(q.indices_to_codes(ev.indices), ev.quantized)
+    usage = q.codebook_usage()
+    assert (usage["usage"] > 0).all() and (usage["perplexity"] >= 1).all()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_state_dict_round_trip_resumes_exactly(name: str) -> None:
+    torch.manual_seed(0)
+    q = FAMILIES[name][0]()
+    for step in range(3):
+        q(*_inputs(name, seed=step))
+    torch.manual_seed(1)  # a fresh module with other initial values, then the saved state
+    resumed = FAMILIES[name][0]()
+    resumed.load_state_dict(q.state_dict())
+    assert_same_state(snapshot(resumed), snapshot(q))
+    nxt = _inputs(name, seed=9)
+    a, b = q(*nxt), resumed(*nxt)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.quantized, b.quantized)
+    assert torch.equal(a.loss, b.loss)
+    assert_same_state(snapshot(resumed), snapshot(q))
+    for key in ("usage", "perplexity"):
+        assert torch.equal(q.codebook_usage()[key], resumed.codebook_usage()[key])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_bad_input_is_a_reported_skip_in_training_and_an_error_in_eval(name: str, value: float) -> None:
+    torch.manual_seed(0)
+    q = FAMILIES[name][0]()
+    q(*_inputs(name, seed=1))  # some statistics already
+    before = snapshot(q)
+    args = _inputs(name)
+    poisoned = tuple(a.clone() for a in args)
+    poisoned[-1].view(-1)[5] = value
+    out = q(*poisoned)
+    assert torch.isnan(out.loss) and out.stats["skipped_update"].item() == 1.0
+    assert (out.indices == -1).any() and (out.indices >= 0).any()
+    assert torch.isnan(out.quantized).any()
+    assert_same_state(snapshot(q), before)
+    q.eval()
+    with pytest.raises(ValueError, match="NaN or Inf" if value != 1e30 else "magnitude"):
+        q(*poisoned)
+    with pytest.raises((ValueError, TypeError)):
+        q(*(a.long() for a in args))  # wrong dtype
+    q.train()
+    assert q(*args).stats["skipped_update"].item() == 0.0
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_empty_batch_is_a_skip(name: str) -> None:
+    torch.manual_seed(0)
+    q = FAMILIES[name][0]()
+    before = snapshot(q)
+    args = _inputs(name, batch=0)
+    out = q(*args)
+    assert out.indices.shape[0] == 0 and out.loss.item() == 0.0
+    assert out.stats["skipped_update"].item() == 1.0
+    assert_same_state(snapshot(q), before)
