@@ -19,6 +19,9 @@ from polytok.quant import (
     BinarySphericalQuantizer,
     FiniteScalarQuantizer,
     LookupFreeQuantizer,
+    MultiCodebookQuantizer,
+    ResidualQuantizer,
+    VectorQuantizer,
 )
 
 # -- references from the papers' definitions (float64, one row and one channel at a time) -----------
@@ -218,6 +221,43 @@ def test_large_lfq_never_builds_the_full_table() -> None:
     assert torch.equal(out.indices[0], expected)
 
 
+# -- SimVQ projected codebooks ----------------------------------------------------------------------
+
+
+def test_projected_codes_are_a_learned_map_of_a_frozen_basis() -> None:
+    torch.manual_seed(0)
+    q = VectorQuantizer(dim=6, codebook_size=24, projected=True, init_std=6**-0.5)
+    book = q.codebooks[0]
+    names = {name for name, _ in q.named_parameters()}
+    assert names == {"codebooks.0.proj_weight", "codebooks.0.proj_bias"}  # the basis is a buffer
+    basis = book.embed[0].double()
+    codes = basis @ book.proj_weight[0].double().T + book.proj_bias[0].double()  # SimVQ: C W^T + b
+    assert torch.allclose(book.codes()[0].double(), codes, atol=1e-6)
+    # The search is over the projected codes: float64 brute force, on rows with a clear nearest code.
+    z = torch.randn(1, 64, 6)
+    dist2 = torch.cdist(z[0].double(), codes)
+    top2 = dist2.topk(2, largest=False).values
+    keep = (top2[:, 1] - top2[:, 0]) > 1e-3
+    assert keep.sum() > 50
+    out = q(z)
+    assert torch.equal(out.indices[0][keep], dist2.argmin(-1)[keep])
+    # The codebook loss trains the map, never the basis; one optimiser step moves every code.
+    frozen = book.embed.clone()
+    out.loss.backward()
+    assert book.proj_weight.grad.abs().sum() > 0 and book.proj_bias.grad.abs().sum() > 0
+    before = book.codes().detach().clone()
+    torch.optim.SGD(q.parameters(), lr=0.5).step()
+    assert torch.equal(book.embed, frozen)
+    moved = (book.codes().detach() - before).norm(dim=-1)
+    assert (moved > 0).all()
+
+
+def test_projected_codes_refuse_what_writes_codes_directly() -> None:
+    for kwargs in ({"update": "ema"}, {"kmeans_init": True}, {"dead_code_threshold": 1.0}):
+        with pytest.raises(ValueError, match="projected"):
+            MultiCodebookQuantizer(dim=8, num_codebooks=2, codebook_size=8, projected=True, **kwargs)
+
+
 # -- invariants of every family ---------------------------------------------------------------------
 
 
@@ -230,6 +270,11 @@ FAMILIES = {
     "fsq-proj": (lambda: FiniteScalarQuantizer([5, 5, 5], dim=8), _tokens(8)),
     "lfq": (lambda: LookupFreeQuantizer(dim=12, group_size=4), _tokens(12)),
     "bsq": (lambda: BinarySphericalQuantizer(dim=12), _tokens(12)),
+    "vq-simvq": (lambda: VectorQuantizer(dim=8, codebook_size=32, projected=True), _tokens(8)),
+    "rmcq-simvq": (
+        lambda: ResidualQuantizer(dim=8, levels=2, codebook_size=16, num_codebooks=2, projected=True),
+        _tokens(8),
+    ),
 }
 
 
