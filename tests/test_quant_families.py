@@ -17,12 +17,15 @@ import torch.nn.functional as F
 
 from polytok.quant import (
     BinarySphericalQuantizer,
+    DualCodebookQuantizer,
     FiniteScalarQuantizer,
     LookupFreeQuantizer,
     MultiCodebookQuantizer,
+    MultiScaleResidualQuantizer,
     ResidualQuantizer,
     VectorQuantizer,
 )
+from polytok.quant.multiscale import phi_schedule
 
 # -- references from the papers' definitions (float64, one row and one channel at a time) -----------
 
@@ -258,6 +261,176 @@ def test_projected_codes_refuse_what_writes_codes_directly() -> None:
             MultiCodebookQuantizer(dim=8, num_codebooks=2, codebook_size=8, projected=True, **kwargs)
 
 
+# -- VAR multi-scale residual quantization ---------------------------------------------------------
+
+
+def area_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(out, in) float64 area down-sampling: output i averages inputs floor(i in/out) to ceil((i+1) in/out)
+    (exclusive)."""
+    m = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for i in range(size_out):
+        lo, hi = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> torch.Tensor:
+    """(out, in) float64 bicubic up-sampling (Keys kernel, a = -0.75, half-pixel centres, edge
+    replication), the definition PyTorch's align_corners=False bicubic follows."""
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    m = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for o in range(size_out):
+        src = (o + 0.5) * size_in / size_out - 0.5
+        base = math.floor(src)
+        for j in range(base - 1, base + 3):
+            m[o, min(max(j, 0), size_in - 1)] += kernel(src - j)
+    return m
+
+
+def multiscale_reference(q: MultiScaleResidualQuantizer, f: torch.Tensor) -> dict[str, object]:
+    """VAR's multi-scale residual quantization of f (H, W, D) in float64, one scale at a time."""
+    codes = q.codebooks[0].embed[0].double()
+    height, width = q.scales[-1]
+    rest = f.double().permute(2, 0, 1)  # (D, H, W)
+    f_hat = torch.zeros_like(rest)
+    indices, gaps, prefixes = [], [], []
+    for k, (h, w) in enumerate(q.scales):
+        small = area_matrix(height, h) @ rest @ area_matrix(width, w).T  # (D, h, w)
+        dist2 = torch.cdist(small.reshape(len(codes[0]), -1).T, codes)  # (h w, K)
+        top2 = dist2.topk(2, largest=False).values
+        gaps.append((top2[:, 1] - top2[:, 0]).min())
+        idx = dist2.argmin(-1)
+        grid = codes[idx].T.reshape(-1, h, w)
+        up = bicubic_matrix(h, height) @ grid @ bicubic_matrix(w, width).T if k < len(q.scales) - 1 else grid
+        phi = phi_schedule(len(q.scales), len(q.phis))[k]
+        conv = q.phis[phi]
+        mixed = F.conv2d(up[None], conv.weight.double(), conv.bias.double(), padding=1)[0]
+        step = (1 - q.phi_ratio) * up + q.phi_ratio * mixed
+        f_hat = f_hat + step
+        rest = rest - step
+        indices.append(idx)
+        prefixes.append(f_hat.permute(1, 2, 0).clone())
+    return {"indices": torch.cat(indices), "gap": min(gaps), "prefixes": prefixes}
+
+
+def test_phi_schedule_is_vars_partial_sharing() -> None:
+    """VAR: ticks linspace(1/12, 11/12, 4) for 4 convolutions (1/(2K) margins otherwise), scale k of S at
+    k / (S - 1), the nearest tick; worked out by hand for these schedules."""
+    assert phi_schedule(10, 4) == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert phi_schedule(10, 3) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert phi_schedule(10, 1) == [0] * 10
+    assert phi_schedule(5, 0) == [-1] * 5
+
+
+def test_multiscale_matches_a_float64_loop_of_vars_definition() -> None:
+    torch.manual_seed(0)
+    scales = (1, 2, 3, 5, 8)
+    q = MultiScaleResidualQuantizer(dim=4, codebook_size=16, scales=scales, phi_count=2, beta=0.3).eval()
+    f = torch.randn(2, 8, 8, 4) * 1.5
+    out = q(f)
+    assert out.indices.shape == (2, sum(s * s for s in scales))
+    for b in range(2):
+        ref = multiscale_reference(q, f[b])
+        assert ref["gap"] > 1e-4  # no near-tie anywhere: float32 cannot choose another code
+        assert torch.equal(out.indices[b], ref["indices"])
+        for k, expected in enumerate(ref["prefixes"]):
+            assert torch.allclose(out.prefix(k + 1)[b].double(), expected, atol=1e-5)
+        assert torch.allclose(out.quantized[b].double(), ref["prefixes"][-1], atol=1e-5)
+    # Loss: the mean over scales of beta |f - f_hat_k|^2 + |f_hat_k - f|^2 (both terms alike in value).
+    errs = [
+        torch.stack(
+            [(multiscale_reference(q, f[b])["prefixes"][k] - f[b].double()).square().mean() for b in range(2)]
+        ).mean()
+        for k in range(len(scales))
+    ]
+    assert torch.allclose(out.loss.double(), 1.3 * torch.stack(errs).mean(), atol=1e-5)
+    # split_indices: one (B, h, w) map per scale; a prefix of the flat indices decodes those scales.
+    maps = q.split_indices(out.indices)
+    assert [tuple(m.shape) for m in maps] == [(2, s, s) for s in scales]
+    with torch.no_grad():
+        assert torch.equal(q.indices_to_codes(out.indices[:, : 1 + 4 + 9]), out.prefix(3))
+    with pytest.raises(ValueError, match="first K scales"):
+        q.indices_to_codes(out.indices[:, :7])
+
+
+def test_multiscale_default_schedule_and_gradients() -> None:
+    torch.manual_seed(0)
+    q = MultiScaleResidualQuantizer(dim=8, codebook_size=32)
+    assert q.scales[-1] == (16, 16) and q.num_tokens == 680 and len(q.phis) == 4
+    z = torch.randn(1, 16, 16, 8, requires_grad=True)
+    out = q(z)
+    g = torch.randn_like(z)
+    (out.quantized * g).sum().backward(retain_graph=True)
+    assert torch.equal(z.grad, g)  # straight through to the input
+    out.loss.backward()  # the codebook and every phi convolution learn from the loss
+    assert q.codebooks[0].embed.grad.abs().sum() > 0
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in q.phis)
+    with pytest.raises(ValueError, match="last scale"):
+        q(torch.randn(1, 8, 8, 8))
+
+
+# -- TokenFlow dual codebook -----------------------------------------------------------------------
+
+
+def test_dual_codebook_shared_index_is_the_weighted_brute_force() -> None:
+    torch.manual_seed(0)
+    ws, wp = 0.7, 2.5
+    q = DualCodebookQuantizer(
+        semantic_dim=5, pixel_dim=3, codebook_size=32, semantic_weight=ws, pixel_weight=wp, beta=0.4
+    )
+    s, p = torch.randn(2, 30, 5), torch.randn(2, 30, 3)
+    out = q(s, p)
+    sem, pix = q.codebooks[0].embed[0].double(), q.codebooks[1].embed[0].double()
+    chosen, gaps = [], []
+    for row_s, row_p in zip(s.reshape(-1, 5).double(), p.reshape(-1, 3).double()):
+        costs = [
+            ws * (row_s - sem[k]).square().sum() + wp * (row_p - pix[k]).square().sum() for k in range(32)
+        ]
+        order = sorted(range(32), key=lambda k: costs[k])
+        chosen.append(order[0])
+        gaps.append(costs[order[1]] - costs[order[0]])
+    assert min(gaps) > 1e-4
+    chosen = torch.tensor(chosen).view(2, 30)
+    assert torch.equal(out.indices, chosen)
+    assert torch.allclose(out.semantic.double(), sem[chosen], atol=1e-6)
+    assert torch.allclose(out.pixel.double(), pix[chosen], atol=1e-6)
+    # Neither stream alone picks these codes: the index really is the joint one.
+    assert not torch.equal(chosen, torch.cdist(s.double(), sem[None]).argmin(-1))
+    assert not torch.equal(chosen, torch.cdist(p.double(), pix[None]).argmin(-1))
+    err = F.mse_loss(s.double(), sem[chosen]) + F.mse_loss(p.double(), pix[chosen])
+    assert torch.allclose(out.loss.double(), 1.4 * err, atol=1e-5)
+
+
+def test_dual_codebook_cosine_streams_and_restarts_in_pairs() -> None:
+    torch.manual_seed(0)
+    q = DualCodebookQuantizer(semantic_dim=4, pixel_dim=4, codebook_size=16, normalize=True)
+    s, p = torch.randn(1, 20, 4) * 3, torch.randn(1, 20, 4) * 0.1
+    q.eval()
+    out = q(s, p)
+    sem, pix = (book.codes()[0].detach() for book in q.codebooks)
+    cost = (2 - 2 * F.normalize(s[0], dim=-1) @ sem.T) + (2 - 2 * F.normalize(p[0], dim=-1) @ pix.T)
+    assert torch.equal(out.indices[0], cost.argmin(-1))
+    # EMA with restarts: a restarted code pair comes from one position of both streams.
+    q = DualCodebookQuantizer(
+        semantic_dim=3, pixel_dim=2, codebook_size=64, update="ema", dead_code_threshold=2.0
+    )
+    s, p = torch.randn(1, 10, 3) + 10, torch.randn(1, 10, 2) - 10  # far from every initial code
+    out = q(s, p)
+    assert out.stats["restarts"] > 0
+    sem, pix = q.codebooks[0].embed[0], q.codebooks[1].embed[0]
+    moved = (sem[:, 0] > 5).nonzero()[:, 0]
+    assert len(moved) > 0 and (pix[moved, 0] < -5).all()
+    for k in moved.tolist():
+        row = ((s[0] - sem[k]).abs().sum(-1) < 1e-5).nonzero()[:, 0]
+        assert len(row) == 1 and torch.allclose(p[0, row[0]], pix[k])
+
+
 # -- invariants of every family ---------------------------------------------------------------------
 
 
@@ -271,6 +444,26 @@ FAMILIES = {
     "lfq": (lambda: LookupFreeQuantizer(dim=12, group_size=4), _tokens(12)),
     "bsq": (lambda: BinarySphericalQuantizer(dim=12), _tokens(12)),
     "vq-simvq": (lambda: VectorQuantizer(dim=8, codebook_size=32, projected=True), _tokens(8)),
+    "msrq": (
+        lambda: MultiScaleResidualQuantizer(dim=4, codebook_size=32, scales=(1, 2, 4), phi_count=2),
+        lambda g, b: (torch.randn(b, 4, 4, 4, generator=g),),
+    ),
+    "msrq-ema": (
+        lambda: MultiScaleResidualQuantizer(
+            dim=4, codebook_size=16, scales=(1, (2, 3), (3, 5)), update="ema", dead_code_threshold=0.5
+        ),
+        lambda g, b: (torch.randn(b, 3, 5, 4, generator=g),),
+    ),
+    "dual": (
+        lambda: DualCodebookQuantizer(semantic_dim=6, pixel_dim=3, codebook_size=16, pixel_weight=2.0),
+        lambda g, b: (torch.randn(b, 5, 6, generator=g), torch.randn(b, 5, 3, generator=g)),
+    ),
+    "dual-ema": (
+        lambda: DualCodebookQuantizer(
+            semantic_dim=4, pixel_dim=4, codebook_size=16, update="ema", normalize=True
+        ),
+        lambda g, b: (torch.randn(b, 5, 4, generator=g), torch.randn(b, 5, 4, generator=g)),
+    ),
     "rmcq-simvq": (
         lambda: ResidualQuantizer(dim=8, levels=2, codebook_size=16, num_codebooks=2, projected=True),
         _tokens(8),

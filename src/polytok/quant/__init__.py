@@ -4,10 +4,12 @@
 from polytok.quant.bsq import BinarySphericalQuantizer
 from polytok.quant.codebook import Codebook
 from polytok.quant.core import LevelledQuantizer, QuantizerOutput
+from polytok.quant.dual import DualCodebookQuantizer, DualQuantizerOutput
 from polytok.quant.fsq import FiniteScalarQuantizer
 from polytok.quant.implicit import ImplicitQuantizer
 from polytok.quant.lfq import LookupFreeQuantizer
 from polytok.quant.mcq import MultiCodebookQuantizer
+from polytok.quant.multiscale import MultiScaleResidualQuantizer
 from polytok.quant.residual import ResidualQuantizer
 from polytok.quant.search import nearest_codes, nearest_codes_reference
 from polytok.quant.updates import CodebookUpdates, codebook_owners
@@ -17,11 +19,14 @@ __all__ = [
     "BinarySphericalQuantizer",
     "Codebook",
     "CodebookUpdates",
+    "DualCodebookQuantizer",
+    "DualQuantizerOutput",
     "FiniteScalarQuantizer",
     "ImplicitQuantizer",
     "LevelledQuantizer",
     "LookupFreeQuantizer",
     "MultiCodebookQuantizer",
+    "MultiScaleResidualQuantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
     "VectorQuantizer",
