@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from polytok.quant import (
@@ -450,7 +453,7 @@ FAMILIES = {
     ),
     "msrq-ema": (
         lambda: MultiScaleResidualQuantizer(
-            dim=4, codebook_size=16, scales=(1, (2, 3), (3, 5)), update="ema", dead_code_threshold=0.5
+            dim=4, codebook_size=16, scales=(1, (2, 3), (3, 5)), update="ema"
         ),
         lambda g, b: (torch.randn(b, 3, 5, 4, generator=g),),
     ),
@@ -559,3 +562,48 @@ def test_empty_batch_is_a_skip(name: str) -> None:
     assert out.indices.shape[0] == 0 and out.loss.item() == 0.0
     assert out.stats["skipped_update"].item() == 1.0
     assert_same_state(snapshot(q), before)
+
+
+# -- statistics across ranks -----------------------------------------------------------------------
+
+SYNCED = ["fsq", "lfq", "bsq", "msrq-ema", "dual-ema", "vq-simvq"]
+DDP_STEPS, DDP_BATCH = 3, 4
+
+
+def _ddp_run(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Each synchronised family for a few training steps on this rank's share of every batch."""
+    result = {}
+    for name in SYNCED:
+        torch.manual_seed(0)
+        q = FAMILIES[name][0]()
+        per = DDP_BATCH // world
+        for step in range(DDP_STEPS):
+            args = _inputs(name, batch=DDP_BATCH, seed=step)
+            out = q(*(a[rank * per : (rank + 1) * per] for a in args))
+            assert out.stats["skipped_update"].item() == 0.0
+            if "codebook_entropy" in out.stats:  # a batch statistic: over every rank's rows
+                result[f"{name}/codebook_entropy/{step}"] = out.stats["codebook_entropy"]
+        for key, value in q.state_dict().items():
+            result[f"{name}/{key}"] = value.clone()
+    return result
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save(_ddp_run(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_keep_the_statistics_of_one_process_with_the_whole_batch(tmp_path) -> None:
+    single = _ddp_run(0, 1)
+    assert any(key.endswith("usage_ema") and value.sum() > 0 for key, value in single.items())
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0].keys() == single.keys() == ranks[1].keys()
+    for key, value in single.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key  # identical on every rank
+        # ... and those of one process on the concatenated batch (sums split over ranks: rounding only)
+        assert torch.allclose(ranks[0][key].double(), value.double(), atol=1e-5, rtol=1e-5), key
