@@ -64,12 +64,13 @@ class FiniteScalarQuantizer(ImplicitQuantizer):
         # Constants of the bound, computed once in float64 and stored as fp32 (non-persistent: they
         # follow from ``levels``, so a state dict holds only the usage counters).
         self.register_buffer("_half", half.float(), persistent=False)
-        self.register_buffer("_offset", offset.float(), persistent=False)
+        self.register_buffer("_neg_offset", -offset.float(), persistent=False)
         self.register_buffer("_shift", torch.atanh(offset / half).float(), persistent=False)
         self.register_buffer("_half_width", (lv // 2).float(), persistent=False)
         self.register_buffer("_levels", torch.tensor(levels), persistent=False)
         basis = torch.cumprod(torch.tensor([1, *levels[:-1]]), 0)
         self.register_buffer("_basis", basis, persistent=False)
+        self.register_buffer("_basis_float", basis.float(), persistent=False)
         self.project_in: nn.Module = nn.Linear(dim, code_dim) if dim != code_dim else nn.Identity()
         self.project_out: nn.Module = nn.Linear(code_dim, dim) if dim != code_dim else nn.Identity()
 
@@ -86,23 +87,26 @@ class FiniteScalarQuantizer(ImplicitQuantizer):
 
     def bound(self, x: Tensor) -> Tensor:
         """(..., code_dim) -> bounded values before rounding (see the class docstring)."""
-        return torch.tanh(x + self._shift) * self._half - self._offset
+        return torch.addcmul(self._neg_offset, torch.tanh(x + self._shift), self._half)
 
-    def _quantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def _quantize(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         bounded = self.bound(x)
-        rounded = bounded.detach().round()
-        digits = (rounded + self._half_width).long()  # (M, code_dim) in [0, L_i)
-        indices = (digits * self._basis).sum(-1)
-        codes = self._digits_to_codes(digits)
-        q = (bounded + (rounded - bounded).detach()) / self._half_width  # straight-through rounding
+        rounded = bounded.detach().round()  # (M, code_dim), integer levels
+        # Index as a float product: digits and basis are integers and prod(levels) <= 2^24, so exact.
+        indices = ((rounded + self._half_width) @ self._basis_float).long()
+        codes = self._levels_to_codes(rounded)
+        q = None
+        if self._wants_grad(x):
+            q = (bounded + (rounded - bounded).detach()) / self._half_width  # straight-through rounding
         return q, codes, indices, indices.unsqueeze(-1), x.new_zeros(()), {}
 
-    def _digits_to_codes(self, digits: Tensor) -> Tensor:
-        return (digits.float() - self._half_width) / self._half_width
+    def _levels_to_codes(self, rounded: Tensor) -> Tensor:
+        # + 0.0 turns the -0.0 of round(-0.3) into 0.0: the same bits as from indices.
+        return (rounded + 0.0) / self._half_width
 
     def indices_to_digits(self, indices: Tensor) -> Tensor:
         """(...,) indices -> (..., code_dim) digits in [0, L_i) (first channel least significant)."""
         return torch.div(indices.unsqueeze(-1), self._basis, rounding_mode="floor") % self._levels
 
     def _codes_from_indices(self, indices: Tensor) -> Tensor:
-        return self._digits_to_codes(self.indices_to_digits(indices))
+        return self._levels_to_codes(self.indices_to_digits(indices).float() - self._half_width)

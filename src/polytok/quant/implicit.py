@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from polytok.quant.core import QuantizerOutput
-from polytok.quant.distributed import all_reduce_sum_
+from polytok.quant.distributed import all_reduce_sum_, is_distributed
 
 _FP32_MAX = torch.finfo(torch.float32).max
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
@@ -60,7 +60,8 @@ class ImplicitQuantizer(nn.Module):
         """Quantize clean rows ``x`` (M, D) float32.
 
         Returns:
-            q: (M, D) codes carrying the gradient to ``x`` (whatever estimator the family uses).
+            q: (M, D) codes carrying the gradient to ``x`` (whatever estimator the family uses), or None
+                when no gradient is asked for (``_wants_grad``).
             codes: (M, D) the same codes without a graph (what ``indices_to_codes`` returns).
             indices: (M,) int64 public index of each row.
             group_indices: (M, G) int64 index of each row within each group (for the usage counts).
@@ -68,6 +69,11 @@ class ImplicitQuantizer(nn.Module):
             stats: detached scalar loss terms, unweighted.
         """
         raise NotImplementedError
+
+    @staticmethod
+    def _wants_grad(x: Tensor) -> bool:
+        """Whether the output must carry a gradient to ``x`` (else the codes are returned as they are)."""
+        return torch.is_grad_enabled() and x.requires_grad
 
     def _codes_from_indices(self, indices: Tensor) -> Tensor:
         """(...,) int64 indices in range -> (..., D) float32 codes, bit-identical to ``_quantize``."""
@@ -90,10 +96,13 @@ class ImplicitQuantizer(nn.Module):
         if z.shape[-1] != self.dim:
             raise ValueError(f"expected last dim {self.dim}, got input of shape {tuple(z.shape)}")
 
-    def _bad_rows(self, x: Tensor) -> tuple[Tensor, bool]:
-        """(M,) rows holding NaN, Inf or values beyond ``magnitude_limit``, and whether there is any."""
-        bad = ~(torch.linalg.vector_norm(x.detach(), float("inf"), dim=-1) <= self.magnitude_limit)
-        return bad, bool(bad.any())
+    def _bad_rows(self, x: Tensor) -> tuple[Tensor | None, bool]:
+        """(M,) rows holding NaN, Inf or values beyond ``magnitude_limit`` (None when there is none), and
+        whether there is any. A clean batch costs one reduction and one host sync."""
+        x = x.detach()
+        if not x.numel() or bool(x.abs().amax() <= self.magnitude_limit):  # NaN compares False
+            return None, False
+        return ~(torch.linalg.vector_norm(x, float("inf"), dim=-1) <= self.magnitude_limit), True
 
     def _describe_bad(self, x: Tensor) -> str:
         x = x.detach()
@@ -142,17 +151,18 @@ class ImplicitQuantizer(nn.Module):
             bad, any_bad = self._bad_rows(x)
             if any_bad and not self.training:
                 raise ValueError(self._describe_bad(x))
-            clean = x.masked_fill(bad.unsqueeze(-1), 0.0) if any_bad else x
+            clean = x.masked_fill(bad.unsqueeze(-1), 0.0) if bad is not None else x
             q, codes, indices, group_indices, loss, stats = self._quantize(clean)
-            if any_bad:
+            if bad is not None:
                 loss = loss + float("nan")  # never a finite loss for a step that cannot be kept
                 nan_rows = bad.unsqueeze(-1)
-                q, codes = q.masked_fill(nan_rows, float("nan")), codes.masked_fill(nan_rows, float("nan"))
+                codes = codes.masked_fill(nan_rows, float("nan"))
+                q = q.masked_fill(nan_rows, float("nan")) if q is not None else None
                 indices = indices.masked_fill(bad, -1)
             if self.training:
                 stats.update(self._finish_training_call(self._count(group_indices), any_bad, b * n))
             # Without a graph the output is the codes themselves (bit-identical to indices_to_codes).
-            out = q if torch.is_grad_enabled() and q.requires_grad else codes
+            out = q if q is not None else codes
         quantized = self._project_out(out.reshape(b, n, out.shape[-1])).to(out_dtype)
         return QuantizerOutput(quantized=quantized, indices=indices.view(b, n), loss=loss, stats=stats)
 
@@ -203,14 +213,17 @@ class ImplicitQuantizer(nn.Module):
         counts = self._pending_counts
         if counts is None:
             counts = torch.zeros(self.groups, self.group_codes, device=device)
-        header = torch.tensor([float(self._pending_bad), float(self._pending_rows)], device=device)
-        packed = torch.cat([header.double(), counts.reshape(-1).double()])
-        all_reduce_sum_(packed, self.sync_distributed)
-        bad, rows = packed[:2].tolist()
+        if is_distributed(self.sync_distributed):
+            header = torch.tensor([float(self._pending_bad), float(self._pending_rows)], device=device)
+            packed = torch.cat([header.double(), counts.reshape(-1).double()])
+            all_reduce_sum_(packed, self.sync_distributed)
+            bad, rows = packed[:2].tolist()
+            counts = packed[2:].view(self.groups, self.group_codes)
+        else:  # one process: nothing to sum, no host round trip
+            bad, rows = float(self._pending_bad), float(self._pending_rows)
         skipped = bad > 0 or rows == 0
         if not skipped:
-            summed = packed[2:].view(self.groups, self.group_codes).to(self.usage_ema.dtype)
-            self.usage_ema.mul_(self.decay).add_(summed, alpha=1 - self.decay)
+            self.usage_ema.mul_(self.decay).add_(counts.to(self.usage_ema.dtype), alpha=1 - self.decay)
             self.steps += 1
         self._reset_pending()
         return {

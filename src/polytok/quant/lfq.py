@@ -16,6 +16,18 @@ def default_group_size(dim: int) -> int:
     return max(g for g in range(1, min(dim, 10) + 1) if dim % g == 0)
 
 
+# Logits beyond ±40 (probabilities below e^-40 ~ 4e-18) change no entropy by more than ~1e-16, and keep
+# every intermediate a normal float: subnormals take the CPU's slow path (several times slower).
+_LOGIT_CLAMP = 40.0
+
+
+def _softmax_floored(scores: Tensor) -> Tensor:
+    """Softmax over the last dim with every score at least max - 40 (see ``_LOGIT_CLAMP``); softmax is
+    shift-invariant, so only the clamped (negligible) entries lose their gradient."""
+    shifted = scores - scores.detach().amax(-1, keepdim=True)
+    return torch.softmax(shifted.clamp(min=-_LOGIT_CLAMP), dim=-1)
+
+
 def binary_entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy (nats) of Bernoulli(sigmoid(logits)), elementwise, stable for large |logits|."""
     p = torch.sigmoid(logits)
@@ -79,11 +91,24 @@ class LookupFreeQuantizer(ImplicitQuantizer):
         self.diversity, self.temperature = diversity, temperature
         # Bit weights, first channel most significant: over all dims and within a group.
         self.register_buffer("_bit_weights", 2 ** torch.arange(dim - 1, -1, -1), persistent=False)
-        group_weights = 2 ** torch.arange(group_size - 1, -1, -1)
-        self.register_buffer("_group_weights", group_weights, persistent=False)
-        # (2^g, g) bits of every code of one group, for the codebook entropy.
-        table = (torch.arange(2**group_size).unsqueeze(-1) // group_weights) % 2
-        self.register_buffer("_group_bits", table.float(), persistent=False)
+        # (D, G [+ 1]): column g weighs the bits of group g (its first channel the most significant);
+        # up to 24 bits a last column weighs all of them, so one product gives every index.
+        weights = torch.zeros(dim, self.groups + (1 if dim <= 24 else 0), dtype=torch.float64)
+        for g in range(self.groups):
+            weights[g * group_size : (g + 1) * group_size, g] = 2.0 ** torch.arange(group_size - 1, -1, -1)
+        if dim <= 24:
+            weights[:, -1] = 2.0 ** torch.arange(dim - 1, -1, -1)
+        self.register_buffer("_index_weights", weights.float(), persistent=False)
+        places = 2 ** (group_size * torch.arange(self.groups - 1, -1, -1))  # group 0 the most significant
+        self.register_buffer("_group_places", places, persistent=False)
+        # A group's 2^g codes split into high and low halves of bits: q(c | x) is the product of the two
+        # halves' distributions, so the batch-mean over the group's codes is one (2^a x M) @ (M x 2^b)
+        # product and the (M, 2^g) table of soft assignments is never built.
+        self._high_bits = (group_size + 1) // 2
+        for name, bits in (("_high_table", self._high_bits), ("_low_table", group_size - self._high_bits)):
+            weights = 2 ** torch.arange(bits - 1, -1, -1)
+            table = (torch.arange(2**bits).unsqueeze(-1) // weights) % 2  # (2^bits, bits), MSB first
+            self.register_buffer(name, table.float(), persistent=False)
 
     @property
     def codebook_size(self) -> int:
@@ -98,15 +123,18 @@ class LookupFreeQuantizer(ImplicitQuantizer):
         """The vector whose signs are the bits (BSQ normalises it)."""
         return x
 
-    def _quantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def _quantize(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         u = self._prepare(x)
-        bits = u.detach() > 0
-        value = self.code_value
-        codes = torch.where(bits, value, -value)
-        q = u + (codes - u).detach()  # straight-through sign
-        indices = (bits.long() * self._bit_weights).sum(-1)
-        group_bits = bits.view(-1, self.groups, self.group_size).long()
-        group_indices = (group_bits * self._group_weights).sum(-1)
+        bits = torch.gt(u.detach(), 0, out=torch.empty_like(u))  # (M, D) float 0 / 1; bit 0 at u = 0
+        codes = self._bits_to_codes(bits)
+        q = u + (codes - u).detach() if self._wants_grad(x) else None  # straight-through sign
+        # Group indices and, up to 24 bits, the index itself: one float product, exact below 2^24.
+        weighted = (bits @ self._index_weights).long()  # (M, G) or (M, G + 1)
+        group_indices = weighted[:, : self.groups]
+        if self.dim <= 24:
+            indices = weighted[:, -1]
+        else:
+            indices = (group_indices * self._group_places).sum(-1)
         commitment = _mean_square(u, codes)
         loss = self.beta * commitment
         stats = {"commitment": commitment.detach()}
@@ -123,11 +151,15 @@ class LookupFreeQuantizer(ImplicitQuantizer):
         """
         logits = (4 * self.code_value / self.temperature) * u  # bit j is 1 with probability sigmoid(.)
         m = u.shape[0]
-        per_sample = binary_entropy_from_logits(logits).sum(-1).mean() if m else u.sum() * 0
-        # Each group's distribution over its 2^g codes: softmax of (bits of c) . logits over c.
+        per_sample = binary_entropy_from_logits(logits.clamp(-_LOGIT_CLAMP, _LOGIT_CLAMP)).sum(-1)
+        per_sample = per_sample.mean() if m else u.sum() * 0
+        # Each group's distribution over its 2^g codes is softmax_c(bits(c) . logits); it factorises into
+        # its high-bit and low-bit halves, and the batch sum of the product is a matrix product.
         group_logits = logits.view(m, self.groups, self.group_size)
-        probs = torch.softmax(torch.einsum("mgb,kb->mgk", group_logits, self._group_bits), dim=-1)
-        sums, rows = probs.sum(0), float(m)
+        p_high = _softmax_floored(group_logits[..., : self._high_bits] @ self._high_table.T)  # (M, G, 2^a)
+        p_low = _softmax_floored(group_logits[..., self._high_bits :] @ self._low_table.T)  # (M, G, 2^b)
+        sums = torch.einsum("mga,mgb->gab", p_high, p_low)  # (G, 2^a, 2^b): code c = high * 2^b + low
+        rows = float(m)
         if is_distributed(self.sync_distributed):
             from torch.distributed.nn.functional import all_reduce
 
@@ -139,7 +171,11 @@ class LookupFreeQuantizer(ImplicitQuantizer):
         codebook = -(avg * avg.clamp(min=1e-12).log()).sum()
         return per_sample, codebook
 
-    def _codes_from_indices(self, indices: Tensor) -> Tensor:
-        bits = (indices.unsqueeze(-1) // self._bit_weights) % 2 == 1
+    def _bits_to_codes(self, bits: Tensor) -> Tensor:
+        """(..., D) float 0 / 1 bits -> codes ±code_value (2v - v is exactly v)."""
         value = self.code_value
-        return torch.where(bits, value, -value)
+        return bits * (2 * value) - value
+
+    def _codes_from_indices(self, indices: Tensor) -> Tensor:
+        bits = (indices.unsqueeze(-1) // self._bit_weights) % 2
+        return self._bits_to_codes(bits.float())
