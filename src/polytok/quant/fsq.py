@@ -11,6 +11,20 @@ from torch import Tensor, nn
 from polytok.quant.implicit import ImplicitQuantizer
 
 
+class _BoundedRound(torch.autograd.Function):
+    """Value: the codes; gradient: that of tanh(x + shift) * half / (L // 2) (straight-through round)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, codes: Tensor, t: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(t, scale)
+        return codes.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        t, scale = ctx.saved_tensors
+        return grad * torch.addcmul(scale, t * t, scale, value=-1), None, None, None
+
+
 class FiniteScalarQuantizer(ImplicitQuantizer):
     """Channel i is bounded to ``levels[i]`` values and rounded; the codebook is their product grid.
 
@@ -71,6 +85,10 @@ class FiniteScalarQuantizer(ImplicitQuantizer):
         basis = torch.cumprod(torch.tensor([1, *levels[:-1]]), 0)
         self.register_buffer("_basis", basis, persistent=False)
         self.register_buffer("_basis_float", basis.float(), persistent=False)
+        # sum_i (L_i // 2) basis_i: the index of the digits is rounded . basis plus this.
+        self.register_buffer("_index_offset", ((lv // 2) * basis.double()).sum().float(), persistent=False)
+        # d code / d x = (1 - tanh^2) * half / (L // 2).
+        self.register_buffer("_grad_scale", (half / (lv // 2)).float(), persistent=False)
         self.project_in: nn.Module = nn.Linear(dim, code_dim) if dim != code_dim else nn.Identity()
         self.project_out: nn.Module = nn.Linear(code_dim, dim) if dim != code_dim else nn.Identity()
 
@@ -90,14 +108,15 @@ class FiniteScalarQuantizer(ImplicitQuantizer):
         return torch.addcmul(self._neg_offset, torch.tanh(x + self._shift), self._half)
 
     def _quantize(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        bounded = self.bound(x)
-        rounded = bounded.detach().round()  # (M, code_dim), integer levels
-        # Index as a float product: digits and basis are integers and prod(levels) <= 2^24, so exact.
-        indices = ((rounded + self._half_width) @ self._basis_float).long()
-        codes = self._levels_to_codes(rounded)
-        q = None
-        if self._wants_grad(x):
-            q = (bounded + (rounded - bounded).detach()) / self._half_width  # straight-through rounding
+        wants_grad = self._wants_grad(x)
+        with torch.no_grad():
+            t = torch.tanh(x + self._shift)
+            rounded = torch.addcmul(self._neg_offset, t, self._half).round_()  # integer levels
+            # The index as a float product: digits and basis are integers, prod(levels) <= 2^24: exact.
+            indices = torch.addmv(self._index_offset.expand(len(rounded)), rounded, self._basis_float).long()
+            codes = self._levels_to_codes(rounded)
+        # Straight-through rounding, fused: the value is the code, the gradient that of the bound.
+        q = _BoundedRound.apply(x, codes, t, self._grad_scale) if wants_grad else None
         return q, codes, indices, indices.unsqueeze(-1), x.new_zeros(()), {}
 
     def _levels_to_codes(self, rounded: Tensor) -> Tensor:

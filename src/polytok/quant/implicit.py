@@ -178,7 +178,9 @@ class ImplicitQuantizer(nn.Module):
     def _count(self, group_indices: Tensor) -> Tensor:
         """(G, K) float32 counts of ``group_indices`` (M, G); ``index_add_``, never a one-hot."""
         g, k = self.groups, self.group_codes
-        flat = (group_indices + torch.arange(g, device=group_indices.device) * k).reshape(-1)
+        flat = group_indices.reshape(-1)
+        if g > 1:
+            flat = (group_indices + torch.arange(g, device=group_indices.device) * k).reshape(-1)
         counts = torch.zeros(g * k, device=group_indices.device)
         counts.index_add_(0, flat, torch.ones(flat.shape, device=group_indices.device))
         return counts.view(g, k)
@@ -190,9 +192,9 @@ class ImplicitQuantizer(nn.Module):
         if not any_bad:
             self._pending_counts = counts if self._pending_counts is None else self._pending_counts + counts
             self._pending_rows += rows
-        probs = counts / counts.sum(-1, keepdim=True).clamp(min=1)
-        entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
-        stats = {"usage": (counts > 0).float().mean(-1), "perplexity": entropy.exp()}
+        probs = counts / max(rows, 1)  # every group counts each of the call's rows once
+        entropy = torch.special.entr(probs).sum(-1)
+        stats = {"usage": counts.count_nonzero(-1) / self.group_codes, "perplexity": entropy.exp()}
         if any_bad:
             stats = {key: torch.full_like(value, float("nan")) for key, value in stats.items()}
         if self.defer_codebook_updates:
@@ -223,7 +225,7 @@ class ImplicitQuantizer(nn.Module):
             bad, rows = float(self._pending_bad), float(self._pending_rows)
         skipped = bad > 0 or rows == 0
         if not skipped:
-            self.usage_ema.mul_(self.decay).add_(counts.to(self.usage_ema.dtype), alpha=1 - self.decay)
+            self.usage_ema.lerp_(counts.to(self.usage_ema.dtype), 1 - self.decay)
             self.steps += 1
         self._reset_pending()
         return {
