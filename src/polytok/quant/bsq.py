@@ -26,6 +26,7 @@ class BinarySphericalQuantizer(LookupFreeQuantizer):
     Input (B, N, dim) -> indices (B, N), first channel the most significant bit.
 
     Example:
+        >>> import torch
         >>> bsq = BinarySphericalQuantizer(dim=18)
         >>> out = bsq(torch.randn(2, 16, 18))
         >>> bool((out.quantized.norm(dim=-1) - 1).abs().max() < 1e-5)
