@@ -546,8 +546,12 @@ def test_bad_input_is_a_reported_skip_in_training_and_an_error_in_eval(name: str
     q.eval()
     with pytest.raises(ValueError, match="NaN or Inf" if value != 1e30 else "magnitude"):
         q(*poisoned)
-    with pytest.raises((ValueError, TypeError)):
-        q(*(a.long() for a in args))  # wrong dtype
+    with pytest.raises(TypeError, match="float"):
+        q(*(a.long() for a in args))  # wrong dtype: a TypeError, as the other quantizers
+    with pytest.raises(ValueError, match="shape"):
+        q(*(a[..., :-1] for a in args))  # wrong channel count
+    with pytest.raises(ValueError, match="shape"):
+        q(*(a[0] for a in args))  # a missing batch dim
     q.train()
     assert q(*args).stats["skipped_update"].item() == 0.0
 

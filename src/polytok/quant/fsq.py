@@ -97,11 +97,12 @@ class FiniteScalarQuantizer(ImplicitQuantizer):
         return self.group_codes
 
     def _project_in(self, z: Tensor) -> Tensor:
-        return self.project_in(z)
+        return self.project_in(z) if self.dim != self.code_dim else z
 
     def _project_out(self, q: Tensor) -> Tensor:
-        param = next(iter(self.project_out.parameters()), None)
-        return self.project_out(q.to(param.dtype) if param is not None else q)
+        if self.dim == self.code_dim:
+            return q
+        return self.project_out(q.to(self.project_out.weight.dtype))
 
     def bound(self, x: Tensor) -> Tensor:
         """(..., code_dim) -> bounded values before rounding (see the class docstring)."""
