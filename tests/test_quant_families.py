@@ -583,8 +583,9 @@ def _ddp_run(rank: int, world: int) -> dict[str, torch.Tensor]:
         per = DDP_BATCH // world
         for step in range(DDP_STEPS):
             args = _inputs(name, batch=DDP_BATCH, seed=step)
-            out = q(*(a[rank * per : (rank + 1) * per] for a in args))
+            out = q(*(a[rank * per : (rank + 1) * per].requires_grad_() for a in args))
             assert out.stats["skipped_update"].item() == 0.0
+            (out.quantized.square().mean() + out.loss).backward()  # collectives in backward too
             if "codebook_entropy" in out.stats:  # a batch statistic: over every rank's rows
                 result[f"{name}/codebook_entropy/{step}"] = out.stats["codebook_entropy"]
         for key, value in q.state_dict().items():

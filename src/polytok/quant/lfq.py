@@ -50,7 +50,9 @@ class LookupFreeQuantizer(ImplicitQuantizer):
       groups of ``group_size`` bits (the factorised codes of the official tokenizers) and the entropy of
       each group's batch-mean distribution over its 2^g codes is summed (exact when one group holds all
       bits; the 2^D table is never built). Under DDP the batch mean is over every rank's rows
-      (a differentiable all-reduce), so the term equals the one of the whole batch.
+      (a differentiable all-reduce), so the term equals the one of the whole batch; its gradient
+      reaches every rank's rows, summed over ranks, which DDP's averaging of gradients turns into the
+      whole batch's gradient.
 
     Defaults are MAGVIT-v2's: entropy weight 0.1, diversity 1, commitment 0.25, and temperature 0.01 (the
     inverse temperature 100 of Open-MAGVIT2 and vector-quantize-pytorch). ``stats`` holds
