@@ -1,7 +1,7 @@
 """The quantizer families (FSQ, LFQ, BSQ, SimVQ, VAR multi-scale, dual codebook) side by side with
 vector-quantize-pytorch, in one run.
 
-    python benchmarks/quant_families.py            # full shapes (about two minutes on 2 cores)
+    python benchmarks/quant_families.py            # full shapes (three to four minutes on 2 cores)
     python benchmarks/quant_families.py --quick    # small shapes, a smoke run
 
 Each row runs both libraries on the same inputs, fp32, the thread count fixed: forward in eval mode, and
