@@ -73,3 +73,26 @@ def test_quick_official_throughput_runs_both_sides_on_the_same_function(tmp_path
             else:
                 assert r["check value"] < 1e-4, r
     assert "| model | op |" in result.stdout
+
+
+FAMILIES_BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quant_families.py"
+
+
+def test_quick_quantizer_families_benchmark_runs_both_libraries(tmp_path) -> None:
+    pytest.importorskip("vector_quantize_pytorch", reason="benchmark extra not installed")
+    out = tmp_path / "families.json"
+    argv = [sys.executable, str(FAMILIES_BENCH), "--quick", "--threads", "1", "--json", str(out)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    cases = {r["case"].split(",")[0].split(" ")[0] for r in rows}
+    assert cases == {"FSQ", "LFQ", "BSQ", "SimVQ", "multi-scale", "dual"}
+    assert len(rows) == 12 and all(r["polytok ms"] > 0 for r in rows)
+    compared = [r for r in rows if r["vqp ms"] != "none"]
+    assert len(compared) == 8 and all(math.isfinite(r["speed-up"]) and r["speed-up"] > 0 for r in compared)
+    # Same definitions, same inputs: the indices agree (FSQ's bound differs by 2 eps: nearly all).
+    agree = {r["case"].split(" ")[0]: r["agree"] for r in compared if "agree" in r}
+    assert agree["LFQ"] == agree["BSQ"] == agree["SimVQ"] == 1.0 and agree["FSQ"] > 0.95
+    memory = next(r for r in rows if "polytok step MB" in r)
+    assert memory["case"].startswith("LFQ") and math.isfinite(memory["memory ratio"])
+    assert "| case | polytok ms |" in result.stdout

@@ -69,6 +69,12 @@ class Codebook(nn.Module):
             is restarted from a random input vector of the current step (0 disables restarts). The step's
             matched vectors are then held until the update is applied.
         init_std: standard deviation of the random initial codes (before normalisation if cosine).
+        projected: SimVQ (Zhu et al. 2024) codes: ``embed`` is a frozen random basis (a buffer) and the
+            codes are its image under a learned per-group affine map, code_k = W embed_k + b (W: (d, d),
+            initialised like ``nn.Linear``). The codebook loss then trains W and b, which move every code
+            at once, so no code is left behind unused. Needs ``update="grad"``; k-means init and dead-code
+            restarts (which write codes directly) are not available. SimVQ draws the basis with
+            std d^-0.5 (``init_std``).
         sync_distributed: sum statistics over ranks when torch.distributed is initialised.
         seed: seed of the generator that draws restart / k-means samples identically on every rank.
     """
@@ -92,8 +98,14 @@ class Codebook(nn.Module):
         init_std: float = 1.0,
         sync_distributed: bool = True,
         seed: int = 0,
+        projected: bool = False,
     ) -> None:
         super().__init__()
+        if projected and (update != "grad" or kmeans_init or dead_code_threshold > 0):
+            raise ValueError(
+                "projected (SimVQ) codes are learned through their linear map: they need update='grad' "
+                "and support neither kmeans_init nor dead_code_threshold"
+            )
         if update not in ("grad", "ema"):
             raise ValueError(f"update must be 'grad' or 'ema', got {update!r}")
         if ema_warmup not in ("frozen", "counts_only"):
@@ -113,11 +125,17 @@ class Codebook(nn.Module):
         self.ema_warmup, self.ema_min_cluster_size = ema_warmup, ema_min_cluster_size
         self.kmeans_init, self.dead_code_threshold = kmeans_init, dead_code_threshold
         self.sync_distributed, self.seed = sync_distributed, seed
+        self.projected = projected
 
         init = torch.randn(groups, codebook_size, dim) * init_std
-        if normalize:
+        if normalize and not projected:
             init = F.normalize(init, dim=-1)
-        if update == "grad":
+        if projected:
+            self.register_buffer("embed", init)  # the frozen basis
+            bound = 1 / math.sqrt(dim)  # nn.Linear's default initialisation, per group
+            self.proj_weight = nn.Parameter(torch.empty(groups, dim, dim).uniform_(-bound, bound))
+            self.proj_bias = nn.Parameter(torch.empty(groups, dim).uniform_(-bound, bound))
+        elif update == "grad":
             self.embed = nn.Parameter(init)
         else:
             self.register_buffer("embed", init)
@@ -135,8 +153,10 @@ class Codebook(nn.Module):
     # -- lookup and search ------------------------------------------------------------------------
 
     def codes(self) -> Tensor:
-        """(G, K, d) current codes (unit-norm when cosine)."""
+        """(G, K, d) current codes (unit-norm when cosine; the projected basis when ``projected``)."""
         embed = self._embed_full()
+        if self.projected:
+            embed = torch.baddbmm(self.proj_bias.unsqueeze(1), embed, self.proj_weight.transpose(1, 2))
         return F.normalize(embed, dim=-1) if self.normalize else embed
 
     def _embed_full(self) -> Tensor:

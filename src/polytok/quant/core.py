@@ -58,6 +58,11 @@ def _mean_square(a: Tensor, b: Tensor) -> Tensor:
     return F.mse_loss(a, b) if a.numel() else (a - b).sum()
 
 
+def _stored_codes(book: Codebook) -> Tensor:
+    """The codes a search will see, without a graph (a projected codebook computes them)."""
+    return book.codes().detach() if book.projected else book.embed.detach()
+
+
 def _check_finite(name: str, t: Tensor) -> None:
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf values")
@@ -81,7 +86,8 @@ class LevelledQuantizer(nn.Module):
         quantize_dropout: probability, per training step, of quantizing only a random prefix of levels.
         sync_distributed: keep codebooks identical across ranks when torch.distributed is initialised.
         Other keywords go to every ``Codebook`` (decay, eps, ema_warmup_steps, ema_warmup,
-        ema_min_cluster_size, kmeans_init, kmeans_iters, dead_code_threshold, init_std, seed).
+        ema_min_cluster_size, kmeans_init, kmeans_iters, dead_code_threshold, init_std, seed, and
+        projected: SimVQ codes, a frozen random basis behind a learned linear map).
 
     Codebook updates (EMA, k-means init, dead-code restarts, counters) are applied at the end of each
     training forward unless ``defer_codebook_updates`` is set (the Trainer sets it through
@@ -116,6 +122,7 @@ class LevelledQuantizer(nn.Module):
         init_std: float = 1.0,
         sync_distributed: bool = True,
         seed: int = 0,
+        projected: bool = False,
     ) -> None:
         super().__init__()
         if levels < 1 or num_codebooks < 1:
@@ -162,6 +169,7 @@ class LevelledQuantizer(nn.Module):
                 init_std=init_std,
                 sync_distributed=sync_distributed,
                 seed=seed * 131 + level,
+                projected=projected,
             )
 
         self.codebooks = nn.ModuleList([make(0)] if shared_codebook else [make(i) for i in range(levels)])
@@ -240,7 +248,7 @@ class LevelledQuantizer(nn.Module):
         inf = float("inf")
         bad = ~(torch.linalg.vector_norm(x.detach(), inf, dim=-1) <= limit)  # NaN compares False: caught
         books = list(self.codebooks)
-        codes_bad = torch.stack([~(torch.linalg.vector_norm(b.embed.detach(), inf) <= limit) for b in books])
+        codes_bad = torch.stack([~(torch.linalg.vector_norm(_stored_codes(b), inf) <= limit) for b in books])
         any_bad, any_codes_bad = torch.stack([bad.any(), codes_bad.any()]).tolist()
         if any_codes_bad:
             raise ValueError(
