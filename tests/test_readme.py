@@ -22,8 +22,6 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))  # any page added to docs/ is picked up
 README_MAX_LINES = 320
-# linked pages that may be absent from a checkout; checked like any other link once present
-LINKED_BEFORE_THEY_LAND = {DOCS / "quantizer-families.md"}
 PYTHON_FENCE = re.compile(r"^\s*```\s*(python3?|py|pycon)\s*$")
 ANY_PYTHON_FENCE = re.compile(r"^\s*```\s*(py|python)", re.I)
 BASH_FENCE = re.compile(r"^\s*```\s*(bash|sh|shell|console)\s*$")
@@ -122,8 +120,7 @@ def test_relative_links_point_at_files(path: Path) -> None:
         file, _, anchor = target.partition("#")
         dest = (path.parent / file).resolve() if file else path
         if not dest.exists():
-            if dest not in LINKED_BEFORE_THEY_LAND:
-                broken.append(target)
+            broken.append(target)
             continue
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(target)
