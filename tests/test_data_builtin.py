@@ -272,3 +272,19 @@ def test_collate_marks_photo_pixels_as_background_in_mixed_batches():
     assert torch.equal(batch["object_mask"][0], shapes[0]["object_mask"])
     assert float(batch["object_mask"][1].abs().sum()) == 0.0
     assert "object_mask" not in collate([photos[0], photos[1]])
+
+
+def test_validation_photos_appear_in_no_training_data():
+    """Tokenizers train on photos + shapes and are measured on the validation photos: shapes' photographic
+    backgrounds are cut from the training photos only (every one of them in use), and the photos' train
+    split holds training sources only."""
+    from polytok.data.shapes import BACKGROUND_PHOTOS, background_photo
+
+    val = {source for source, _, split in PHOTO_SOURCES if split == "val"}
+    train = {source for source, _, split in PHOTO_SOURCES if split == "train"}
+    assert val and not val & set(BACKGROUND_PHOTOS)
+    rng = np.random.default_rng(0)
+    drawn = {background_photo(rng) for _ in range(2000)}
+    assert drawn == train
+    photos = PhotoCrops("train", image_size=32, length=64)
+    assert {PHOTO_SOURCES[photos[i]["label"]][0] for i in range(64)} <= train

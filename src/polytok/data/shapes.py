@@ -9,7 +9,8 @@ over a grey background. Attributes and their class names (``dataset.class_names(
 * ``position``: on the left, on the right, at the top, at the bottom, in the centre (where the group's
   centre lies)
 * ``count``: one object, two objects, three objects (copies never touch, so they can be counted)
-* ``background``: plain, striped, noisy, photographic (a grey crop of a real skimage photograph)
+* ``background``: plain, striped, noisy, photographic (a grey crop of one of the training photographs of
+  ``photos``)
 * ``object``: the (colour, shape) pair, "red circle" ... "cyan cross" (42 classes, shape-major: label
   ``shape * 7 + colour``); on ``heldout`` only six of them occur, but a classifier must choose among all
   42, so it is right only when it names a combination it never saw in training (chance 1/42)
@@ -169,6 +170,16 @@ def _grey_photo(source: str) -> Image.Image:
     return load_photo(source).convert("L")
 
 
+# Photographic backgrounds come from the training photos only: a tokenizer trains on photos + shapes and is
+# measured on the validation photos, which must appear in no training image.
+BACKGROUND_PHOTOS = tuple(source for source, _, split in PHOTO_SOURCES if split == "train")
+
+
+def background_photo(rng: np.random.Generator) -> str:
+    """The photo source a photographic background is cut from (one of :data:`BACKGROUND_PHOTOS`)."""
+    return BACKGROUND_PHOTOS[int(rng.integers(len(BACKGROUND_PHOTOS)))]
+
+
 def draw_background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """Grey background (size, size) float32 in [0, 1]."""
     if kind == "plain":
@@ -187,8 +198,7 @@ def draw_background(kind: str, size: int, rng: np.random.Generator) -> np.ndarra
         mean = rng.uniform(0.3, 0.7)
         return np.clip(rng.normal(mean, 0.1, size=(size, size)), 0.0, 1.0).astype(np.float32)
     if kind == "photographic":
-        source = PHOTO_SOURCES[int(rng.integers(len(PHOTO_SOURCES)))][0]
-        photo = _grey_photo(source)
+        photo = _grey_photo(background_photo(rng))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         top, left, h, w = sample_crop_box(photo.height, photo.width, (0.05, 0.5), (1.0, 1.0), generator)
         crop = photo.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h), reducing_gap=2.0)
