@@ -18,7 +18,7 @@ import torch
 
 from polytok import Tokenizer
 from polytok.data import build_dataset, collate
-from polytok.recipes.objective import build_objective
+from polytok.recipes.tokenizer_objective import build_objective
 from polytok.recipes.tokenizer_run import load_run_config
 from polytok.train.objective import StepContext
 

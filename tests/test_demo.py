@@ -8,7 +8,7 @@ import json
 
 from polytok.demo import DEMO_PRESETS, run_demo
 from polytok.hub import list_shipped, load_tokenizer
-from polytok.recipes.evaluation import evaluate_on_builtin
+from polytok.recipes.tokenizer_evaluation import evaluate_on_builtin
 from polytok.unified.model import IMAGE_TOKENIZER_DIR
 from unified_helpers import tiny_model, tokenizer
 

@@ -198,7 +198,7 @@ def builtin_reports():
     and 4 held-out shapes images, measured as the demo does: 8 reports, 4 per dataset."""
     from polytok.hub import list_shipped, load_tokenizer
     from polytok.models.tokenizer import Tokenizer
-    from polytok.recipes.evaluation import evaluate_many
+    from polytok.recipes.tokenizer_evaluation import evaluate_many
 
     torch.manual_seed(0)
     tokenizers = {"unitok-tiny (untrained)": Tokenizer.from_preset("unitok-tiny")}

@@ -196,7 +196,7 @@ def test_chance_is_the_product_of_the_class_counts() -> None:
 
 def test_zero_shot_figure_carries_its_single_attribute_baselines() -> None:
     from polytok.hub import load_tokenizer
-    from polytok.recipes.evaluation import evaluate_many
+    from polytok.recipes.tokenizer_evaluation import evaluate_many
 
     (report,) = evaluate_many(
         [load_tokenizer("unitok-tiny")], ["unitok-tiny"], data="shapes", split="heldout", max_images=8,

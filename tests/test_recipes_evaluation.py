@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from polytok.hub import load_tokenizer
-from polytok.recipes.evaluation import evaluate_many
+from polytok.recipes.tokenizer_evaluation import evaluate_many
 
 
 def test_full_depth_only_keeps_the_headline_figures():

@@ -13,7 +13,7 @@ from PIL import Image
 from polytok.cli import main
 from polytok.hub import SHIPPED_DIR, list_shipped, load_tokenizer
 from polytok.models.tokenizer import Tokenizer
-from polytok.recipes.evaluation import evaluate_many
+from polytok.recipes.tokenizer_evaluation import evaluate_many
 
 SHIPPED = ("evotok-tiny", "polytok-tiny", "unitok-tiny")
 MIN_PSNR_DB = 24.0  # held-out photo crops, 256 of them, 64 px

@@ -159,8 +159,8 @@ def finetune(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
     from polytok.data import collate
-    from polytok.recipes.objective import TokenizerObjective
     from polytok.recipes.sections import build_training_dataset
+    from polytok.recipes.tokenizer_objective import TokenizerObjective
     from polytok.recipes.tokenizer_run import load_run_config
     from polytok.registry import CONFIG_DIR
 

@@ -127,7 +127,7 @@ def probe_step_seconds(names: list[str], out: Path, rounds: int) -> dict[str, fl
     """Seconds of one optimiser step per variant: the variants are timed in turn each round, and each is
     the base's median time times its median ratio to the base over the rounds."""
     from polytok.data import collate
-    from polytok.recipes.objective import build_objective
+    from polytok.recipes.tokenizer_objective import build_objective
     from polytok.train.objective import StepContext
 
     steppers = {}
@@ -204,7 +204,7 @@ def train_all(plan: dict[str, int], out: Path, parallel: int) -> None:
 
 def evaluate(names: list[str], out: Path, max_images: int) -> list[dict[str, Any]]:
     from polytok.models import Tokenizer
-    from polytok.recipes.evaluation import evaluate_many
+    from polytok.recipes.tokenizer_evaluation import evaluate_many
 
     toks = [Tokenizer.from_pretrained(out / n / "tokenizer").eval() for n in names]
     shapes = evaluate_many(

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from polytok.hub import list_shipped, load_tokenizer
-from polytok.recipes.evaluation import evaluate_on_builtin
 from polytok.recipes.sections import trained_steps
+from polytok.recipes.tokenizer_evaluation import evaluate_on_builtin
 from polytok.recipes.tokenizer_run import load_run_config, train_tokenizer
 from polytok.registry import CONFIG_DIR
 

@@ -234,7 +234,7 @@ def _cmd_eval_unified(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from polytok.recipes.evaluation import evaluate_to_report
+    from polytok.recipes.tokenizer_evaluation import evaluate_to_report
     from polytok.unified.hub import is_unified_model
 
     if is_unified_model(args.model):

@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from polytok.recipes.evaluation import PHOTOS_EVAL, SHAPES_EVAL, evaluate_photos, evaluate_shapes
 from polytok.recipes.sections import trained_steps
+from polytok.recipes.tokenizer_evaluation import PHOTOS_EVAL, SHAPES_EVAL, evaluate_photos, evaluate_shapes
 from polytok.recipes.tokenizer_run import RunConfig, load_run_config, train_tokenizer
 from polytok.registry import CONFIG_DIR
 from polytok.storage import atomic_write_text

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from polytok.config import from_dict, load_yaml_with_overrides
-from polytok.recipes.objective import LossConfig, build_objective
 from polytok.recipes.sections import DataSection, build_training_dataset, write_run_record
+from polytok.recipes.tokenizer_objective import LossConfig, build_objective
 from polytok.train import TrainConfig, Trainer
 
 
