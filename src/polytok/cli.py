@@ -133,18 +133,19 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from polytok.tokensets import encode_format, encode_token_set
-    from polytok.tokensets.npz import dataset_for_encoding
+    from polytok.tokensets.npz import dataset_for_encoding, encoding_source
 
     encode_format(args.out, args.format)  # refused before the model loads
     tok = _load_model(args)
     dataset = dataset_for_encoding(args.data, split=args.split, image_size=args.image_size)
+    source = encoding_source(args.data, args.split, args.image_size, args.max_images, dataset)
     if args.max_images is not None:
         if not hasattr(dataset, "__len__"):
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     report = encode_token_set(
         tok, dataset, args.out, format=args.format, shard_size=args.shard_size,
-        batch_size=args.batch_size, workers=args.workers,
+        batch_size=args.batch_size, workers=args.workers, source=source,
     )  # fmt: skip
     if report is not None:  # rank 0 reports the whole set
         print(json.dumps(report))
@@ -422,14 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that report bad input, not a bug: shown as one line without a traceback."""
+    """Exceptions that report bad input, not a bug: shown as one line without a traceback. OSError
+    included: an unwritable destination or a full disk is the user's to fix."""
     from polytok.train.checkpoint import CheckpointError
 
-    return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, CheckpointError)
+    return (ValueError, OSError, CheckpointError)
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:  # a file not read or written: which and why
+        text = exc.strerror if exc.filename is None else f"cannot use {exc.filename}: {exc.strerror}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -83,6 +83,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # name the file a full disk stopped
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
