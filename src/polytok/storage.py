@@ -108,6 +108,26 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
     return atomic_write_text(path, json.dumps(data, indent=indent))
 
 
+def check_writable(path: str | Path, what: str = "output") -> None:
+    """Refuse, before any work, a file destination that cannot be written: a directory, a path below a
+    file, or a folder where no file can be created (read-only, no permission). Creates nothing."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"{what} {path} cannot be written ({err.strerror})") from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # manifests
 

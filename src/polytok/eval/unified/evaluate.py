@@ -395,9 +395,12 @@ def evaluate_unified(
     """
     from polytok.eval.shapes.judge import load_shapes_judge
     from polytok.eval.unified.rerank import check_rerank
-    from polytok.unified.sampling import SamplingOptions
+    from polytok.unified.sampling import SamplingOptions, check_guidance_scale
 
     SamplingOptions(temperature, top_k, top_p)  # bad settings refused before anything is loaded
+    check_guidance_scale(guidance_scale)
+    if gfd is not False and gfd_size < 32:
+        raise ValueError(f"gfd_size must be at least 32 (pixels), got {gfd_size}")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if caption_images_per_split < 0 or bits_images_per_split < 0:
