@@ -326,3 +326,13 @@ def test_out_holding_another_tokenizer_is_replaced_only_when_asked(unitok_files,
     argv = ["convert", "unitok", str(root / "ckpt-last.pth"), str(out), "--config", str(root / "config.json")]
     assert main([*argv, "--overwrite"]) == 0
     assert Tokenizer.from_pretrained(out).config.name == "unitok-reduced"
+
+
+def test_convert_on_a_full_disk_leaves_no_partial_folder(unitok_files, tmp_path, capsys):
+    from disk_helpers import files_under, full_disk
+
+    root = unitok_files[0]
+    with full_disk(room=4096):  # the config fits, the weights do not
+        code, _, err = run_cli(capsys, "unitok", root / "ckpt-last.pth", tmp_path / "o", root / "config.json")
+    assert code == 2 and "File too large" in err and len(err.strip().splitlines()) == 1, err
+    assert files_under(tmp_path) == [] and list(tmp_path.iterdir()) == []  # no staging folder left

@@ -118,3 +118,14 @@ def test_eval_checks_every_flag_before_any_work(model_dir: Path, tmp_path, capsy
     line = _error_line(capsys)
     assert str(unwritable) in line and "Traceback" not in line
     assert capsys.readouterr().out == ""  # refused before any figure was computed
+
+
+def test_generate_on_a_full_disk_leaves_no_partial_image(model_dir: Path, tmp_path, capsys) -> None:
+    from disk_helpers import files_under, full_disk
+
+    with full_disk(room=100):  # less than one PNG
+        code = main(
+            ["generate", str(model_dir), "a red circle", "--cfg", "1", "--out-dir", str(tmp_path / "g")]
+        )
+    assert code == 2 and "File too large" in _error_line(capsys)
+    assert files_under(tmp_path) == []

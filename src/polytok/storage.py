@@ -305,7 +305,10 @@ def save_folder(
     check_replaceable(out, known, what)
     staging = staging_dir(out)
     try:
-        write(staging)
+        try:
+            write(staging)
+        except Exception as err:
+            raise as_os_error(err, out) from err
         honour_umask(staging)
         write_manifest(staging, extra)
         publish(staging, out)
@@ -313,6 +316,18 @@ def save_folder(
         if staging.exists():  # an exception before the rename: nothing was published
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def as_os_error(err: Exception, path: str | Path) -> Exception:
+    """``err`` as the OSError it stands for when a writer wrapped one (safetensors reports a full disk
+    as ``SafetensorError: ... I/O error: ... (os error 28)``), naming ``path``; else ``err`` itself."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"I/O error.*\(os error (\d+)\)", str(err))
+    if found is None:
+        return err
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
 
 
 def honour_umask(directory: str | Path) -> None:
