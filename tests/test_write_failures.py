@@ -79,3 +79,11 @@ def test_unwritable_destinations_are_one_line(picture: Path, tokens: Path, tmp_p
         line = _error_line(capsys)
         assert str(blocker) in line, line
     assert files_under(tmp_path) == ["a-file"]
+
+
+def test_full_disk_while_writing_a_training_checkpoint_leaves_no_partial_one(tmp_path) -> None:
+    from test_train_engine import run
+
+    with full_disk(room=1000), pytest.raises(OSError, match="File too large"):
+        run(tmp_path, max_steps=2, save_every=1)
+    assert not list((tmp_path / "checkpoints").glob(".step_*")), files_under(tmp_path)
