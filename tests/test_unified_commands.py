@@ -107,6 +107,8 @@ def test_eval_checks_every_flag_before_any_work(model_dir: Path, tmp_path, capsy
         (["--data", "shapes"], "--data"),
         (["--split", "train"], "--split"),
         (["--zero-shot-task", "shape"], "--zero-shot-task"),
+        (["--temperature", "nan"], "temperature"),
+        (["--bits-token-set", str(tmp_path / "no-such-set")], "no-such-set"),
     ]
     for extra, named in cases:
         assert main([*base, *extra]) == 2, extra

@@ -245,8 +245,11 @@ def _check_unified_eval_flags(args: argparse.Namespace) -> None:
             f"{', '.join(given)} only apply to a tokenizer's evaluation; {args.model} is a unified model, "
             "evaluated on shapes (see the unified model options of 'polytok eval --help')"
         )
+    from polytok.unified.sampling import SamplingOptions
+
     _check_finite(args.cfg, "--cfg")
     _check_finite(args.caption_rerank_weight, "--caption-rerank-weight")
+    SamplingOptions(args.temperature, args.top_k, args.top_p)
     if args.fidelity_size is not None and args.fidelity_size < 32:
         raise ValueError(f"--fidelity-size must be at least 32 (pixels), got {args.fidelity_size}")
     report = Path(args.report)

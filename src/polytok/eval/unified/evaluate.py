@@ -413,6 +413,10 @@ def evaluate_unified(
     if unknown:
         raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")
     model.check_tokenizer(tokenizer)
+    from polytok.tokensets.shards import check_identity, read_manifest
+
+    for path in bits_token_sets:  # a missing, damaged or foreign set refused now, not after the work
+        check_identity(read_manifest(path)["identity"], tokenizer, path)
     side = image_side(model, tokenizer)
     prompts = list(prompt_suite() if prompts is None else prompts)
     judge = judge if judge is not None else load_shapes_judge()
