@@ -273,3 +273,66 @@ def test_a_checkpoint_of_the_other_system_is_named(unitok_files, evotok_files, t
     assert code == 2 and "looks like an EvoTok checkpoint" in err
     code, _, err = run_cli(capsys, "evotok", unitok_root / "ckpt-last.pth", tmp_path / "o")
     assert code == 2 and "polytok convert unitok" in err
+
+
+def test_a_file_that_is_not_a_whole_checkpoint_is_named_as_such(unitok_files, tmp_path, capsys):
+    root = unitok_files[0]
+    data = (root / "ckpt-last.pth").read_bytes()
+    cases = {
+        "empty.pth": (b"", "empty"),
+        "truncated.pth": (data[: len(data) // 2], "truncated"),
+        "notes.pth": (b"these are my training notes, not weights\n", "not a torch checkpoint"),
+    }
+    for name, (content, said) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        code, _, err = run_cli(capsys, "unitok", tmp_path / name, tmp_path / "o", root / "config.json")
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (name, err)
+        assert "--trust-checkpoint" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "system, key",
+    [
+        ("unitok", "encoder.blocks.0.attn.qkv.weight"),  # moved by prefix: the ViT blocks
+        ("unitok", "encoder.patch_embed.backbone.stages.1.0.shortcut.expand.weight"),  # its bias stays
+        ("evotok", "encoder_vqkd.vision_model.encoder.layers.0.mlp.fc1.weight"),  # SigLIP, by prefix
+        ("evotok", "decoder.conv_blocks.1.res.0.nin_shortcut.weight"),
+    ],
+)
+def test_a_missing_key_is_named_as_the_official_file_names_it(
+    unitok_files, evotok_files, tmp_path, capsys, system, key
+):
+    root, _, checkpoint = unitok_files if system == "unitok" else evotok_files
+    if system == "unitok":
+        state = {k: v for k, v in checkpoint["trainer"]["unitok"].items() if k != key}
+        broken = dict(checkpoint, trainer={"unitok": state})
+    else:
+        broken = dict(checkpoint, model={k: v for k, v in checkpoint["model"].items() if k != key})
+    torch.save(broken, tmp_path / "broken.pt")
+    code, _, err = run_cli(capsys, system, tmp_path / "broken.pt", tmp_path / "o", root / "config.json")
+    assert code == 2 and f"missing key {key!r}" in err, err
+
+
+def test_out_holding_another_tokenizer_is_replaced_only_when_asked(unitok_files, tmp_path, capsys):
+    from polytok.hub import load_tokenizer
+
+    root = unitok_files[0]
+    out = tmp_path / "out"
+    load_tokenizer("evotok-tiny").save_pretrained(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "unitok", root / "ckpt-last.pth", out, root / "config.json")
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    argv = ["convert", "unitok", str(root / "ckpt-last.pth"), str(out), "--config", str(root / "config.json")]
+    assert main([*argv, "--overwrite"]) == 0
+    assert Tokenizer.from_pretrained(out).config.name == "unitok-reduced"
+
+
+def test_convert_on_a_full_disk_leaves_no_partial_folder(unitok_files, tmp_path, capsys):
+    from disk_helpers import files_under, full_disk
+
+    root = unitok_files[0]
+    with full_disk(room=4096):  # the config fits, the weights do not
+        code, _, err = run_cli(capsys, "unitok", root / "ckpt-last.pth", tmp_path / "o", root / "config.json")
+    assert code == 2 and "File too large" in err and len(err.strip().splitlines()) == 1, err
+    assert files_under(tmp_path) == [] and list(tmp_path.iterdir()) == []  # no staging folder left

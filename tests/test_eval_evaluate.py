@@ -408,3 +408,39 @@ def test_a_metric_family_plugs_in(tmp_path, monkeypatch) -> None:
     expected = (tok.decode(tok.encode(x)) - x).abs().flatten(1).mean(1).mean().item()
     assert report.metrics["MAE[coffee]"].value == pytest.approx(expected, rel=1e-6)
     assert report.metrics["MAE[coffee]"].protocol["images"] == len(coffee) > 0
+
+
+class _NoSemanticBranch(PatchResidualTokenizer):
+    """Declares no semantic branch, as a polytok preset with ``semantic.kind: none`` does."""
+
+    semantic_kind = "none"
+
+    def semantic_features(self, codes: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "class_features"):  # still being fitted
+            return super().semantic_features(codes)
+        raise ValueError("this tokenizer has no semantic branch (semantic.kind is 'none')")
+
+
+class _BrokenSemantics(PatchResidualTokenizer):
+    """Has a semantic branch whose features fail from the first batch on: a bug to surface."""
+
+    semantic_kind = "contrastive"
+
+    def semantic_features(self, codes: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "class_features"):  # still being fitted
+            return super().semantic_features(codes)
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (8x48 and 37x16)")
+
+
+def test_semantics_are_skipped_only_without_a_semantic_branch(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images, labels = photo_crops(8, size=32, seed=3)
+    options = dict(linear_probe_features=True, feature_spaces=[], num_samples=0, semantic_fidelity=False)
+    report = evaluate_tokenizer(
+        _NoSemanticBranch(images, labels, levels=1, k=4), batches(images, labels, 8), **options
+    )
+    assert "no semantic branch" in report.skipped["semantics"]
+    with pytest.raises(ValueError, match="cannot be multiplied"):
+        evaluate_tokenizer(
+            _BrokenSemantics(images, labels, levels=1, k=4), batches(images, labels, 8), **options
+        )

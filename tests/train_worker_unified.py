@@ -1,7 +1,8 @@
 """A unified-model training run from the command line, optionally slowed down once checkpoint N is
-written so that a test can kill it mid-way:
+written, or in the middle of writing checkpoint N (its files staged, not yet published), so that a test
+can kill it there:
 
-    python train_worker_unified.py CONFIG key=value ... [--sleep-after-step N]
+    python train_worker_unified.py CONFIG key=value ... [--sleep-after-step N] [--stall-in-checkpoint N]
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ def main(argv: list[str]) -> None:
         i = argv.index("--sleep-after-step")
         sleep_after = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2 :]
+
+    if "--stall-in-checkpoint" in argv:
+        i = argv.index("--stall-in-checkpoint")
+        stall_at = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2 :]
+        from polytok.train import checkpoint
+
+        publish = checkpoint.finalize_checkpoint
+
+        def finalize_slowly(root, step, *args, **kwargs):
+            if step == stall_at:
+                time.sleep(60)  # every file of the step is staged; the manifest and the rename wait
+            return publish(root, step, *args, **kwargs)
+
+        checkpoint.finalize_checkpoint = finalize_slowly
 
     def slow_down(trainer, record) -> None:
         if sleep_after is not None and trainer.step > sleep_after:  # checkpoint N is written first

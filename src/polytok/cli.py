@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,10 +66,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finite(value: float, flag: str) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value}")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from polytok.recipes.unified_sample import generate_files
     from polytok.unified.hub import load_unified
 
+    _check_finite(args.cfg, "--cfg")
     model, tok = load_unified(args.model)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     for record in generate_files(
@@ -133,18 +140,19 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from polytok.tokensets import encode_format, encode_token_set
-    from polytok.tokensets.npz import dataset_for_encoding
+    from polytok.tokensets.npz import dataset_for_encoding, encoding_source
 
     encode_format(args.out, args.format)  # refused before the model loads
     tok = _load_model(args)
     dataset = dataset_for_encoding(args.data, split=args.split, image_size=args.image_size)
+    source = encoding_source(args.data, args.split, args.image_size, args.max_images, dataset)
     if args.max_images is not None:
         if not hasattr(dataset, "__len__"):
             raise ValueError("--max-images needs a dataset with a length (not a shard stream)")
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     report = encode_token_set(
         tok, dataset, args.out, format=args.format, shard_size=args.shard_size,
-        batch_size=args.batch_size, workers=args.workers,
+        batch_size=args.batch_size, workers=args.workers, source=source,
     )  # fmt: skip
     if report is not None:  # rank 0 reports the whole set
         print(json.dumps(report))
@@ -217,9 +225,48 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKENIZER_EVAL_FLAGS = {  # eval flags that only apply to a tokenizer, and their defaults there
+    "data": ("--data", "photos"),
+    "split": ("--split", "val"),
+    "image_size": ("--image-size", 64),
+    "max_images": ("--max-images", 512),
+    "zero_shot_task": ("--zero-shot-task", None),
+}
+
+
+def _check_unified_eval_flags(args: argparse.Namespace) -> None:
+    """Every flag of ``eval`` on a unified model, before anything is loaded or computed."""
+    from polytok.storage import check_writable
+
+    given = [flag for key, (flag, _) in TOKENIZER_EVAL_FLAGS.items() if getattr(args, key) is not None]
+    given += ["--untrained"] * args.untrained + ["--no-semantic-fidelity"] * args.no_semantic_fidelity
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to a tokenizer's evaluation; {args.model} is a unified model, "
+            "evaluated on shapes (see the unified model options of 'polytok eval --help')"
+        )
+    from polytok.unified.sampling import SamplingOptions
+
+    _check_finite(args.cfg, "--cfg")
+    _check_finite(args.caption_rerank_weight, "--caption-rerank-weight")
+    SamplingOptions(args.temperature, args.top_k, args.top_p)
+    if args.fidelity_size is not None and args.fidelity_size < 32:
+        raise ValueError(f"--fidelity-size must be at least 32 (pixels), got {args.fidelity_size}")
+    report = Path(args.report)
+    summary = Path(args.summary) if args.summary is not None else report.with_suffix(".json")
+    if report.resolve() == summary.resolve():
+        raise ValueError(
+            f"--summary and --report name the same file ({report}): the JSON summary would replace the "
+            "HTML report; give --summary another name"
+        )
+    check_writable(report, "--report")
+    check_writable(summary, "--summary")
+
+
 def _cmd_eval_unified(args: argparse.Namespace) -> int:
     from polytok.recipes.unified_evaluation import evaluate_unified_to_files
 
+    _check_unified_eval_flags(args)
     options = {} if args.fidelity_size is None else {"gfd_size": args.fidelity_size}
     evaluate_unified_to_files(
         args.model, report=args.report, summary=args.summary, prompts_per_pair=args.prompts_per_pair,
@@ -239,6 +286,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if is_unified_model(args.model):
         return _cmd_eval_unified(args)
+    for key, (_, default) in TOKENIZER_EVAL_FLAGS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     evaluate_to_report(
         [_load_model(args)],
         names=[args.model],
@@ -320,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("prompts", nargs="+", metavar="PROMPT")
             p.add_argument("--num-samples", type=positive_int, default=1, help="images per prompt")
             p.add_argument("--cfg", type=float, default=3.0, help="guidance scale (1: no guidance)")
-            p.add_argument("--out-dir", default="generated")
+            p.add_argument(
+                "--out-dir", default="generated",
+                help="files <prompt>_<sample>.png; images already there are kept: when a name is taken, "
+                "this run's files get the first free suffix (-2, -3, ...)",
+            )  # fmt: skip
         else:
             p.add_argument("images", nargs="+", metavar="IMAGE")
             p.add_argument("--max-tokens", type=positive_int, default=32)
@@ -338,11 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_parser("eval", help="measure a tokenizer (or a unified model on shapes), write the HTML report")
     _add_model_args(p)
-    p.add_argument("--data", default="photos", help="built-in dataset, image folder or shard pattern")
-    p.add_argument("--split", default="val")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--max-images", type=int, default=512)
-    p.add_argument("--zero-shot-task", default=None, help="e.g. colour or shape for the shapes dataset")
+    t = p.add_argument_group("tokenizer only (refused for a unified model)")
+    t.add_argument("--data", default=None, help="built-in dataset, image folder or shard pattern (photos)")
+    t.add_argument("--split", default=None, help="(val)")
+    t.add_argument("--image-size", type=int, default=None, help="(64)")
+    t.add_argument("--max-images", type=int, default=None, help="(512)")
+    t.add_argument("--zero-shot-task", default=None, help="e.g. colour or shape for the shapes dataset")
     p.add_argument("--report", default="out/report.html")
     p.add_argument(
         "--no-semantic-fidelity",
@@ -422,14 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that report bad input, not a bug: shown as one line without a traceback."""
+    """Exceptions that report bad input, not a bug: shown as one line without a traceback. OSError
+    included: an unwritable destination or a full disk is the user's to fix."""
     from polytok.train.checkpoint import CheckpointError
 
-    return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, CheckpointError)
+    return (ValueError, OSError, CheckpointError)
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:  # a file not read or written: which and why
+        text = exc.strerror if exc.filename is None else f"cannot use {exc.filename}: {exc.strerror}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -31,13 +31,17 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 
 def save_images(images: Tensor, paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Write (B, 3, H, W) images in [0, 1] as PNG files (lossless), one path per image."""
+    """Write (B, 3, H, W) images in [0, 1] as PNG files (lossless), one path per image, each atomically
+    (:func:`polytok.storage.atomic_write`): a full disk or an error leaves no partial file."""
+    from polytok.storage import atomic_write
+
     if len(paths) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(paths)} paths")
     out = []
     for array, path in zip(to_uint8(images), paths):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
-        out.append(path)
+        image = Image.fromarray(array)
+        kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # by the name, as PIL would
+        out.append(atomic_write(path, lambda f, image=image, kind=kind: image.save(f, format=kind)))
     return out

@@ -83,6 +83,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # name the file a full disk stopped
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -102,6 +106,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
     """:func:`atomic_write_bytes` of ``data`` as JSON."""
     return atomic_write_text(path, json.dumps(data, indent=indent))
+
+
+def check_writable(path: str | Path, what: str = "output") -> None:
+    """Refuse, before any work, a file destination that cannot be written: a directory, a path below a
+    file, or a folder where no file can be created (read-only, no permission). Creates nothing."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"{what} {path} cannot be written ({err.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +305,10 @@ def save_folder(
     check_replaceable(out, known, what)
     staging = staging_dir(out)
     try:
-        write(staging)
+        try:
+            write(staging)
+        except Exception as err:
+            raise as_os_error(err, out) from err
         honour_umask(staging)
         write_manifest(staging, extra)
         publish(staging, out)
@@ -289,6 +316,18 @@ def save_folder(
         if staging.exists():  # an exception before the rename: nothing was published
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def as_os_error(err: Exception, path: str | Path) -> Exception:
+    """``err`` as the OSError it stands for when a writer wrapped one (safetensors reports a full disk
+    as ``SafetensorError: ... I/O error: ... (os error 28)``), naming ``path``; else ``err`` itself."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"I/O error.*\(os error (\d+)\)", str(err))
+    if found is None:
+        return err
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
 
 
 def honour_umask(directory: str | Path) -> None:

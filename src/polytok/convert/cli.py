@@ -14,14 +14,28 @@ DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l"}
 
 
 def convert_checkpoint(
-    system: str, checkpoint: str | Path, out_dir: str | Path, *, config=None, trusted: bool = False
+    system: str,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    config=None,
+    trusted: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Read ``checkpoint`` (of ``system`` "unitok" or "evotok"), convert it into ``config`` (default: the
-    system's large preset; a TokenizerConfig, a dict or a config file) and ``save_pretrained`` it."""
+    system's large preset; a TokenizerConfig, a dict or a config file) and ``save_pretrained`` it.
+    An ``out_dir`` that already holds something (another tokenizer) is refused unless ``overwrite``."""
     from polytok.models.config import TokenizerConfig
 
     if system not in DEFAULT_PRESETS:
         raise ValueError(f"unknown system {system!r}; expected one of {sorted(DEFAULT_PRESETS)}")
+    out = Path(out_dir)
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        held = "a tokenizer" if (out / "config.json").is_file() else "files"
+        raise FileExistsError(
+            f"{out} already holds {held}; pass --overwrite (overwrite=True) to replace it, or choose a new "
+            "directory"
+        )
     if config is None:
         from polytok.models.registry import get_preset_dict
 
@@ -55,6 +69,9 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="unpickle a file weights_only loading refuses (runs code from the file: trusted files only)",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the tokenizer OUT_DIR already holds (else refused)"
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=run_convert)
 
@@ -62,12 +79,15 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     try:
         out = convert_checkpoint(
-            args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint
-        )
-    except (ConversionError, ValueError, TypeError, FileNotFoundError) as exc:
+            args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    except (ConversionError, ValueError, TypeError, OSError) as exc:
         if args.debug:
             raise
-        print(f"polytok: error: {exc}", file=sys.stderr)
+        from polytok.cli import _one_line
+
+        print(f"polytok: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({"converted": str(out), "system": args.system}))
     return 0

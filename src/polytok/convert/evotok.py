@@ -55,7 +55,7 @@ def map_semantic_decoder(m: StateMapper, vit: str, head: str, dst: str, depth: i
 def _map_res_block(m: StateMapper, src: str, dst: str) -> None:
     for name in ("norm1", "conv1", "norm2", "conv2"):
         m.copy(f"{src}.{name}", f"{dst}.{name}")
-    if m.has(f"{src}.nin_shortcut.weight"):
+    if m.has(f"{src}.nin_shortcut.weight") or m.has(f"{src}.nin_shortcut.bias"):  # one alone is missing
         m.copy(f"{src}.nin_shortcut", f"{dst}.shortcut")
 
 
@@ -146,6 +146,11 @@ def map_evotok(m: StateMapper, cfg: TokenizerConfig, siglip_target_keys: list[st
     # SigLIP tower: transformers 4.x nests it under `vision_model.`, 5.x does not; the target uses
     # whichever layout the installed transformers builds.
     nested = any(k.startswith("vision_model.") for k in siglip_target_keys)
+    file_nested = any(k.startswith("encoder_vqkd.vision_model.") for k in m.source)
+    m.map_prefix(
+        "encoder_vqkd.vision_model." if file_nested else "encoder_vqkd.",
+        f"encoder.model.{'vision_model.' if nested else ''}",
+    )
     for key in m.keys_under("encoder_vqkd."):
         rest = key.removeprefix("encoder_vqkd.").removeprefix("vision_model.")
         if rest.startswith("head."):  # the pooling head: unused (features come from a hidden layer)
@@ -195,6 +200,6 @@ def convert_evotok(checkpoint: dict[str, Any], cfg: TokenizerConfig) -> Tokenize
     source, state = model_state_of(checkpoint)
     mapper = StateMapper(state, f"EvoTok checkpoint[{source!r}]")
     map_evotok(mapper, cfg, list(tok.encoder.model.state_dict()))
-    target = fill_quantizer_statistics(mapper.finish(), tok.checkpoint_state_dict())
+    target = fill_quantizer_statistics(mapper.finish(), tok.checkpoint_state_dict(), mapper)
     tok.load_checkpoint_state(target, "EvoTok")
     return tok.eval()

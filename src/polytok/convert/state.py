@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -25,6 +25,27 @@ class StateMapper:
         self.what = what
         self.used: set[str] = set()
         self.target: dict[str, Tensor] = {}
+        self.prefixes: list[tuple[str, str, Callable[[str], str]]] = []
+
+    def map_prefix(self, src: str, dst: str, official: Callable[[str], str] = lambda rest: rest) -> None:
+        """Record that keys under ``dst`` come from keys under ``src`` (``official``: the rest of a target
+        key -> the rest of its official key), so that a key the file lacks is named as the file names
+        it (:meth:`official_name`) even where keys are moved by prefix."""
+        self.prefixes.append((dst, src, official))
+
+    def official_name(self, target_key: str) -> str | None:
+        """The official key a target key comes from, when a prefix mapping covers it."""
+        for dst, src, official in self.prefixes:
+            if target_key.startswith(dst):
+                return src + official(target_key[len(dst) :])
+        return None
+
+    def missing_target(self, target_key: str) -> ConversionError:
+        """The error for a target key the conversion did not produce, by its official name if known."""
+        name = self.official_name(target_key)
+        if name is None:
+            return ConversionError(f"conversion produced no tensor for the target's key {target_key!r}")
+        return ConversionError(f"{self.what}: missing key {name!r} (the target's {target_key!r})")
 
     def has(self, key: str) -> bool:
         return key in self.source

@@ -123,6 +123,8 @@ def check_unitok_args(args: dict[str, Any], cfg: TokenizerConfig) -> None:
 
 def _copy_renamed(m: StateMapper, src: str, dst: str) -> None:
     """Every key under ``src.`` -> ``dst.``, with ViTamin's conv names replaced by polytok's."""
+    back = {v: k for k, v in _CONV_NAMES.items()}
+    m.map_prefix(f"{src}.", f"{dst}.", lambda rest: ".".join(back.get(p, p) for p in rest.split(".")))
     for key in m.keys_under(f"{src}."):
         rest = ".".join(_CONV_NAMES.get(part, part) for part in key[len(src) + 1 :].split("."))
         m.put(f"{dst}.{rest}", m.take(key))
@@ -130,6 +132,7 @@ def _copy_renamed(m: StateMapper, src: str, dst: str) -> None:
 
 def _map_vit_blocks(m: StateMapper, src: str, dst: str) -> None:
     """timm ViT blocks (GeGLU MLP with its own norm) -> polytok Transformer blocks: same leaf names."""
+    m.map_prefix(f"{src}.", f"{dst}.")
     for key in m.keys_under(f"{src}."):
         m.put(f"{dst}.{key[len(src) + 1 :]}", m.take(key))
 
@@ -143,7 +146,7 @@ def map_unitok(m: StateMapper, cfg: TokenizerConfig) -> None:
     for stage, depth in enumerate(cfg.encoder.stage_depths):
         for b in range(depth):
             s, d = f"{backbone}.stages.{stage}.{b}", f"encoder.stem.stages.{stage}.{b}"
-            if m.has(f"{s}.shortcut.expand.weight"):  # strided and widening: pool, then 1 x 1 conv
+            if m.has(f"{s}.shortcut.expand.weight") or m.has(f"{s}.shortcut.expand.bias"):  # pool, 1x1 conv
                 m.copy(f"{s}.shortcut.expand", f"{d}.shortcut.1")
             elif m.has(f"{s}.shortcut.weight"):
                 m.copy(f"{s}.shortcut", f"{d}.shortcut")
@@ -183,9 +186,12 @@ def map_unitok(m: StateMapper, cfg: TokenizerConfig) -> None:
     m.put("log_logit_scale", m.take("logit_scale").reshape(1))
 
 
-def fill_quantizer_statistics(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+def fill_quantizer_statistics(
+    state: dict[str, Tensor], expected: dict[str, Tensor], mapper: StateMapper | None = None
+) -> dict[str, Tensor]:
     """Add the polytok quantizer's own statistics buffers (fresh, marked initialised) to ``state``;
-    any other key the target has and ``state`` lacks is an error naming it."""
+    any other key the target has and ``state`` lacks is an error naming it (by its official name when
+    ``mapper`` knows it)."""
     out = dict(state)
     for key, value in expected.items():
         if key in out:
@@ -193,6 +199,8 @@ def fill_quantizer_statistics(state: dict[str, Tensor], expected: dict[str, Tens
         if key.startswith("quantizer.") and key.rsplit(".", 1)[-1] in _QUANT_STATISTICS:
             out[key] = torch.ones_like(value) if key.endswith(".initialized") else value.clone()
         else:
+            if mapper is not None:
+                raise mapper.missing_target(key)
             raise ConversionError(f"conversion produced no tensor for the target's key {key!r}")
     return out
 
@@ -209,5 +217,7 @@ def convert_unitok(checkpoint: dict[str, Any], cfg: TokenizerConfig) -> Tokenize
     map_unitok(mapper, cfg)
     target = mapper.finish()
     tok = Tokenizer(cfg, load_backbone_weights=False)
-    tok.load_checkpoint_state(fill_quantizer_statistics(target, tok.checkpoint_state_dict()), "UniTok")
+    tok.load_checkpoint_state(
+        fill_quantizer_statistics(target, tok.checkpoint_state_dict(), mapper), "UniTok"
+    )
     return tok.eval()

@@ -101,7 +101,14 @@ def evaluate_to_report(
     progress: bool | None = None,
     **kwargs: Any,
 ) -> list[EvalReport]:
-    """:func:`evaluate_many`, then the HTML report at ``report`` and a JSON summary beside it."""
+    """:func:`evaluate_many`, then the HTML report at ``report`` and a JSON summary beside it (both
+    checked writable before the work: :func:`polytok.storage.check_writable`)."""
+    from polytok.storage import check_writable
+
+    if Path(report).suffix == ".json":
+        raise ValueError(f"report {report} would be replaced by its JSON summary: give it an .html name")
+    check_writable(report, "report")
+    check_writable(Path(report).with_suffix(".json"), "summary")
     reports = evaluate_many(tokenizers, names, progress=progress, **kwargs)
     path = write_report(reports, report, title=title, progress=progress)
     summary = path.with_suffix(".json")

@@ -27,16 +27,21 @@ def evaluate_unified_to_files(
     from polytok.eval.html.unified import write_unified_report
     from polytok.eval.shapes.prompts import prompt_suite
     from polytok.eval.unified.evaluate import evaluate_unified
+    from polytok.storage import check_writable
     from polytok.unified.hub import load_unified
 
     if max_prompts is not None and max_prompts < 1:
         raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+    summary_path = Path(summary) if summary is not None else Path(report).with_suffix(".json")
+    if summary_path.resolve() == Path(report).resolve():
+        raise ValueError(f"the summary and the report are the same file ({report}): choose another summary")
+    check_writable(report, "report")  # before the work, not after it
+    check_writable(summary_path, "summary")
     model, tokenizer = load_unified(name_or_path)
     prompts = prompt_suite(prompts_per_pair)[:max_prompts]
     result = evaluate_unified(model, tokenizer, name=str(name_or_path), prompts=prompts, **kwargs)
     print(result.format_tables())
     page = write_unified_report(result, report)
-    summary_path = Path(summary) if summary is not None else page.with_suffix(".json")
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(summary_path, json.dumps(result.to_dict(), indent=1, default=str))
     print(json.dumps({"report": str(page), "summary": str(summary_path)}))

@@ -258,6 +258,7 @@ def train_unified(
     stream that splits itself over ranks); by default the ``data`` section's images, encoded on the fly.
     """
     section, out_dir = config.unified, Path(config.train.out_dir)
+    check_resumed_config(config, out_dir)  # before anything in out_dir is rewritten
     info = setup_distributed(config.train)  # joined first: rank 0 trains the text tokenizer for all
     trainer = None
     try:
@@ -278,8 +279,14 @@ def train_unified(
 
         model = build().to(info.device)  # the held-out loss before training runs where training will
         record: dict[str, Any] = {}
-        if heldout is not None and not config.train.resume:
-            record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)
+        if heldout is not None:  # the untrained model's loss; a resumed run keeps the one it recorded
+            recorded = _recorded_heldout(out_dir) if config.train.resume else {}
+            same = recorded.get("samples") == len(heldout) and recorded.get("split") == section.heldout_split
+            if same and "loss_before" in recorded:
+                record["loss_before"] = recorded["loss_before"]
+            else:
+                record["loss_before"] = heldout_caption_loss(model, heldout, config.train.batch_size)
+            record.update(samples=len(heldout), split=section.heldout_split)
         collate = MixedTaskCollate(model.format, text, section.model.caption_dropout, config.train.seed)
         trainer = Trainer(
             model, UnifiedObjective(), dataset, config.train, collate_fn=collate, callbacks=callbacks
@@ -287,13 +294,15 @@ def train_unified(
         if info.is_main:
             write_run_record(config, trainer.precision, out_dir / "run.yaml")
             text.save(out_dir)
+            if record:  # written now: a run killed before its end keeps the loss before training
+                _write_json(out_dir / "heldout.json", record)
         trainer.fit()
         if trainer.ema is not None:
             trainer.ema.copy_to(trainer.raw_model)
         final = _plain_model(trainer, build)  # collective under FSDP
         if final is not None:
             if heldout is not None:
-                record.update(samples=len(heldout), split=section.heldout_split, step=trainer.step)
+                record.update(step=trainer.step)
                 record["loss_after"] = heldout_caption_loss(final, heldout, config.train.batch_size)
                 _write_json(out_dir / "heldout.json", record)
             export = Path(config.export_dir or out_dir / "model")
@@ -304,6 +313,53 @@ def train_unified(
             trainer.close()
         cleanup_distributed(info)
     return model
+
+
+RESUME_KEYS = (
+    ("unified", "tokenizer"),
+    ("unified", "text_tokenizer"),
+    ("unified", "model"),
+    ("data", "image_size"),
+)
+
+
+def check_resumed_config(config: UnifiedRunConfig, out_dir: Path) -> None:
+    """Refuse to resume the run in ``out_dir`` with another model (the image or text tokenizer, the
+    model config, the image size) than its ``run.yaml`` records: its checkpoints hold that model."""
+    import yaml
+
+    from polytok.config import to_dict
+
+    record = out_dir / "run.yaml"
+    if not config.train.resume or not record.is_file():
+        return
+    saved = yaml.safe_load(record.read_text()) or {}
+    now = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))  # as run.yaml reads back
+    differences = []
+    for section, key in RESUME_KEYS:
+        then, new = (saved.get(section) or {}).get(key), now[section][key]
+        if isinstance(then, dict) and isinstance(new, dict):
+            for name in sorted(set(then) | set(new)):
+                if then.get(name) != new.get(name):
+                    differences.append(
+                        f"{section}.{key}.{name} ({then.get(name)!r} in the run, {new.get(name)!r} now)"
+                    )
+        elif then != new:
+            differences.append(f"{section}.{key} ({then!r} in the run, {new!r} now)")
+    if differences:
+        raise ValueError(
+            f"cannot resume the run in {out_dir} with another model: {'; '.join(differences)}; resume with "
+            f"the settings of {record}, or start a new run in another train.out_dir"
+        )
+
+
+def _recorded_heldout(out_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((out_dir / "heldout.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _shared_text_tokenizer(

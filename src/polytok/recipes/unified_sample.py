@@ -8,7 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from polytok.unified.model import UnifiedModel
-from polytok.unified.sampling import generate_captions, generate_image_codes
+from polytok.unified.sampling import (
+    check_guidance_scale,
+    check_prompt_lengths,
+    generate_captions,
+    generate_image_codes,
+)
+
+
+def fresh_names(out_dir: Path, names: Sequence[str]) -> list[Path]:
+    """``names`` in ``out_dir``, or, when any of them is taken, all with the first suffix ``-2``, ``-3``
+    ... that takes none: a run never overwrites an earlier run's files."""
+    out_dir = Path(out_dir)
+    run = 1
+    while True:
+        suffix = "" if run == 1 else f"-{run}"
+        paths = [out_dir / f"{Path(n).stem}{suffix}{Path(n).suffix}" for n in names]
+        if not any(p.exists() for p in paths):
+            return paths
+        run += 1
 
 
 def generate_files(
@@ -25,7 +43,10 @@ def generate_files(
     top_p: float = 1.0,
     batch_size: int = 8,
 ) -> Iterator[dict[str, Any]]:
-    """``num_samples`` PNG files per prompt in ``out_dir`` (``<prompt>_<sample>.png``, both 0-based).
+    """``num_samples`` PNG files per prompt in ``out_dir`` (``<prompt>_<sample>.png``, both 0-based; when
+    ``out_dir`` already holds one of these names, every file gets the first free suffix ``-2``, ``-3``
+    ...: an earlier run's images are kept). Every prompt must fit the model's caption length, checked
+    with the other arguments before any image is sampled.
 
     The samples of one prompt are drawn in batches of ``batch_size``, batch j with seed ``seed + j``: the
     same arguments give the same files. Yields ``{"prompt", "sample", "path"}`` per image.
@@ -36,8 +57,15 @@ def generate_files(
         raise ValueError("no prompt given")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    from polytok.unified.sampling import SamplingOptions
+
+    SamplingOptions(temperature, top_k, top_p)
+    check_guidance_scale(guidance_scale)
+    check_prompt_lengths(model, prompts)
     model.check_tokenizer(tokenizer)
-    out = Path(out_dir)
+    names = fresh_names(
+        Path(out_dir), [f"{p:03d}_{i:03d}.png" for p in range(len(prompts)) for i in range(num_samples)]
+    )
     for p, prompt in enumerate(prompts):
         for j, start in enumerate(range(0, num_samples, batch_size)):
             count = min(batch_size, num_samples - start)
@@ -50,8 +78,8 @@ def generate_files(
                 top_p=top_p,
                 seed=seed + j,
             )
-            names = [out / f"{p:03d}_{start + i:03d}.png" for i in range(count)]
-            paths = save_images(model.decode_images(codes, tokenizer), names)
+            chosen = names[p * num_samples + start : p * num_samples + start + count]
+            paths = save_images(model.decode_images(codes, tokenizer), chosen)
             for i, path in enumerate(paths):
                 yield {"prompt": prompt, "sample": start + i, "path": str(path)}
 

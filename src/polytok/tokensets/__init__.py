@@ -75,10 +75,13 @@ def encode_token_set(
     shard_size: int = 1000,
     batch_size: int = 32,
     workers: int = 0,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Encode ``dataset`` (items as :func:`polytok.tokensets.npz.dataset_for_encoding` gives them) into a
     token set at ``out``; returns what was written (None on ranks other than 0 under torchrun). Under
-    torchrun only tar shards can be written (:func:`encode_format`)."""
+    torchrun only tar shards can be written (:func:`encode_format`). ``source``: what ``dataset`` is
+    (:func:`polytok.tokensets.npz.encoding_source`), recorded in the set; a set at ``out`` that records
+    other input is refused, never continued or replaced."""
     kind = token_set_format(out, format)
     if kind == "npz" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(
@@ -88,7 +91,7 @@ def encode_token_set(
         from polytok.tokensets.shards import encode_to_shards
 
         written = encode_to_shards(
-            tokenizer, dataset, out, shard_size, batch_size=batch_size, workers=workers
+            tokenizer, dataset, out, shard_size, batch_size=batch_size, workers=workers, source=source
         )
         if written.manifest is None:
             return None
@@ -106,7 +109,7 @@ def encode_token_set(
     from polytok.tokensets.npz import collate_readable, encode_batches
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_readable)
-    result = encode_batches(tokenizer, loader, out, shard_size=shard_size)
+    result = encode_batches(tokenizer, loader, out, shard_size=shard_size, source=source)
     report: dict[str, Any] = {
         "written": [str(p) for p in result.files],
         "manifest": str(result.manifest),

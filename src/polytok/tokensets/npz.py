@@ -93,6 +93,7 @@ def encode_batches(
     out: str | os.PathLike,
     shard_size: int = 100_000,
     progress: bool = True,
+    source: dict[str, Any] | None = None,
 ) -> EncodedSet:
     """Encode every batch and write a token set (see the module docstring).
 
@@ -107,6 +108,7 @@ def encode_batches(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out)
     manifest = manifest_path(out)
+    check_replaceable(out, tokenizer, source)
     manifest.unlink(missing_ok=True)  # from here until the end, the set at ``out`` is incomplete
     run = uuid.uuid4().hex
     meta: dict[str, Any] = {
@@ -159,10 +161,34 @@ def encode_batches(
         "files": [{"file": p.name, "samples": n} for p, n in written],
         "samples": total,
         "skipped": skipped,
+        "source": source,
         **tokenizer_identity(tokenizer),  # code_shape, codebook_size, config, weights_sha256, ...
     }
     atomic_write_json(manifest, record, indent=1)  # last: the set is now complete
     return EncodedSet([p for p, _ in written], manifest, total, skipped)
+
+
+def check_replaceable(out: Path, tokenizer, source: dict[str, Any] | None) -> None:
+    """Refuse to replace the complete set at ``out`` by tokens of other input or of another tokenizer: the
+    set there would be lost. An unreadable manifest is no set: replaced."""
+    from polytok.models.identity import identity_difference
+
+    manifest = manifest_path(out)
+    if not manifest.is_file():
+        return
+    try:
+        record = read_manifest_json(manifest)
+    except TokenFileError:
+        return
+    difference = source_difference(record.get("source"), source)
+    if difference is None and _identity(record) is not None:
+        other = identity_difference(_identity(record), tokenizer_identity(tokenizer))
+        difference = None if other is None else f"{other} (another tokenizer)"
+    if difference is not None:
+        raise TokenFileError(
+            f"{out} holds a token set of other input (they differ in {difference}); choose another --out "
+            "or remove it first"
+        )
 
 
 def dataset_for_encoding(name_or_path: str | os.PathLike, split: str = "train", image_size: int = 64):
@@ -178,6 +204,57 @@ def dataset_for_encoding(name_or_path: str | os.PathLike, split: str = "train", 
     if isinstance(dataset, ShardDataset):
         dataset.shuffle = False
     return dataset
+
+
+def encoding_source(
+    name_or_path: str | os.PathLike,
+    split: str = "train",
+    image_size: int = 64,
+    max_images: int | None = None,
+    dataset: Any = None,
+) -> dict[str, Any]:
+    """What a token set encodes, as its manifest records it: the dataset (a built-in name, or the absolute
+    path of a folder / shard pattern), the split, the image size, the augmentation (none for encoding:
+    :func:`dataset_for_encoding`), the cap on images and, for a folder, how many files it lists and a hash
+    of their names. A set is only continued or replaced from the same input (:func:`check_same_source`)."""
+    import hashlib
+
+    from polytok.data import ImageFolderDataset
+    from polytok.data.registry import list_datasets
+
+    data = str(name_or_path)
+    builtin = data in list_datasets()
+    if not builtin and "://" not in data:
+        data = os.path.abspath(data)
+    source: dict[str, Any] = {
+        "data": data,
+        "split": split,
+        "image_size": int(image_size),
+        "augmentation": f"the built-in {split} split as it is" if builtin else "none (resize, centre crop)",
+        "max_images": max_images,
+    }
+    if isinstance(dataset, ImageFolderDataset):
+        names = "\n".join(str(Path(f).relative_to(dataset.root)) for f in dataset.files)
+        source.update(files=len(dataset.files), files_sha256=hashlib.sha256(names.encode()).hexdigest())
+    return source
+
+
+def source_difference(recorded: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """How the input a set records differs from this run's (None: the same); words for an error line."""
+    if recorded == now:
+        return None
+    if now is None:
+        return "input (the set records its input, this call gives none)"
+    if recorded is None:
+        return "input (the set records none: written by an older polytok or the library)"
+    words = {"data": "data", "split": "split", "image_size": "image size", "max_images": "max images"}
+    for key in ("data", "split", "image_size", "augmentation", "max_images", "files", "files_sha256"):
+        if recorded.get(key) != now.get(key):
+            name = words.get(key, key.replace("_", " "))
+            if key == "files_sha256":
+                return "data (the folder's files changed)"
+            return f"{name} ({recorded.get(key)!r}, this run {now.get(key)!r})"
+    return "input"
 
 
 def collate_readable(samples: Sequence[dict]) -> dict:

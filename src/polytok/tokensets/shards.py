@@ -44,7 +44,7 @@ from torch.utils.data import IterableDataset
 
 from polytok.models.identity import TokenizerMismatchError, identity_difference, tokenizer_identity
 from polytok.storage import atomic_write_bytes, atomic_write_json, sha256_file
-from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json
+from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json, source_difference
 
 FORMAT = "polytok-token-shards"
 VERSION = 1
@@ -114,7 +114,11 @@ def write_shard(
         "bytes": len(buffer.getvalue()),
     }
     atomic_write_json(out_dir / record_name(index), record, indent=1)  # the record first, then the tar
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except BaseException:
+        (out_dir / record_name(index)).unlink(missing_ok=True)  # no record of a shard that is not there
+        raise
     return record
 
 
@@ -149,6 +153,12 @@ def check_resumable(out_dir: Path, header: dict[str, Any]) -> None:
             raise TokenSetMismatchError(
                 f"{out_dir} holds tokens from another tokenizer (they differ in {difference}); choose "
                 "another --out or empty it"
+            )
+        difference = source_difference(recorded.get("source"), header.get("source"))
+        if difference is not None:
+            raise TokenSetMismatchError(
+                f"{out_dir} holds a set encoded from other input (they differ in {difference}); rerun "
+                "with the same input to resume, or choose another --out"
             )
         for setting in ("shard_size", "samples_planned", "inputs"):
             then, now = recorded.get(setting), header.get(setting)
@@ -299,6 +309,7 @@ def encode_to_shards(
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = True,
+    source: dict[str, Any] | None = None,
 ) -> ShardedSet:
     """Encode ``dataset`` into tar shards under ``out_dir`` (see the module docstring); under torchrun
     each rank writes its shards.
@@ -308,7 +319,9 @@ def encode_to_shards(
     samples in its order.
     A :class:`polytok.data.ShardDataset` (webdataset input, no length) gives one token shard per input
     tar shard, in the order of its shard list (``shard_size`` and ``workers`` do not apply). Complete
-    shards of an earlier run of the same command are kept, not encoded again.
+    shards of an earlier run of the same command are kept, not encoded again. ``source``: what
+    ``dataset`` is (:func:`polytok.tokensets.npz.encoding_source`), recorded with every shard and in the
+    manifest; a directory that records other input is refused, finished or not.
     """
     from tqdm.auto import tqdm
 
@@ -333,6 +346,7 @@ def encode_to_shards(
             "format": FORMAT,
             "version": VERSION,
             "identity": tokenizer_identity(tokenizer),
+            "source": source,
         }
         if stream:
             header["inputs"] = [str(url) for url in dataset.shards]
@@ -412,7 +426,8 @@ def is_token_shard_set(path: str | os.PathLike) -> bool:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of the set at ``path`` (its directory or manifest); refuses an incomplete set."""
+    """The manifest of the set at ``path`` (its directory or manifest), checked whole
+    (:func:`check_manifest`); refuses an incomplete set."""
     path = Path(path)
     manifest = path if path.name == MANIFEST else path / MANIFEST
     if not manifest.parent.is_dir():
@@ -425,8 +440,79 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             )
         raise FileNotFoundError(f"no token set in {manifest.parent}: {MANIFEST} is missing")
     record = read_manifest_json(manifest, format_name=FORMAT, listing="shards")
+    check_manifest(record, manifest)
     record["directory"] = str(manifest.parent)
     return record
+
+
+def check_manifest(record: dict[str, Any], where: Path) -> None:
+    """:class:`TokenFileError` unless the manifest ``record`` (read from ``where``) describes a whole set:
+    the tokenizer identity; shards 0, 1, ... in order, each a file of the set's own directory with its
+    sample count, keys, size and sha256; sample counts that add up; as many shards as the input asks."""
+
+    def bad(why: str) -> TokenFileError:
+        return TokenFileError(f"{where} is not a whole token-set manifest: {why} (edited or damaged?)")
+
+    identity = record.get("identity")
+    if not isinstance(identity, dict) or not {"code_shape", "codebook_size"} <= identity.keys():
+        raise bad("it records no tokenizer identity")
+    shards = record["shards"]
+    if not isinstance(shards, list) or not all(isinstance(e, dict) for e in shards):
+        raise bad("'shards' is not a list of shard records")
+    total = 0
+    for position, entry in enumerate(shards):
+        name = entry.get("file")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise bad(f"it names the shard {name!r}; a shard must be a file inside the set's directory")
+        if name != shard_name(position) or entry.get("index") != position:
+            raise bad(f"its shard {position} is {name!r}, not {shard_name(position)}: a shard is missing")
+        samples, keys = entry.get("samples"), entry.get("keys")
+        if not isinstance(samples, int) or samples < 0 or not isinstance(keys, list) or len(keys) != samples:
+            count = len(keys) if isinstance(keys, list) else "no"
+            raise bad(f"{name} records {samples!r} samples and {count} keys")
+        sha, size = entry.get("sha256"), entry.get("bytes")
+        if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int):
+            raise bad(f"{name} has no size and sha256")
+        total += samples
+    if record.get("samples") != total:
+        raise bad(f"it says {record.get('samples')!r} samples, its shards hold {total}")
+    skipped = record.get("skipped")
+    if not isinstance(skipped, list):
+        raise bad("'skipped' is not a list")
+    planned, size = record.get("samples_planned"), record.get("shard_size")
+    if planned is not None:
+        if not isinstance(planned, int) or not isinstance(size, int) or size < 1:
+            raise bad("'samples_planned' and 'shard_size' must be whole numbers")
+        if len(shards) != math.ceil(planned / size) or total + len(skipped) != planned:
+            raise bad(
+                f"it lists {len(shards)} shards holding {total} samples and {len(skipped)} skipped inputs; "
+                f"{planned} samples in shards of {size} make {math.ceil(planned / size)} shards"
+            )
+    elif isinstance(record.get("inputs"), list) and len(record["inputs"]) != len(shards):
+        raise bad(f"it lists {len(shards)} shards for {len(record['inputs'])} input shards")
+
+
+def _shard_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The set's non-empty shards: ``{"path", "file", "samples", "sha256", "bytes"}``."""
+    directory = Path(manifest["directory"])
+    keep = ("file", "samples", "sha256", "bytes")
+    return [
+        {"path": str(directory / s["file"]), **{k: s[k] for k in keep}}
+        for s in manifest["shards"]
+        if s["samples"]
+    ]
+
+
+def verify_shard(entry: dict[str, Any]) -> None:
+    """:class:`TokenFileError` unless the shard file has the size and sha256 its manifest records."""
+    path = Path(entry["path"])
+    if not path.is_file():
+        raise TokenFileError(f"{path} is missing; the set's {MANIFEST} lists it")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise TokenFileError(f"{path} has {size} bytes, {MANIFEST} says {entry['bytes']} (truncated?)")
+    if sha256_file(path) != entry["sha256"]:
+        raise TokenFileError(f"{path} does not match its sha256 in {MANIFEST} (corrupt or modified)")
 
 
 def _parse_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -439,14 +525,22 @@ def _parse_sample(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tar_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
+def _tar_samples(entries: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The samples of the shards ``entries`` (:func:`_shard_entries`), each shard verified against its
+    manifest entry before it is read, and its sample count after."""
     import webdataset as wds
 
     def fail(error: Exception) -> bool:
         raise TokenFileError(f"unreadable token shard: {type(error).__name__}: {error}") from error
 
-    for raw in wds.tariterators.tarfile_samples(({"url": u} for u in urls), handler=fail):
-        yield _parse_sample(raw)
+    for entry in entries:
+        verify_shard(entry)
+        count = 0
+        for raw in wds.tariterators.tarfile_samples([{"url": entry["path"]}], handler=fail):
+            count += 1
+            yield _parse_sample(raw)
+        if count != entry["samples"]:
+            raise TokenFileError(f"{entry['path']} holds {count} samples, {MANIFEST} says {entry['samples']}")
 
 
 class TokenShardDataset(IterableDataset):
@@ -473,8 +567,8 @@ class TokenShardDataset(IterableDataset):
         self.manifest = read_manifest(path)
         if tokenizer is not None:
             check_identity(self.manifest["identity"], tokenizer, path)
-        directory = Path(self.manifest["directory"])
-        self.shards = [str(directory / s["file"]) for s in self.manifest["shards"] if s["samples"]]
+        self.entries = _shard_entries(self.manifest)
+        self.shards = [e["path"] for e in self.entries]
         self.samples = int(self.manifest["samples"])
         self.shuffle, self.shuffle_buffer, self.seed, self.epoch = shuffle, shuffle_buffer, int(seed), 0
 
@@ -488,7 +582,7 @@ class TokenShardDataset(IterableDataset):
         from polytok.data.shards import worker_slot
 
         rank, world, worker, workers = worker_slot()
-        order = list(self.shards)
+        order = list(self.entries)
         if self.shuffle:
             random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
         stream: Iterator[dict[str, Any]] = _tar_samples(order[rank::world][worker::workers])
@@ -506,8 +600,7 @@ def load_token_shards(path: str | os.PathLike, tokenizer=None, limit: int | None
     manifest = read_manifest(path)
     if tokenizer is not None:
         check_identity(manifest["identity"], tokenizer, path)
-    directory = Path(manifest["directory"])
-    stream = _tar_samples([str(directory / s["file"]) for s in manifest["shards"] if s["samples"]])
+    stream = _tar_samples(_shard_entries(manifest))
     rows = list(itertools.islice(stream, limit))  # reads only the shards it needs
     identity = manifest["identity"]
     empty = torch.zeros((0, 0, 0, *identity["code_shape"]), dtype=torch.long)

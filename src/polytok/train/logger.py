@@ -22,6 +22,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def keep_records_through(path: Path, step: int) -> None:
+    """Drop the records of ``path`` logged after ``step`` (and a line torn by a kill), atomically: a run
+    resumed from the checkpoint of ``step`` logs the later steps again, and each step is logged once."""
+    from polytok.storage import atomic_write_text
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if kept != lines:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 class RunLogger:
     def __init__(
         self,
@@ -46,6 +63,8 @@ class RunLogger:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "log.jsonl"
+        if self.path.exists():
+            keep_records_through(self.path, start_step)
         self.jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
         if tensorboard:
             try:

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -524,6 +525,14 @@ class Trainer:
             ckpt.begin_checkpoint(self.ckpt_root, self.step)
         barrier(self.dist)
         staging = ckpt.partial_dir(self.ckpt_root, self.step)
+        try:
+            return self._write_checkpoint(staging, model_sd, optim_sd, disc_sd, disc_optim_sd, ema_sd)
+        except BaseException:
+            if self.dist.world_size == 1:  # a full disk, an error: no half-written step left behind
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _write_checkpoint(self, staging, model_sd, optim_sd, disc_sd, disc_optim_sd, ema_sd) -> Path:
         ckpt.atomic_torch_save(ckpt.capture_rng_state(), staging / f"rng_rank{self.dist.rank}.pt")
         barrier(self.dist)
         final = self.ckpt_root / ckpt.step_dir_name(self.step)

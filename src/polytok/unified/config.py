@@ -112,6 +112,8 @@ class UnifiedConfig:
             raise ValueError("depth_layers and max_caption_tokens must be >= 1")
         if isinstance(self.backbone, dict) and "model_type" not in self.backbone:
             raise ValueError("a backbone config dict needs 'model_type' (e.g. 'llama' or 'qwen2')")
+        if isinstance(self.backbone, dict):
+            check_backbone_keys(self.backbone)
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> UnifiedConfig:
@@ -126,10 +128,49 @@ class UnifiedConfig:
                         f"this model was trained with {name}={value!r}, an option polytok no longer has "
                         "(it was not shown to help: docs/unified.md); load it with the version that made it"
                     )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown unified model option(s) {', '.join(map(repr, unknown))} (a newer polytok's, or an "
+                "edited file); load it with the version that made it"
+            )
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+
+def check_backbone_keys(backbone: dict[str, Any]) -> None:
+    """Refuse a backbone key its ``transformers`` config class does not know (``hiden_size``): the class
+    would keep it as a stray attribute and build the default instead. Known: the class's arguments, its
+    defaults and aliases, and keys it takes in and files under another name (``rope_theta``)."""
+    import inspect
+
+    from transformers import CONFIG_MAPPING
+
+    model_type = backbone["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"backbone model_type {model_type!r} is not a transformers model type")
+    cls = CONFIG_MAPPING[model_type]
+    known = set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, "attribute_map", {}))
+    known |= set(cls().to_dict()) | {"model_type"}
+    candidates = [k for k in backbone if k not in known]
+    if not candidates:
+        return
+    kept = cls(**{k: v for k, v in backbone.items() if k != "model_type"}).to_dict()
+    unknown = sorted(k for k in candidates if k in kept)  # kept verbatim: nothing reads it
+    if unknown:
+        import difflib
+
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+            for k in unknown
+            for close in [difflib.get_close_matches(k, sorted(known), n=1)]
+        ]
+        raise ValueError(
+            f"backbone key(s) {', '.join(hints)} are not options of a {model_type!r} backbone "
+            f"({cls.__name__}): it would keep them unread and build its default"
+        )
 
 
 def unified_preset(name: str) -> UnifiedConfig:

@@ -41,6 +41,11 @@ def is_unified_model(name_or_path: str) -> bool:
     return find_shipped_unified(str(name_or_path)) is not None
 
 
+def _is_path(name: str) -> bool:
+    """True for a recorded tokenizer name that is a file-system path rather than a name."""
+    return "/" in name or "\\" in name or name.startswith(".") or Path(name).is_absolute()
+
+
 def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple[UnifiedModel, Any]:
     """A trained unified model (a ``save_pretrained`` folder or a name) and its image tokenizer.
 
@@ -61,12 +66,31 @@ def load_unified(name_or_path: str, device: str | torch.device = "cpu") -> tuple
         path = found
     model = UnifiedModel.from_pretrained(path, map_location=device).eval()
     beside = path / IMAGE_TOKENIZER_DIR
+    if beside.is_symlink() or (beside.exists() and not beside.resolve().is_relative_to(path.resolve())):
+        raise ValueError(
+            f"{beside} leads outside the model folder (to {beside.resolve()}): a unified model reads its "
+            f"image tokenizer from {IMAGE_TOKENIZER_DIR}/ inside its own folder; copy the tokenizer there"
+        )
     if beside.is_dir():
         tokenizer = load_tokenizer(beside)
     else:
         if model.tokenizer_id is None:
             raise ValueError(f"{path} records no image tokenizer and holds none in {IMAGE_TOKENIZER_DIR}/")
-        tokenizer = load_tokenizer(model.tokenizer_id["name"])
+        name = str(model.tokenizer_id.get("name", ""))
+        if _is_path(name):
+            raise ValueError(
+                f"{path / UNIFIED_META} names its image tokenizer by the path {name!r}, outside the model "
+                f"folder: a unified model reads its tokenizer from {IMAGE_TOKENIZER_DIR}/ inside its folder "
+                "or by a shipped name; put the tokenizer in that folder"
+            )
+        tokenizer = load_tokenizer(name)
+        try:
+            model.check_tokenizer(tokenizer)
+        except ValueError as exc:
+            raise type(exc)(
+                f"{path} holds no {IMAGE_TOKENIZER_DIR}/ and the tokenizer found by its recorded name "
+                f"{name!r} is not the one it was trained on: {exc}"
+            ) from exc
     tokenizer = tokenizer.eval().to(device)
     model.check_tokenizer(tokenizer)
     return model, tokenizer

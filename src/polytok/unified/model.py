@@ -358,15 +358,33 @@ class UnifiedModel(nn.Module):
             raise FileNotFoundError(f"{root} is not a unified model checkpoint: {META_NAME} is missing")
         root = storage.open_folder(root, "unified model")  # files checked against manifest.json
         meta_path = root / META_NAME
-        meta = json.loads(meta_path.read_text())
+        meta = _read_json(meta_path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
-        backbone_config = AutoConfig.for_model(**json.loads((root / BACKBONE_CONFIG_NAME).read_text()))
+        missing = sorted({"config", "layout", "tokenizer", "code_vectors"} - set(meta))
+        if missing:
+            raise ValueError(f"{meta_path} lacks {', '.join(missing)}: not a whole unified model record")
+        backbone_path = root / BACKBONE_CONFIG_NAME
+        try:
+            backbone_config = AutoConfig.for_model(**_read_json(backbone_path))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{backbone_path} is not a transformers config: {exc}") from exc
+        text_path = root / TEXT_FILE_NAME
+        try:
+            text = TextTokenizer.load(text_path)
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{text_path} is not a readable tokenizer file ({first})") from exc
         shape = meta["code_vectors"]
+        try:
+            config = UnifiedConfig.from_saved(meta["config"])
+            layout = CodeLayout.from_dict(meta["layout"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{meta_path}: {exc}") from exc
         model = cls(
-            UnifiedConfig.from_saved(meta["config"]),
-            CodeLayout.from_dict(meta["layout"]),
-            TextTokenizer.load(root),
+            config,
+            layout,
+            text,
             code_vectors=torch.zeros(shape) if shape is not None else None,
             tokenizer_id=meta["tokenizer"],
             backbone_config=backbone_config,
@@ -378,6 +396,17 @@ class UnifiedModel(nn.Module):
         except RuntimeError as exc:  # names the missing and unexpected tensors
             raise ValueError(f"checkpoint {root} does not match its config: {exc}") from exc
         return model.to(map_location)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object")
+    return data
 
 
 def check_identity(expected: dict[str, Any] | None, tokenizer: Any) -> None:

@@ -12,6 +12,7 @@ unconditional prompt is the text -> image prompt of the empty caption, the path 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ class SamplingOptions:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
@@ -79,6 +80,25 @@ def choose_tokens(logits: Tensor, options: SamplingOptions, uniforms: Tensor | N
         last = (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
         ids = torch.minimum(ids, last)
     return ids
+
+
+def check_guidance_scale(scale: float, name: str = "guidance_scale") -> None:
+    """Refuse a guidance scale that is not a finite number (nan or inf logits give a flat image)."""
+    if not math.isfinite(scale):
+        raise ValueError(f"{name} must be a finite number (1: no guidance), got {scale}")
+
+
+def check_prompt_lengths(model: UnifiedModel, captions: Sequence[str], what: str = "prompt") -> None:
+    """Refuse a caption longer than the model reads (``max_caption_tokens``): cut, two prompts that differ
+    only past the limit would give the same images."""
+    limit = model.config.max_caption_tokens
+    for i, caption in enumerate(captions, start=1):
+        count = len(model.text_tokenizer.encode(caption))
+        if count > limit:
+            raise ValueError(
+                f"{what} {i} is {count} text tokens long; this model reads at most {limit} tokens of a "
+                f"prompt (max_caption_tokens) and would ignore the rest: shorten it"
+            )
 
 
 class _Draws:
@@ -219,6 +239,8 @@ def generate_image_codes(
     """
     if isinstance(captions, str):
         raise ValueError("captions must be a list of strings, got one string")
+    check_guidance_scale(guidance_scale)
+    check_prompt_lengths(model, captions, "caption")
     fmt, text = model.format, model.text_tokenizer
     prompts = [fmt.t2i_prompt(text.encode(c)) for c in captions]
     uncond = [fmt.unconditional_prompt()] * len(prompts) if guidance_scale != 1.0 else None

@@ -47,14 +47,7 @@ class SemanticFeatures:
     def measure(self, batch: RealBatch, depth: DepthBatch) -> None:
         if not self.active or batch.labels is None:
             return
-        try:
-            embedding = self.tokenizer.semantic_features(depth.codes)
-        except ValueError as err:
-            if batch.seen:  # it worked before: a genuine failure
-                raise
-            self.skipped["semantics"] = f"skipped: {err}"
-            self.active, self.classifiers, self.banks = False, {}, {}
-            return
+        embedding = self.tokenizer.semantic_features(depth.codes)  # an error here is a bug: raised
         if self.zero_shot is not None:
             if depth.levels not in self.classifiers:
                 self.classifiers[depth.levels] = ZeroShotClassifier(
@@ -115,6 +108,9 @@ def build(
         return None
     if not hasattr(tokenizer, "semantic_features"):
         skipped["semantics"] = "skipped: the tokenizer has no semantic_features()"
+        return None
+    if getattr(tokenizer, "semantic_kind", None) == "none":  # skipped for this reason only
+        skipped["semantics"] = "skipped: the tokenizer has no semantic branch (semantic.kind is 'none')"
         return None
     embeddings = None
     if options.zero_shot is not None:

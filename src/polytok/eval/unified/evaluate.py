@@ -389,9 +389,12 @@ def evaluate_unified(
     """
     from polytok.eval.shapes.judge import load_shapes_judge
     from polytok.eval.unified.rerank import check_rerank
-    from polytok.unified.sampling import SamplingOptions
+    from polytok.unified.sampling import SamplingOptions, check_guidance_scale
 
     SamplingOptions(temperature, top_k, top_p)  # bad settings refused before anything is loaded
+    check_guidance_scale(guidance_scale)
+    if gfd is not False and gfd_size < 32:
+        raise ValueError(f"gfd_size must be at least 32 (pixels), got {gfd_size}")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if caption_images_per_split < 0 or bits_images_per_split < 0:
@@ -404,6 +407,10 @@ def evaluate_unified(
     if unknown:
         raise ValueError(f"caption_splits must be among {CAPTION_SPLITS}, got {unknown}")
     model.check_tokenizer(tokenizer)
+    from polytok.tokensets.shards import check_identity, read_manifest
+
+    for path in bits_token_sets:  # a missing, damaged or foreign set refused now, not after the work
+        check_identity(read_manifest(path)["identity"], tokenizer, path)
     side = image_side(model, tokenizer)
     prompts = list(prompt_suite() if prompts is None else prompts)
     judge = judge if judge is not None else load_shapes_judge()

@@ -45,8 +45,8 @@ def check_rerank(
     bad = [a for a in attributes if a not in CAPTION_ATTRIBUTES]
     if bad:
         raise ValueError(f"{name} must be among {list(CAPTION_ATTRIBUTES)}, got {bad}")
-    if caption_weight < 0:
-        raise ValueError(f"{weight_name} must be >= 0, got {caption_weight}")
+    if not math.isfinite(caption_weight) or caption_weight < 0:
+        raise ValueError(f"{weight_name} must be a finite number >= 0, got {caption_weight}")
 
 
 @torch.no_grad()
