@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from polytok.convert.checkpoint import read_checkpoint
@@ -77,17 +76,14 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """``polytok convert``; bad input raises ValueError (ConversionError) or OSError, which ``polytok``'s
+    main reports in one line."""
     try:
         out = convert_checkpoint(
             args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint,
             overwrite=args.overwrite,
         )  # fmt: skip
-    except (ConversionError, ValueError, TypeError, OSError) as exc:
-        if args.debug:
-            raise
-        from polytok.cli import _one_line
-
-        print(f"polytok: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    except TypeError as exc:  # a checkpoint whose structure is not the official one
+        raise ConversionError(str(exc)) from exc
     print(json.dumps({"converted": str(out), "system": args.system}))
     return 0
