@@ -180,7 +180,13 @@ class TokenizerConfig:
     first training batch) to the latent and to the reconstruction, the networks beside it scaled by
     learnable gates that start at ``linear_path_gate_init``, so training starts from (near) the best
     linear code of the token grid. A gate of exactly 0 never opens under Adam (its networks get no
-    gradient until it moves, and its own gradient is noise until they learn)."""
+    gradient until it moves, and its own gradient is noise until they learn).
+    ``linear_path_gates``: False drops the scalar gates: the encoder path enters the linear channels
+    through a zero-initialised linear map and the pixel decoder's last layer starts at zero, so training
+    still starts from the linear code exactly, but every network gets full-size gradients after the first
+    step. ``semantic_channels``: the last channels of the latent that the encoder path fills alone (the
+    linear path fills the others): with multi-codebook codes, whole codebooks the pixel codec leaves to
+    the network."""
 
     name: str = "custom"
     image_size: int = 256
@@ -193,6 +199,8 @@ class TokenizerConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig, metadata=REQUIRED)
     linear_path: bool = False
     linear_path_gate_init: float = 0.0
+    linear_path_gates: bool = True
+    semantic_channels: int = 0
 
     def __post_init__(self) -> None:
         validate(self)
@@ -252,6 +260,18 @@ def validate(cfg: TokenizerConfig) -> None:
         raise ConfigError(
             "config keys pixel_decoder.up_widths and pixel_decoder.up_depths must have equal length"
         )
+    if cfg.semantic_channels:
+        if not cfg.linear_path or not 0 < cfg.semantic_channels < q.dim:
+            raise ConfigError(
+                f"config key semantic_channels ({cfg.semantic_channels}) needs linear_path and must lie in "
+                f"(0, quantizer.dim = {q.dim})"
+            )
+        chunk = q.dim // q.num_codebooks
+        if q.normalize and cfg.semantic_channels % chunk:
+            raise ConfigError(
+                f"config key semantic_channels ({cfg.semantic_channels}) must be whole codebooks of "
+                f"{chunk} channels with normalised codes"
+            )
     if s.logit_scale_init <= 0 or s.logit_scale_max < s.logit_scale_init:
         raise ConfigError(
             "config keys semantic.logit_scale_init and semantic.logit_scale_max must satisfy 0 < init <= max"
