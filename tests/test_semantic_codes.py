@@ -84,3 +84,18 @@ def test_semantic_channels_are_checked() -> None:
         Tokenizer.from_preset("unitok-tiny", semantic_channels=32)
     with pytest.raises(ConfigError, match="whole codebooks"):
         Tokenizer.from_preset("unitok-tiny", quantizer={"normalize": True}, semantic_channels=6)
+
+
+def test_a_clip_head_on_the_codes_pools_the_code_vectors_themselves() -> None:
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset("unitok-tiny", semantic={"head_input": "codes"}).eval()
+    assert tok.clip_head.norm.normalized_shape == (32,)  # the code width, not the decoder's
+    images = torch.rand(2, 3, 64, 64)
+    codes = tok.encode(images)
+    vectors = tok.quantizer.indices_to_codes(codes.flatten(1, 2))
+    torch.testing.assert_close(tok.semantic_features(codes), tok.clip_head(vectors))
+    # the head is a LayerNorm and a linear map of the position-averaged code vectors
+    with torch.no_grad():
+        pooled = tok.code_embedding(codes)
+        expected = torch.nn.functional.normalize(tok.clip_head.proj(tok.clip_head.norm(pooled)), dim=-1)
+    torch.testing.assert_close(tok.semantic_features(codes), expected)

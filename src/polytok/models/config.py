@@ -155,6 +155,9 @@ class SemanticConfig:
     supply a module with ``Tokenizer.set_teacher``). The teacher's input is resized so that its feature
     map ``teacher_feature_index`` falls on the token grid, or to ``teacher_input_size`` (its map then
     resized to the grid: cheaper when the token grid is fine). "none": no semantic branch.
+    ``head_input`` (contrastive): what the CLIP head pools, "tokens" (UniTok: the post-projection of the
+    code vectors) or "codes" (the code vectors themselves, so the embedding is a linear map of their
+    mean after a LayerNorm and the loss can be met only by codes that carry it).
     """
 
     kind: Literal["contrastive", "distill", "none"] = field(default="contrastive", metadata=REQUIRED)
@@ -170,6 +173,7 @@ class SemanticConfig:
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     logit_scale_init: float = 14.285714285714286  # 1 / 0.07 (stored as its log)
     logit_scale_max: float = 100.0
+    head_input: Literal["tokens", "codes"] = "tokens"
 
 
 @dataclass

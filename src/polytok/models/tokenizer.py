@@ -243,7 +243,7 @@ class Tokenizer(nn.Module):
         self.semantic_decoder: BeitSemanticDecoder | SemanticDecoder | None = None
         self.teacher: FrozenTeacher | None = None
         if s.kind == "contrastive":
-            self.clip_head = ClipHead(code_width, s.embed_dim)
+            self.clip_head = ClipHead(q.dim if s.head_input == "codes" else code_width, s.embed_dim)
             self.text_tower = build_text_tower(s.text_tower, s.embed_dim)
             # Shape (1,), not a 0-d scalar: FSDP cannot shard 0-d parameters.
             self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(s.logit_scale_init)))
@@ -462,6 +462,8 @@ class Tokenizer(nn.Module):
     ) -> tuple[Tensor | None, Tensor | None]:
         """Full code vectors (B, N, D) -> (embedding (B, E), per-token features or None)."""
         if self.clip_head is not None:
+            if self.config.semantic.head_input == "codes":
+                return self.clip_head(code_vectors), None
             tokens = post_projected if post_projected is not None else self.post_projection(code_vectors)
             return self.clip_head(tokens), None
         if self.semantic_decoder is not None:
