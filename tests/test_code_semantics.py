@@ -27,7 +27,9 @@ def test_code_semantics_measures_tokenizer_twin_and_start(tmp_path: Path) -> Non
         assert sorted(row["probe_val"]) == list(range(1, 9)) == sorted(row["probe_heldout"])
         assert all(0.0 <= v <= 1.0 for v in [*row["probe_val"].values(), *row["probe_heldout"].values()])
         assert row["psnr_photos"] > 10.0
-    assert set(result["references"]) == {"mean colour (3)", "mean 4x4 patch (48)"}
+        assert 0.0 <= row["semantic_probe_val"] <= 1.0 and 0.0 <= row["semantic_probe_heldout"] <= 1.0
+    assert set(result["references"]) == {"mean colour (3)", "mean 4x4 patch (48)", "teacher features"}
+    assert all(0.0 <= v <= 1.0 for pair in result["references"].values() for v in pair)
     assert (tmp_path / "code_semantics.json").exists()
     table = (tmp_path / "code_semantics.md").read_text()
     assert table.count("| tokenizer | 2 |") == 8 and "| chance |" in table

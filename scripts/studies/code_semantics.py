@@ -13,7 +13,10 @@ same seed, steps and data), and builds (c) the untrained start, then measures al
   tokenizers are probed at every prefix depth. Chance is 1/6.
 - **references** beside it, from the pixels themselves: the mean colour (3 values) and the mean 4 x 4 patch
   (48 values: everything a position-averaged *linear* patch code can carry, so the bound of a linear
-  path's codes under this probe).
+  path's codes under this probe); for distillation configs also the teacher's features averaged over
+  positions (what the semantic target itself carries).
+- **semantic probe**: the same probe on the semantic branch's own embedding (``semantic_features``,
+  full depth): whether the semantic objective learnt the shape at all, wherever it keeps it.
 - **PSNR** on held-out photo crops (``photos`` ``val``), decoded from the pixel prefix.
 - the **gates** of the linear path (encoder path, pixel decoder), where the tokenizer has them.
 
@@ -109,6 +112,12 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
             train = (feats["train"], images.train[1])
             val[depth] = _probe(train, (feats["val"], images.val[1]))
             heldout[depth] = _probe(train, (feats["heldout"], images.heldout[1]))
+        semantic = {"val": None, "heldout": None}
+        if tokenizer.semantic_kind != "none":
+            feats = {s: _in_batches(tokenizer.semantic_features, c) for s, c in codes.items()}
+            train = (feats["train"], images.train[1])
+            for s in semantic:
+                semantic[s] = _probe(train, (feats[s], getattr(images, s)[1]))
         recon = _in_batches(lambda x: tokenizer.decode(tokenizer.encode(x)), images.photos)
         psnr = float(psnr_per_image(recon, images.photos).mean())
         gates = getattr(tokenizer, "linear_path_gates", None)
@@ -117,6 +126,8 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
             "steps": steps,
             "probe_val": val,
             "probe_heldout": heldout,
+            "semantic_probe_val": semantic["val"],
+            "semantic_probe_heldout": semantic["heldout"],
             "psnr_photos": psnr,
             "gates": [float(g) for g in gates] if gates is not None else None,
             "pixel_depth": int(tokenizer.pixel_depth),
@@ -140,6 +151,24 @@ def pixel_references(images: ProbeImages, stride: int = 4) -> dict[str, tuple[fl
             _probe(train, (fn(images.heldout[0]), images.heldout[1])),
         )
     return out
+
+
+@torch.no_grad()
+def teacher_reference(tokenizer: Any, images: ProbeImages) -> tuple[float, float]:
+    """(val, held-out) probe top-1 of the distillation teacher's features averaged over positions: what
+    the semantic target itself carries under this probe."""
+
+    def pooled(x: Tensor) -> Tensor:
+        return tokenizer.teacher_features(
+            x, (x.shape[-2] // tokenizer.stride, x.shape[-1] // tokenizer.stride)
+        )
+
+    feats = {
+        s: _in_batches(lambda x: pooled(x).mean(1), getattr(images, s)[0])
+        for s in ("train", "val", "heldout")
+    }
+    train = (feats["train"], images.train[1])
+    return _probe(train, (feats["val"], images.val[1])), _probe(train, (feats["heldout"], images.heldout[1]))
 
 
 def untrained_start(config: Any) -> Any:
@@ -189,6 +218,7 @@ def code_semantics(
     tok_cfg, twin_cfg = run_configs(config_path, list(overrides), steps, seed, out)
     images = images or ProbeImages.build(tok_cfg.data.image_size)
     rows = []
+    references = pixel_references(images)
     for name in which:
         start = time.perf_counter()
         if name == "start":
@@ -198,6 +228,8 @@ def code_semantics(
         row = measure(tokenizer, images, name, trained)
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+        if tokenizer.semantic_kind == "distill" and "teacher features" not in references:
+            references["teacher features"] = teacher_reference(tokenizer, images)
     result = {
         "config": str(config_path),
         "overrides": list(overrides),
@@ -206,7 +238,7 @@ def code_semantics(
         "chance": CHANCE,
         "images": {s: len(getattr(images, s)[0]) for s in ("train", "val", "heldout")}
         | {"photos": len(images.photos)},
-        "references": pixel_references(images),
+        "references": references,
         "rows": rows,
     }
     (out / "code_semantics.json").write_text(json.dumps(result, indent=1))
@@ -217,19 +249,28 @@ def code_semantics(
 def table(result: dict[str, Any]) -> str:
     """Markdown: one line per tokenizer and prefix depth, then the references."""
     lines = [
-        "| tokenizer | steps | depth | probe val | probe held-out | PSNR photos | gates (enc, dec) |",
-        "|---|---|---|---|---|---|---|",
+        "| tokenizer | steps | depth | code probe val | code probe held-out | semantic probe val / held-out "
+        "| PSNR photos | gates (enc, dec) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     for row in result["rows"]:
-        for depth in sorted(row["probe_val"], key=int):
+        depths = sorted(row["probe_val"], key=int)
+        for depth in depths:
             gates = ", ".join(f"{g:.4f}" for g in row["gates"]) if row["gates"] else "-"
+            sem = "-"
+            if depth == depths[-1] and row["semantic_probe_val"] is not None:
+                sem = f"{fmt(row['semantic_probe_val'])} / {fmt(row['semantic_probe_heldout'])}"
             lines.append(
                 f"| {row['name']} | {row['steps']} | {depth} | {row['probe_val'][depth]:.3f} | "
-                f"{row['probe_heldout'][depth]:.3f} | {row['psnr_photos']:.2f} | {gates} |"
+                f"{row['probe_heldout'][depth]:.3f} | {sem} | {row['psnr_photos']:.2f} | {gates} |"
             )
-    lines.append(f"| chance | - | - | {result['chance']:.3f} | {result['chance']:.3f} | - | - |")
+    lines.append(f"| chance | - | - | {result['chance']:.3f} | {result['chance']:.3f} | - | - | - |")
     for label, (val, heldout) in result["references"].items():
-        lines.append(f"| pixels: {label} | - | - | {val:.3f} | {heldout:.3f} | - | - |")
+        lines.append(f"| reference: {label} | - | - | {val:.3f} | {heldout:.3f} | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
