@@ -155,6 +155,9 @@ class SemanticConfig:
     supply a module with ``Tokenizer.set_teacher``). The teacher's input is resized so that its feature
     map ``teacher_feature_index`` falls on the token grid, or to ``teacher_input_size`` (its map then
     resized to the grid: cheaper when the token grid is fine). "none": no semantic branch.
+    ``head_input`` (contrastive): what the CLIP head pools, "tokens" (UniTok: the post-projection of the
+    code vectors) or "codes" (the code vectors themselves, so the embedding is a linear map of their
+    mean after a LayerNorm and the loss can be met only by codes that carry it).
     """
 
     kind: Literal["contrastive", "distill", "none"] = field(default="contrastive", metadata=REQUIRED)
@@ -170,6 +173,7 @@ class SemanticConfig:
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     logit_scale_init: float = 14.285714285714286  # 1 / 0.07 (stored as its log)
     logit_scale_max: float = 100.0
+    head_input: Literal["tokens", "codes"] = "tokens"
 
 
 @dataclass
@@ -180,7 +184,13 @@ class TokenizerConfig:
     first training batch) to the latent and to the reconstruction, the networks beside it scaled by
     learnable gates that start at ``linear_path_gate_init``, so training starts from (near) the best
     linear code of the token grid. A gate of exactly 0 never opens under Adam (its networks get no
-    gradient until it moves, and its own gradient is noise until they learn)."""
+    gradient until it moves, and its own gradient is noise until they learn).
+    ``linear_path_gates``: False drops the scalar gates: the encoder path enters the linear channels
+    through a zero-initialised linear map and the pixel decoder's last layer starts at zero, so training
+    still starts from the linear code exactly, but every network gets full-size gradients after the first
+    step. ``semantic_channels``: the last channels of the latent that the encoder path fills alone (the
+    linear path fills the others): with multi-codebook codes, whole codebooks the pixel codec leaves to
+    the network."""
 
     name: str = "custom"
     image_size: int = 256
@@ -193,6 +203,8 @@ class TokenizerConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig, metadata=REQUIRED)
     linear_path: bool = False
     linear_path_gate_init: float = 0.0
+    linear_path_gates: bool = True
+    semantic_channels: int = 0
 
     def __post_init__(self) -> None:
         validate(self)
@@ -252,6 +264,18 @@ def validate(cfg: TokenizerConfig) -> None:
         raise ConfigError(
             "config keys pixel_decoder.up_widths and pixel_decoder.up_depths must have equal length"
         )
+    if cfg.semantic_channels:
+        if not cfg.linear_path or not 0 < cfg.semantic_channels < q.dim:
+            raise ConfigError(
+                f"config key semantic_channels ({cfg.semantic_channels}) needs linear_path and must lie in "
+                f"(0, quantizer.dim = {q.dim})"
+            )
+        chunk = q.dim // q.num_codebooks
+        if q.normalize and cfg.semantic_channels % chunk:
+            raise ConfigError(
+                f"config key semantic_channels ({cfg.semantic_channels}) must be whole codebooks of "
+                f"{chunk} channels with normalised codes"
+            )
     if s.logit_scale_init <= 0 or s.logit_scale_max < s.logit_scale_init:
         raise ConfigError(
             "config keys semantic.logit_scale_init and semantic.logit_scale_max must satisfy 0 < init <= max"

@@ -146,6 +146,18 @@ class _EncoderAsTeacher(nn.Module):
         return self.encoder((images - self.mean) / self.std)[0]
 
 
+def _zero_last_layer(decoder: nn.Module) -> None:
+    """Zero the weight (and bias) of ``decoder``'s output layer, so its output starts at 0."""
+    weight = decoder.last_layer()
+    for module in decoder.modules():
+        if getattr(module, "weight", None) is weight:
+            nn.init.zeros_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+            return
+    raise ValueError("the pixel decoder's last layer was not found among its modules")
+
+
 @contextlib.contextmanager
 def _eval(module: nn.Module) -> Iterator[None]:
     """Temporarily put ``module`` in eval mode (no codebook updates while encoding)."""
@@ -196,11 +208,18 @@ class Tokenizer(nn.Module):
         self.quantizer = build_quantizer(q)
         self.num_levels = self.quantizer.num_levels
         self.linear_path: PatchPCA | None = None
+        self.linear_channels = q.dim - cfg.semantic_channels  # the latent channels the linear path fills
         if cfg.linear_path:
-            self.linear_path = PatchPCA(self.stride, q.dim, chunk=_normalised_chunk(q))
-            # weights of (encoder path, pixel decoder) beside the linear codec: small, so training starts
-            # from the codec and the networks grow in as they learn what it misses
-            self.linear_path_gates = nn.Parameter(torch.full((2,), float(cfg.linear_path_gate_init)))
+            self.linear_path = PatchPCA(self.stride, self.linear_channels, chunk=_normalised_chunk(q))
+            if cfg.linear_path_gates:
+                # weights of (encoder path, pixel decoder) beside the linear codec: small, so training
+                # starts from the codec and the networks grow in as they learn what it misses
+                self.linear_path_gates = nn.Parameter(torch.full((2,), float(cfg.linear_path_gate_init)))
+            else:
+                # no gates: the encoder path reaches the linear channels through a map that starts at 0
+                self.linear_path_in = nn.Linear(q.dim, self.linear_channels)
+                nn.init.zeros_(self.linear_path_in.weight)
+                nn.init.zeros_(self.linear_path_in.bias)
         self.pixel_depth = cfg.pixel_depth or self.num_levels
         code_width = cfg.pixel_decoder.width if cfg.pixel_decoder.kind == "vit" else q.dim
         self.post_projection = build_projection(cfg.post_projection, q.dim, code_width)
@@ -210,6 +229,8 @@ class Tokenizer(nn.Module):
             )
         else:
             self.pixel_decoder = CNNPixelDecoder(cfg.pixel_decoder, code_width)
+        if cfg.linear_path and not cfg.linear_path_gates:
+            _zero_last_layer(self.pixel_decoder)  # the reconstruction starts as the linear path's, exactly
         if self.pixel_decoder.factor != self.stride:
             raise ValueError(
                 f"pixel decoder upsamples x{self.pixel_decoder.factor} but the encoder stride is "
@@ -222,7 +243,7 @@ class Tokenizer(nn.Module):
         self.semantic_decoder: BeitSemanticDecoder | SemanticDecoder | None = None
         self.teacher: FrozenTeacher | None = None
         if s.kind == "contrastive":
-            self.clip_head = ClipHead(code_width, s.embed_dim)
+            self.clip_head = ClipHead(q.dim if s.head_input == "codes" else code_width, s.embed_dim)
             self.text_tower = build_text_tower(s.text_tower, s.embed_dim)
             # Shape (1,), not a 0-d scalar: FSDP cannot shard 0-d parameters.
             self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(s.logit_scale_init)))
@@ -408,7 +429,14 @@ class Tokenizer(nn.Module):
         z = self.projection(tokens)
         if not self._linear_path_on():
             return z, grid
-        return self.linear_path.encode(x) + self.linear_path_gates[0] * z, grid
+        k = self.linear_channels
+        if self.config.linear_path_gates:
+            linear = self.linear_path.encode(x) + self.linear_path_gates[0] * z[..., :k]
+        else:
+            linear = self.linear_path.encode(x) + self.linear_path_in(z)
+        if k == z.shape[-1]:
+            return linear, grid
+        return torch.cat([linear, z[..., k:]], dim=-1), grid  # the semantic channels: the network's alone
 
     def _linear_path_on(self) -> bool:
         """The linear path acts once fitted; before (an untrained tokenizer) the networks act alone."""
@@ -424,13 +452,18 @@ class Tokenizer(nn.Module):
         """The pixel decoder's output ([-1, 1] scale) plus the linear path's decoding -> [0, 1] scale."""
         if not self._linear_path_on():
             return (decoded + 1) / 2
-        return self.linear_path.decode(code_vectors, grid) + self.linear_path_gates[1] * decoded / 2
+        linear = self.linear_path.decode(code_vectors[..., : self.linear_channels], grid)
+        if self.config.linear_path_gates:
+            return linear + self.linear_path_gates[1] * decoded / 2
+        return linear + decoded / 2
 
     def _semantic(
         self, code_vectors: Tensor, grid: tuple[int, int], post_projected: Tensor | None = None
     ) -> tuple[Tensor | None, Tensor | None]:
         """Full code vectors (B, N, D) -> (embedding (B, E), per-token features or None)."""
         if self.clip_head is not None:
+            if self.config.semantic.head_input == "codes":
+                return self.clip_head(code_vectors), None
             tokens = post_projected if post_projected is not None else self.post_projection(code_vectors)
             return self.clip_head(tokens), None
         if self.semantic_decoder is not None:
