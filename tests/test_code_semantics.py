@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from script_helpers import load_script
 
 
+@pytest.mark.slow  # three short trainings and their probes: minutes on two busy cores
 def test_code_semantics_measures_tokenizer_twin_and_start(tmp_path: Path) -> None:
     study = load_script("code_semantics")
     images = study.ProbeImages.build(image_size=32, train=96, val=32, heldout=32, photos=8)
@@ -35,3 +38,19 @@ def test_code_semantics_measures_tokenizer_twin_and_start(tmp_path: Path) -> Non
     assert table.count("| tokenizer | 2 |") == 8 and "| chance |" in table
     # the twin trained without the semantic loss: its semantic branch had no gradient
     assert (tmp_path / "twin" / "tokenizer").is_dir() and (tmp_path / "tokenizer" / "tokenizer").is_dir()
+
+
+def test_measure_probes_every_prefix_of_a_trained_tokenizer() -> None:
+    """The per-depth probes, PSNR and gates of one tokenizer, on few images (fast; the whole study is the
+    slow test above)."""
+    from polytok.hub import load_tokenizer
+
+    study = load_script("code_semantics")
+    images = study.ProbeImages.build(image_size=64, train=48, val=16, heldout=16, photos=4)
+    tok = load_tokenizer("evotok-tiny").train()
+    row = study.measure(tok, images, "shipped", steps=0)
+    assert sorted(row["probe_val"]) == list(range(1, tok.num_levels + 1)) == sorted(row["probe_heldout"])
+    for value in [*row["probe_val"].values(), *row["probe_heldout"].values()]:
+        assert 0.0 <= value <= 1.0 and value * 16 == round(value * 16)  # a share of 16 test images
+    assert row["psnr_photos"] > 20.0 and len(row["gates"]) == 2 and row["pixel_depth"] == 4
+    assert tok.training  # measured in eval mode, its own mode given back

@@ -8,7 +8,7 @@ import torch
 
 from polytok.config import ConfigError
 from polytok.models import Tokenizer
-from polytok.recipes.objective import LossConfig, build_objective
+from polytok.recipes.tokenizer_objective import LossConfig, build_objective
 from polytok.train.objective import StepContext
 
 CAPTIONS = [f"a photo of {n} {c} shapes" for n in ("one", "two") for c in ("red", "blue", "green", "grey")]

@@ -45,6 +45,7 @@ from torch import Tensor
 from polytok.data import build_dataset, collate
 from polytok.eval.metrics.linear_probe import linear_probe
 from polytok.eval.metrics.pixel import psnr_per_image
+from polytok.models.levels import code_prefix
 from polytok.recipes.sections import build_training_dataset
 from polytok.recipes.tokenizer_run import build_tokenizer, load_run_config, train_tokenizer
 
@@ -85,12 +86,6 @@ def _in_batches(fn, images: Tensor, batch: int = 128) -> Tensor:
     return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def _prefix(codes: Tensor, levels: int, depth: int, code_dims: int) -> Tensor:
-    if levels == 1:
-        return codes
-    return codes[..., :depth] if code_dims == 1 else codes[..., :depth, :]
-
-
 def _probe(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> float:
     return float(linear_probe(train[0], train[1], test[0], test[1])["top1"].value)
 
@@ -103,11 +98,12 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
     tokenizer.eval()
     try:
         codes = {s: _in_batches(tokenizer.encode, getattr(images, s)[0]) for s in ("train", "val", "heldout")}
-        levels, dims = tokenizer.num_levels, len(tokenizer.code_shape)
+        levels = tokenizer.num_levels
         val, heldout = {}, {}
         for depth in range(1, levels + 1):
             feats = {
-                s: tokenizer.code_embedding(_prefix(c, levels, depth, dims)).float() for s, c in codes.items()
+                s: tokenizer.code_embedding(code_prefix(c, depth, tokenizer.code_shape, levels)).float()
+                for s, c in codes.items()
             }
             train = (feats["train"], images.train[1])
             val[depth] = _probe(train, (feats["val"], images.val[1]))
