@@ -20,6 +20,20 @@ from polytok.quant.distributed import all_reduce_sum_, world_and_rank
 from polytok.quant.gradients import entropy_loss, rotation_trick, straight_through
 
 
+def check_latent(z: Tensor, dim: int) -> None:
+    """A quantizer's input must be a float tensor (B, N, dim): TypeError for another type or dtype,
+    ValueError for another shape."""
+    if not isinstance(z, Tensor) or not z.is_floating_point():
+        raise TypeError(
+            f"expected a float tensor (B, N, {dim}), got "
+            f"{type(z).__name__ if not isinstance(z, Tensor) else z.dtype}"
+        )
+    if z.dim() != 3:
+        raise ValueError(f"expected input of shape (B, N, {dim}), got {tuple(z.shape)}")
+    if z.shape[-1] != dim:
+        raise ValueError(f"expected last dim {dim}, got input of shape {tuple(z.shape)}")
+
+
 @dataclass
 class QuantizerOutput:
     """What every quantizer returns.
@@ -225,15 +239,7 @@ class LevelledQuantizer(nn.Module):
     # -- input checks -----------------------------------------------------------------------------
 
     def _check_input(self, z: Tensor) -> None:
-        if not isinstance(z, Tensor) or not z.is_floating_point():
-            raise TypeError(
-                f"expected a float tensor (B, N, {self.dim}), got "
-                f"{type(z).__name__ if not isinstance(z, Tensor) else z.dtype}"
-            )
-        if z.dim() != 3:
-            raise ValueError(f"expected input of shape (B, N, {self.dim}), got {tuple(z.shape)}")
-        if z.shape[-1] != self.dim:
-            raise ValueError(f"expected last dim {self.dim}, got input of shape {tuple(z.shape)}")
+        check_latent(z, self.dim)
         if not self.training:
             _check_finite("quantizer input", z)
 

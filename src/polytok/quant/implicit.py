@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from polytok.quant.core import QuantizerOutput
+from polytok.quant.core import QuantizerOutput, check_latent
 from polytok.quant.distributed import all_reduce_sum_, is_distributed
 
 _FP32_MAX = torch.finfo(torch.float32).max
@@ -86,15 +86,7 @@ class ImplicitQuantizer(nn.Module):
     # -- input checks -----------------------------------------------------------------------------
 
     def _check_input(self, z: Tensor) -> None:
-        if not isinstance(z, Tensor) or not z.is_floating_point():
-            raise TypeError(
-                f"expected a float tensor (B, N, {self.dim}), got "
-                f"{type(z).__name__ if not isinstance(z, Tensor) else z.dtype}"
-            )
-        if z.dim() != 3:
-            raise ValueError(f"expected input of shape (B, N, {self.dim}), got {tuple(z.shape)}")
-        if z.shape[-1] != self.dim:
-            raise ValueError(f"expected last dim {self.dim}, got input of shape {tuple(z.shape)}")
+        check_latent(z, self.dim)
 
     def _bad_rows(self, x: Tensor) -> tuple[Tensor | None, bool]:
         """(M,) rows holding NaN, Inf or values beyond ``magnitude_limit`` (None when there is none), and
