@@ -34,6 +34,26 @@ def check_latent(z: Tensor, dim: int) -> None:
         raise ValueError(f"expected last dim {dim}, got input of shape {tuple(z.shape)}")
 
 
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+
+
+def check_index_dtype(indices: Tensor) -> None:
+    """TypeError unless ``indices`` is a tensor of one of :data:`INDEX_DTYPES`."""
+    if not isinstance(indices, Tensor) or indices.dtype not in INDEX_DTYPES:
+        raise TypeError(
+            f"indices must be an integer tensor, got "
+            f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}"
+        )
+
+
+def check_index_range(indices: Tensor, codebook_size: int) -> None:
+    """ValueError unless every index lies in [0, codebook_size)."""
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= codebook_size):
+        raise ValueError(
+            f"indices out of range [0, {codebook_size}): min {int(indices.min())}, max {int(indices.max())}"
+        )
+
+
 @dataclass
 class QuantizerOutput:
     """What every quantizer returns.
@@ -273,17 +293,7 @@ class LevelledQuantizer(nn.Module):
         )
 
     def _check_indices(self, indices: Tensor) -> Tensor:
-        if not isinstance(indices, Tensor) or indices.dtype not in (
-            torch.int64,
-            torch.int32,
-            torch.int16,
-            torch.uint8,
-            torch.int8,
-        ):
-            raise TypeError(
-                f"indices must be an integer tensor, got "
-                f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}"
-            )
+        check_index_dtype(indices)
         full = self._from_public(indices.long())
         levels, books = full.shape[-2], full.shape[-1]
         if books != self.num_codebooks or not 1 <= levels <= self.num_levels:
@@ -291,11 +301,7 @@ class LevelledQuantizer(nn.Module):
                 f"indices of shape {tuple(indices.shape)} do not fit code shape {self.code_shape} "
                 f"(a prefix of 1..{self.num_levels} levels is allowed)"
             )
-        if full.numel() and (int(full.min()) < 0 or int(full.max()) >= self.codebook_size):
-            raise ValueError(
-                f"indices out of range [0, {self.codebook_size}): min {int(full.min())}, "
-                f"max {int(full.max())}"
-            )
+        check_index_range(full, self.codebook_size)
         return full
 
     # -- forward ----------------------------------------------------------------------------------

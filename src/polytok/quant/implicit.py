@@ -19,11 +19,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from polytok.quant.core import QuantizerOutput, check_latent
+from polytok.quant.core import QuantizerOutput, check_index_dtype, check_index_range, check_latent
 from polytok.quant.distributed import all_reduce_sum_, is_distributed
 
 _FP32_MAX = torch.finfo(torch.float32).max
-_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
 class ImplicitQuantizer(nn.Module):
@@ -106,17 +105,9 @@ class ImplicitQuantizer(nn.Module):
         )
 
     def _check_indices(self, indices: Tensor) -> Tensor:
-        if not isinstance(indices, Tensor) or indices.dtype not in _INDEX_DTYPES:
-            raise TypeError(
-                f"indices must be an integer tensor, got "
-                f"{indices.dtype if isinstance(indices, Tensor) else type(indices).__name__}"
-            )
+        check_index_dtype(indices)
         indices = indices.long()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(
-                f"indices out of range [0, {self.codebook_size}): min {int(indices.min())}, "
-                f"max {int(indices.max())}"
-            )
+        check_index_range(indices, self.codebook_size)
         return indices
 
     # -- forward ----------------------------------------------------------------------------------

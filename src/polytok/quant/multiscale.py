@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytok.quant.core import LevelledQuantizer, QuantizerOutput, _mean_square
+from polytok.quant.core import LevelledQuantizer, QuantizerOutput, _mean_square, check_index_range
 from polytok.quant.gradients import straight_through
 
 VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -214,11 +214,7 @@ class MultiScaleResidualQuantizer(LevelledQuantizer):
                 f"K scales, one of {self._offsets[1:]}"
             )
         indices = indices.long()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(
-                f"indices out of range [0, {self.codebook_size}): min {int(indices.min())}, "
-                f"max {int(indices.max())}"
-            )
+        check_index_range(indices, self.codebook_size)
         return indices
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
