@@ -164,14 +164,20 @@ def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
     sha256 (else ChecksumError)."""
     directory = Path(directory)
     for name, meta in manifest["files"].items():
-        f = directory / name
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing; {MANIFEST} lists it")
-        size = f.stat().st_size
-        if size != meta["size"]:
-            raise ChecksumError(f"{f} has {size} bytes, {MANIFEST} says {meta['size']} (truncated?)")
-        if sha256_file(f) != meta["sha256"]:
-            raise ChecksumError(f"{f} does not match its sha256 in {MANIFEST} (corrupt or modified)")
+        verify_file(directory / name, meta["size"], meta["sha256"], MANIFEST)
+
+
+def verify_file(path: str | Path, size: int, sha256: str, listed_by: str) -> None:
+    """Check that ``path`` exists (else FileNotFoundError) with the ``size`` and ``sha256`` that
+    ``listed_by`` (the manifest's name, for the message) records (else ChecksumError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {listed_by} lists it")
+    found = path.stat().st_size
+    if found != size:
+        raise ChecksumError(f"{path} has {found} bytes, {listed_by} says {size} (truncated?)")
+    if sha256_file(path) != sha256:
+        raise ChecksumError(f"{path} does not match its sha256 in {listed_by} (corrupt or modified)")
 
 
 # ---------------------------------------------------------------------------------------------------------

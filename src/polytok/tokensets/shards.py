@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from polytok.models.identity import TokenizerMismatchError, identity_difference, tokenizer_identity
-from polytok.storage import atomic_write_bytes, atomic_write_json, sha256_file
+from polytok.storage import ChecksumError, atomic_write_bytes, atomic_write_json, sha256_file, verify_file
 from polytok.tokensets.npz import TokenFileError, code_dtype, read_manifest_json, source_difference
 
 FORMAT = "polytok-token-shards"
@@ -505,14 +505,10 @@ def _shard_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def verify_shard(entry: dict[str, Any]) -> None:
     """:class:`TokenFileError` unless the shard file has the size and sha256 its manifest records."""
-    path = Path(entry["path"])
-    if not path.is_file():
-        raise TokenFileError(f"{path} is missing; the set's {MANIFEST} lists it")
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise TokenFileError(f"{path} has {size} bytes, {MANIFEST} says {entry['bytes']} (truncated?)")
-    if sha256_file(path) != entry["sha256"]:
-        raise TokenFileError(f"{path} does not match its sha256 in {MANIFEST} (corrupt or modified)")
+    try:
+        verify_file(entry["path"], entry["bytes"], entry["sha256"], f"the set's {MANIFEST}")
+    except (FileNotFoundError, ChecksumError) as exc:
+        raise TokenFileError(str(exc)) from exc
 
 
 def _parse_sample(sample: dict[str, Any]) -> dict[str, Any]:
