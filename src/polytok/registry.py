@@ -56,12 +56,6 @@ def split_name(name: str) -> tuple[str, str | None]:
     return arch, (tag or None)
 
 
-def _is_aside(path: Path) -> bool:
-    from polytok.storage import is_aside
-
-    return is_aside(path)
-
-
 def unified_weights_dirs() -> list[Path]:
     """Where unified models are found by name: the package's ``weights/`` first, then the directories of
     ``POLYTOK_UNIFIED_WEIGHTS``, for models kept outside the package."""
@@ -70,13 +64,15 @@ def unified_weights_dirs() -> list[Path]:
 
 
 def _shipped_entries() -> list[ModelEntry]:
+    from polytok.storage import is_aside
+
     entries: list[ModelEntry] = []
     for root in unified_weights_dirs():
         if not root.is_dir():
             continue
         shipped = root == SHIPPED_DIR
         for folder in sorted(root.iterdir()):
-            if _is_aside(folder) or not folder.is_dir():
+            if is_aside(folder) or not folder.is_dir():
                 continue
             if (folder / UNIFIED_META).is_file():
                 kind: Kind = "unified"
@@ -111,8 +107,8 @@ def list_models(kind: Kind | None = None, trained: bool | None = None) -> list[M
 
 
 def find_model(name: str, kind: Kind | None = None) -> ModelEntry | None:
-    """The entry called ``name``; an architecture name with no entry of its own (a unified model's) or
-    asked for trained weights resolves to its default tag. None when nothing matches."""
+    """The entry called exactly ``name`` (None when there is none); :func:`trained_weights` resolves an
+    architecture name to its default tag."""
     entries = {e.name: e for e in list_models(kind)}
     return entries.get(str(name))
 

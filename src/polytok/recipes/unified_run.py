@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from polytok.config import REQUIRED, from_dict, load_yaml_with_overrides
 from polytok.recipes.sections import DataSection, build_training_dataset, write_run_record
 from polytok.recipes.unified_objective import UnifiedObjective
+from polytok.tokensets.shards import holds_shards
 from polytok.train import TrainConfig, Trainer
 from polytok.train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from polytok.train.trainer import Callback
@@ -172,13 +173,6 @@ def _sequence_batch(fields: dict, device: torch.device):
     return SequenceBatch(**fields).to(device)
 
 
-def is_token_set(name: str) -> bool:
-    """True when ``name`` is a directory of token shards (complete or not) rather than images."""
-    from polytok.tokensets.shards import holds_shards
-
-    return holds_shards(name)
-
-
 def check_token_set(path: str, tokenizer: Any, tokenizer_name: str, grid: tuple[int, int]) -> dict:
     """The manifest of the token set at ``path``; refused unless ``tokenizer`` made it at ``grid``."""
     from polytok.models.identity import identity_difference, tokenizer_identity
@@ -229,7 +223,7 @@ def _heldout_dataset(config: UnifiedRunConfig, tokenizer: Any, grid: tuple[int, 
         return None
     data = config.data
     source = section.heldout_data or data.name.split("+")[0]
-    if is_token_set(source):
+    if holds_shards(source):
         if section.heldout_data is None:
             raise ValueError(
                 f"data.name {source} is a token set: name the held-out data with unified.heldout_data "
@@ -264,7 +258,7 @@ def train_unified(
     try:
         tokenizer = load_image_tokenizer(section.tokenizer, section.allow_untrained)
         grid = image_grid(tokenizer, config.data.image_size)
-        if dataset is None and is_token_set(config.data.name):
+        if dataset is None and holds_shards(config.data.name):
             check_token_set(config.data.name, tokenizer, section.tokenizer, grid)
             dataset = token_set_dataset(config.data.name, config.data.options, config.train.seed)
         elif dataset is None:
