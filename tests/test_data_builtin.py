@@ -288,3 +288,25 @@ def test_validation_photos_appear_in_no_training_data():
     assert drawn == train
     photos = PhotoCrops("train", image_size=32, length=64)
     assert {PHOTO_SOURCES[photos[i]["label"]][0] for i in range(64)} <= train
+
+
+def test_shapes_negative_captions_differ_in_the_shape_word_only():
+    from polytok.data.loader import collate
+
+    data = ShapesDataset(split="train", image_size=32)
+    for i in range(20):
+        item = data[i]
+        words = item["caption"].split()
+        negatives = item["negative_captions"]
+        assert len(negatives) == len(SHAPES) - 1 and len(set(negatives)) == len(negatives)
+        assert item["caption"] not in negatives
+        names = SHAPES if item["attributes"]["count"] == 0 else SHAPE_PLURALS
+        for negative in negatives:
+            other = negative.split()
+            assert len(other) == len(words)
+            changed = [k for k in range(len(words)) if words[k] != other[k]]
+            assert len(changed) == 1 and words[changed[0]] in names and other[changed[0]] in names
+    photos = PhotoCrops(split="train", image_size=32)
+    batch = collate([data[0], photos[0]])
+    assert batch["negative_captions"] == [data[0]["negative_captions"], []]
+    assert "negative_captions" not in collate([photos[0], photos[1]])

@@ -237,3 +237,35 @@ def test_contrastive_external_logit_scale_matches_own_scale() -> None:
     assert torch.allclose(out.loss, own(img, txt).loss, atol=1e-6)
     out.loss.backward()
     assert scale.grad is not None and scale.grad != 0
+
+
+def test_clip_hard_negatives_match_naive_loop() -> None:
+    """Each image's own negatives join its image-to-text row as extra wrong columns; masked ones do not
+    count; text-to-image is unchanged (naive loops over rows as reference)."""
+    gen = torch.Generator().manual_seed(3)
+    images, texts = torch.randn(4, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    negatives = torch.randn(4, 3, 5, generator=gen)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    scale = 1 / 0.07
+    out = ClipContrastiveLoss()(images, texts, negatives=negatives, negative_mask=mask)
+
+    img = F.normalize(images, dim=-1).double()
+    txt = F.normalize(texts, dim=-1).double()
+    neg = F.normalize(negatives, dim=-1).double()
+    i2t, beaten = 0.0, 0
+    for i in range(4):
+        logits = [scale * float(img[i] @ txt[j]) for j in range(4)]
+        logits += [scale * float(img[i] @ neg[i, k]) for k in range(3) if mask[i, k]]
+        top = max(logits)
+        i2t += top + math.log(sum(math.exp(v - top) for v in logits)) - logits[i]
+        beaten += all(v < logits[i] for v in logits[4:])
+    _, t2i = _naive_clip_loss(images, texts, scale)
+    assert float(out.terms["image_to_text"]) == pytest.approx(i2t / 4, rel=1e-5)
+    assert float(out.terms["text_to_image"]) == pytest.approx(t2i, rel=1e-5)
+    assert float(out.terms["negative_accuracy"]) == pytest.approx(beaten / 4)
+    plain = ClipContrastiveLoss()(images, texts)
+    assert float(out.terms["image_to_text"]) > float(plain.terms["image_to_text"])  # negatives only add
+    with pytest.raises(ValueError, match="negatives"):
+        ClipContrastiveLoss()(images, texts, negatives=negatives[:, :, :4])
+    with pytest.raises(ValueError, match="negative_mask"):
+        ClipContrastiveLoss()(images, texts, negatives=negatives, negative_mask=mask[:, :2])

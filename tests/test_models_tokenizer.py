@@ -440,3 +440,21 @@ def test_siglip_encoder_stops_at_its_feature_layer(feature_layer):
     assert grid == (4, 4)
     torch.testing.assert_close(tokens, expected, atol=1e-6, rtol=0)
     assert n_run == (feature_layer if feature_layer > 0 else len(layers) + 1 + feature_layer)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in SMALL if get_preset_dict(n)["semantic"]["kind"] == "contrastive"][:1]
+)
+def test_forward_embeds_each_images_negative_texts(name):
+    """Per-image lists of hard negatives come back as (B, K, E) embeddings equal to encode_text's, with a
+    mask that marks the padding of shorter lists."""
+    tok = small(name).eval()
+    negatives = [["a red circle", "a red square"], [], ["a blue star"]]
+    with torch.no_grad():
+        out = tok(torch.rand(3, 3, 64, 64), ["a", "b", "c"], negatives)
+        expected = tok.encode_text(["a red circle", "a red square", "a blue star"])
+    assert out.negative_text_embedding.shape == (3, 2, tok.config.semantic.embed_dim)
+    assert out.negative_mask.tolist() == [[True, True], [False, False], [True, False]]
+    torch.testing.assert_close(out.negative_text_embedding[0], expected[:2])
+    torch.testing.assert_close(out.negative_text_embedding[2, 0], expected[2])
+    assert float(out.negative_text_embedding[1].abs().sum()) == 0.0

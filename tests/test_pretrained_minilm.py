@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from polytok.pretrained import MiniLMTextEncoder, MissingWeightsError, load_pretrained
 from polytok.pretrained.minilm import _resolve_model_dir
@@ -78,3 +79,21 @@ def test_missing_folder_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{}")  # a folder without weights
     with pytest.raises(MissingWeightsError, match=r"model\.safetensors"):
         load_pretrained("minilm-l6", weights_path=tmp_path)
+
+
+def test_frozen_tower_encodes_each_text_once_with_the_same_features() -> None:
+    """The frozen tower's feature cache returns exactly what the encoder computes, in the texts' order,
+    duplicates included."""
+    from polytok.models.config import TextTowerConfig
+    from polytok.models.text import PretrainedTextTower
+
+    tower = PretrainedTextTower(TextTowerConfig(kind="minilm-l6", freeze=True), 16)
+    texts = ["a red square", "two blue stars", "a red square"]
+    first = tower.encode(texts)
+    assert len(tower._feature_cache) == 2
+    again = tower.encode(["two blue stars", "a cyan cross"])
+    with torch.no_grad():
+        direct = F.normalize(tower.projection(tower.encoder.encode([*texts, "a cyan cross"])), dim=-1)
+    torch.testing.assert_close(first, direct[:3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, direct[[1, 3]], rtol=0, atol=1e-5)
+    assert first[0].requires_grad  # the projection still trains

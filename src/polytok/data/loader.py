@@ -4,7 +4,8 @@ A batch is a dict::
 
     {"image": (B, 3, H, W) float in [0, 1], "caption": list[str], "label": LongTensor (B,) (-1 = none),
      "key": list[str] (when samples have keys), "attributes": {task: LongTensor (B,)} (shapes only),
-     "object_mask": (B, 1, H, W) float in [0, 1] (when some sample has one; zeros for those without)}
+     "object_mask": (B, 1, H, W) float in [0, 1] (when some sample has one; zeros for those without),
+     "negative_captions": list of B lists of str (when some sample has them; [] for those without)}
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def collate(samples: Sequence[dict]) -> dict:
         "caption": [s.get("caption", "") for s in samples],
         "label": torch.tensor([int(s.get("label", -1)) for s in samples], dtype=torch.long),
     }
+    if any("negative_captions" in s for s in samples):
+        # hard-negative captions per image (shapes: the shape word swapped); none for photos
+        batch["negative_captions"] = [list(s.get("negative_captions", [])) for s in samples]
     if all("key" in s for s in samples):
         batch["key"] = [s["key"] for s in samples]
     if any("object_mask" in s for s in samples):

@@ -218,6 +218,17 @@ def caption_for(attributes: dict[str, int]) -> str:
     )
 
 
+def shape_negative_captions(attributes: dict[str, int]) -> list[str]:
+    """The caption of ``attributes`` with its shape replaced by each other shape, in shape order: five
+    captions that differ from the true one in the shape word only. Hard negatives for a contrastive loss
+    (``loss.caption_negatives``): colour, count, position and background cannot tell them apart."""
+    return [
+        caption_for({**attributes, "shape": other})
+        for other in range(len(SHAPES))
+        if other != attributes["shape"]
+    ]
+
+
 def task_label(attributes: dict[str, int], task: str) -> int:
     """Class index of ``task`` for a sample's attribute indices (``object`` = shape * 7 + colour)."""
     if task == "object":
@@ -255,8 +266,10 @@ class ShapesDataset(Dataset):
     """Captioned synthetic shapes with attribute labels and held-out (shape, colour) pairs.
 
     Each item: ``{"image": (3, S, S) float in [0, 1], "object_mask": (1, S, S) float in [0, 1], "caption":
-    str, "label": int, "attributes": {task: int}}`` where ``label`` is the class of ``label_task`` and
-    ``object_mask`` each pixel's coverage by the objects (what ``loss.object_weight`` up-weights).
+    str, "negative_captions": [5 str], "label": int, "attributes": {task: int}}`` where ``label`` is the
+    class of ``label_task``, ``object_mask`` each pixel's coverage by the objects (what
+    ``loss.object_weight`` up-weights) and ``negative_captions`` the caption with each other shape
+    (:func:`shape_negative_captions`).
 
     Args:
         split: ``"train"``, ``"val"`` (same pairs as train, other samples) or ``"heldout"``
@@ -354,6 +367,7 @@ class ShapesDataset(Dataset):
             "image": image,
             "object_mask": object_mask,
             "caption": caption_for(attributes),
+            "negative_captions": shape_negative_captions(attributes),
             "label": task_label(attributes, self.label_task),
             "attributes": attributes,
         }

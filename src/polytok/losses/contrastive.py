@@ -55,6 +55,12 @@ class ClipContrastiveLoss(nn.Module):
     Call: ``loss(image_emb, text_emb)`` with (B, D) each; row i of both is a matching pair. Returns a
     :class:`LossOutput` with terms ``image_to_text``, ``text_to_image``, ``contrastive`` (their mean),
     ``logit_scale`` (the exp'd scale), ``accuracy`` (image->text top-1 on this rank's rows).
+
+    Hard negatives (NegCLIP, Yuksekgonul et al. 2023): ``negatives`` (B, K, D) are texts that must not
+    match image i although they differ from its caption in one attribute only (e.g. the shape word);
+    they join image i's image-to-text logits as K more wrong columns (``negative_mask`` (B, K) marks
+    the real ones; images without negatives pad and mask). Text-to-image is unchanged. Then also
+    ``negative_accuracy``: the share of images whose caption beats all of their own negatives.
     """
 
     def __init__(
@@ -83,9 +89,17 @@ class ClipContrastiveLoss(nn.Module):
         """exp(clamped log-scale), the factor multiplying cosine similarities."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | None = None) -> LossOutput:
+    def forward(
+        self,
+        image_emb: Tensor,
+        text_emb: Tensor,
+        logit_scale: Tensor | None = None,
+        negatives: Tensor | None = None,
+        negative_mask: Tensor | None = None,
+    ) -> LossOutput:
         """``logit_scale``: an exp'd scale computed by the model's forward (open_clip style), used instead
-        of this module's own; under DDP a scale that lives in the model must come through its forward."""
+        of this module's own; under DDP a scale that lives in the model must come through its forward.
+        ``negatives`` (B, K, D) and ``negative_mask`` (B, K) bool: hard negative texts per image."""
         if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape != text_emb.shape:
             raise ValueError(
                 f"expected image and text embeddings of the same shape (B, D), got {tuple(image_emb.shape)} "
@@ -103,11 +117,19 @@ class ClipContrastiveLoss(nn.Module):
         logits_image_to_text = scale * image_emb @ all_texts.t()  # (B, world * B)
         logits_text_to_image = scale * text_emb @ all_images.t()
         labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
+        terms: dict[str, Tensor] = {}
+        if negatives is not None:
+            own = self._negative_logits(image_emb, negatives, negative_mask, scale)  # (B, K)
+            true = logits_image_to_text.gather(1, labels[:, None])
+            beaten = (own < true) | ~torch.isfinite(own)
+            terms["negative_accuracy"] = detached(beaten.all(dim=1).float().mean())
+            logits_image_to_text = torch.cat([logits_image_to_text, own], dim=1)
         loss_i2t = F.cross_entropy(logits_image_to_text, labels)
         loss_t2i = F.cross_entropy(logits_text_to_image, labels)
         value = 0.5 * (loss_i2t + loss_t2i)
         accuracy = (logits_image_to_text.argmax(dim=1) == labels).float().mean()
         terms = {
+            **terms,
             "image_to_text": detached(loss_i2t),
             "text_to_image": detached(loss_t2i),
             "contrastive": detached(value),
@@ -115,3 +137,22 @@ class ClipContrastiveLoss(nn.Module):
             "accuracy": detached(accuracy),
         }
         return LossOutput(self.weight * value, terms)
+
+    def _negative_logits(
+        self, image_emb: Tensor, negatives: Tensor, mask: Tensor | None, scale: Tensor
+    ) -> Tensor:
+        """(B, K) scaled similarities of each image to its own negatives; masked ones -inf."""
+        b = image_emb.shape[0]
+        if negatives.dim() != 3 or negatives.shape[0] != b or negatives.shape[2] != image_emb.shape[1]:
+            raise ValueError(
+                f"expected negatives (B, K, D) = ({b}, K, {image_emb.shape[1]}), got {tuple(negatives.shape)}"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(negatives.shape[:2]):
+            raise ValueError(f"negative_mask must be {tuple(negatives.shape[:2])}, got {tuple(mask.shape)}")
+        negatives = negatives.float()
+        if self.normalize:
+            negatives = F.normalize(negatives, dim=-1)
+        logits = scale * torch.einsum("bd,bkd->bk", image_emb, negatives)
+        if mask is not None:
+            logits = logits.masked_fill(~mask.bool(), float("-inf"))
+        return logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -165,10 +166,32 @@ class PretrainedTextTower(nn.Module):
 
     def encode(self, texts: Sequence[str]) -> Tensor:
         texts = _check_texts(texts)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        if self.frozen:
+            feats = self._frozen_features(texts)
+        else:
             feats = self.encoder.encode(texts)
         feats = feats.to(self.projection.weight.device, self.projection.weight.dtype)
         return F.normalize(self.projection(feats), dim=-1)
+
+    def _frozen_features(self, texts: list[str]) -> Tensor:
+        """The frozen encoder's features (B, C), each distinct text encoded once: captions repeat across
+        steps (a caption set of a few thousand, hard negatives x5), and a frozen encoder in eval mode
+        gives the same features every time."""
+        cache = self.__dict__.setdefault("_feature_cache", OrderedDict())
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            with torch.no_grad():
+                new = self.encoder.encode(missing).detach()
+            for text, feat in zip(missing, new, strict=True):
+                cache[text] = feat
+            while len(cache) > _TEXT_CACHE_SIZE:
+                cache.popitem(last=False)
+        for text in texts:
+            cache.move_to_end(text)
+        return torch.stack([cache[t] for t in texts])
+
+
+_TEXT_CACHE_SIZE = 65536  # distinct texts kept per tower (384 floats each for MiniLM: ~100 MB at most)
 
 
 def _probe_text_width(encoder: nn.Module) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.config import ConfigError, load_file, merge
@@ -56,6 +57,8 @@ class TokenizerOutput:
         semantic_tokens: (B, N, C) per-token semantic features (distillation: the semantic decoder output).
         teacher_features: (B, N, C) frozen teacher features on the token grid (distillation), else None.
         text_embedding: (B_text, E) L2-normalised text embedding when texts were given.
+        negative_text_embedding: (B, K, E) embeddings of each image's hard negative texts when given
+            (rows padded to the longest list), with ``negative_mask`` (B, K) bool marking the real ones.
         logit_scale: scalar exp(log scale), clamped at the configured maximum (contrastive).
     """
 
@@ -68,6 +71,8 @@ class TokenizerOutput:
     semantic_tokens: Tensor | None = None
     teacher_features: Tensor | None = None
     text_embedding: Tensor | None = None
+    negative_text_embedding: Tensor | None = None
+    negative_mask: Tensor | None = None
     logit_scale: Tensor | None = None
 
 
@@ -88,6 +93,15 @@ def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Mod
     if in_dim != out_dim:
         raise ValueError(f"projection kind 'identity' needs equal widths, got {in_dim} -> {out_dim}")
     return nn.Identity()
+
+
+def _semantic_chunk(cfg: QuantizerConfig, semantic_channels: int) -> int:
+    """Channels of the semantic group normalised together: one codebook's, or the whole group."""
+    codebooks = cfg.num_codebooks or 1
+    width = cfg.dim // codebooks
+    if codebooks > 1 and semantic_channels and semantic_channels % width == 0:
+        return width
+    return max(1, semantic_channels)
 
 
 def _normalised_chunk(cfg: QuantizerConfig) -> int | None:
@@ -209,6 +223,7 @@ class Tokenizer(nn.Module):
         self.num_levels = self.quantizer.num_levels
         self.linear_path: PatchPCA | None = None
         self.linear_channels = q.dim - cfg.semantic_channels  # the latent channels the linear path fills
+        self.semantic_chunk = _semantic_chunk(q, cfg.semantic_channels)
         if cfg.linear_path:
             self.linear_path = PatchPCA(self.stride, self.linear_channels, chunk=_normalised_chunk(q))
             if cfg.linear_path_gates:
@@ -436,7 +451,9 @@ class Tokenizer(nn.Module):
             linear = self.linear_path.encode(x) + self.linear_path_in(z)
         if k == z.shape[-1]:
             return linear, grid
-        return torch.cat([linear, z[..., k:]], dim=-1), grid  # the semantic channels: the network's alone
+        # the semantic channels: the network's alone, unit norm per codebook (cosine codes)
+        own = F.normalize(z[..., k:].unflatten(-1, (-1, self.semantic_chunk)), dim=-1).flatten(-2)
+        return torch.cat([linear, own], dim=-1), grid
 
     def _linear_path_on(self) -> bool:
         """The linear path acts once fitted; before (an untrained tokenizer) the networks act alone."""
@@ -480,8 +497,14 @@ class Tokenizer(nn.Module):
 
     # -- training forward -------------------------------------------------------------------------
 
-    def forward(self, images: Any, texts: Sequence[str] | None = None) -> TokenizerOutput:
-        """Full pass for training: reconstruction from the pixel prefix, semantics from the full code."""
+    def forward(
+        self,
+        images: Any,
+        texts: Sequence[str] | None = None,
+        negative_texts: Sequence[Sequence[str]] | None = None,
+    ) -> TokenizerOutput:
+        """Full pass for training: reconstruction from the pixel prefix, semantics from the full code.
+        ``negative_texts``: per image, texts it must not match (hard negatives; contrastive presets)."""
         x = self._prepare(images)
         if self.training and self.linear_path is not None and not bool(self.linear_path.fitted):
             # on the first training batch, before the quantizer's, so a k-means init clusters its latents
@@ -509,7 +532,26 @@ class Tokenizer(nn.Module):
             out.logit_scale = self.logit_scale
             if texts is not None:
                 out.text_embedding = self.encode_text(texts)
+            if negative_texts is not None:
+                out.negative_text_embedding, out.negative_mask = self._encode_negatives(negative_texts)
         return out
+
+    def _encode_negatives(self, negative_texts: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+        """Per-image lists of texts -> ((B, K, E) embeddings, (B, K) mask), K the longest list (>= 1)."""
+        counts = [len(t) for t in negative_texts]
+        k = max(1, *counts) if counts else 1
+        flat = [text for texts in negative_texts for text in texts]
+        dim = self.config.semantic.embed_dim
+        padded = torch.zeros(len(counts), k, dim, device=self.device)
+        mask = torch.zeros(len(counts), k, dtype=torch.bool, device=self.device)
+        if flat:
+            embedded = self.encode_text(flat)
+            padded = padded.to(embedded.dtype)
+            rows = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+            cols = torch.cat([torch.arange(c) for c in counts])
+            padded = padded.index_put((rows, cols), embedded)
+            mask[rows, cols] = True
+        return padded, mask
 
     # -- public encode / decode -------------------------------------------------------------------
 

@@ -49,6 +49,10 @@ class LossConfig:
     object_weight: float = 1.0
     quantizer: float = 1.0
     semantic: float = 1.0
+    # contrastive: add each image's hard negative captions (the data's ``negative_captions``; shapes:
+    # its caption with the shape word swapped) to its image-to-text logits (NegCLIP), so that the
+    # image embedding must tell what those captions differ in, not only what a batch differs in
+    caption_negatives: bool = False
     distill_folds: int = 4
     distill_fold_weight: float = 1.0
     gan: Literal["none", "patchgan", "dino"] = "none"
@@ -147,7 +151,8 @@ class TokenizerObjective:
         self.reconstruction.to(images.device)
         contrastive = self.semantic_kind == "contrastive" and self.config.semantic > 0
         texts = batch.get("caption") if contrastive else None  # weight 0: the text tower need not run
-        out = model(images, texts)
+        negatives = batch.get("negative_captions") if contrastive and self.config.caption_negatives else None
+        out = model(images, texts, negatives) if negatives is not None else model(images, texts)
         logs: dict[str, Tensor] = {}
         rec = self.reconstruction(out.reconstruction.float(), images.float(), self.pixel_weight(batch))
         total = rec.loss
@@ -160,7 +165,13 @@ class TokenizerObjective:
         if self.semantic_kind == "contrastive" and self.config.semantic > 0:
             if out.text_embedding is None:
                 raise ValueError("contrastive semantics need a 'caption' list in every batch")
-            sem = self.contrastive(out.semantic_embedding, out.text_embedding, logit_scale=out.logit_scale)
+            sem = self.contrastive(
+                out.semantic_embedding,
+                out.text_embedding,
+                logit_scale=out.logit_scale,
+                negatives=out.negative_text_embedding,
+                negative_mask=out.negative_mask,
+            )
             total = total + sem.loss
             logs.update(sem.prefixed("clip/"))
         elif self.distillation is not None and self.config.semantic > 0:
