@@ -1,4 +1,5 @@
-"""VQGAN-style convolutional decoder (residual blocks, GroupNorm, one attention stage at low resolution)."""
+"""VQGAN-style convolutional encoder and decoder (residual blocks, GroupNorm, one attention stage at the
+lowest resolution)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,68 @@ class VQGANDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.levels(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VQGANEncoder(nn.Module):
+    """Image (B, in_ch, H, W) -> latent map (B, z_ch, H / 2^(len(ch_mult)-1), ...): the mirror of
+    :class:`VQGANDecoder`.
+
+    conv_in -> for each level from the finest: ``num_res_blocks`` residual blocks to ``ch * ch_mult[i]``
+    channels (attention after each at the lowest resolution) and a stride-2 downsampling (except the last)
+    -> mid (res, attention, res) -> GN -> SiLU -> conv_out. LlamaGen's VQ-16: ch 128, ch_mult
+    (1, 1, 2, 2, 4), 2 blocks per level, z_ch 256 -> /16.
+    """
+
+    def __init__(
+        self,
+        z_ch: int,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        in_ch: int = 3,
+        norm_groups: int = 32,
+        attn_lowest: bool = True,
+    ) -> None:
+        super().__init__()
+        widths = [ch * m for m in ch_mult]
+        self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
+        levels = []
+        prev = ch
+        for i, width in enumerate(widths):
+            blocks: list[nn.Module] = []
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(prev, width, norm_groups))
+                prev = width
+                if attn_lowest and i == len(widths) - 1:
+                    blocks.append(SpatialSelfAttention(prev, norm_groups))
+            if i < len(widths) - 1:
+                blocks.append(Downsample2d(prev))
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.Sequential(*levels)
+        self.mid = nn.Sequential(
+            ResBlock(prev, prev, norm_groups),
+            SpatialSelfAttention(prev, norm_groups),
+            ResBlock(prev, prev, norm_groups),
+        )
+        self.norm_out = _group_norm(prev, norm_groups)
+        self.conv_out = nn.Conv2d(prev, z_ch, 3, padding=1)
+        self.factor = 2 ** (len(ch_mult) - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.mid(self.levels(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Downsample2d(nn.Module):
+    """Halve the resolution: conv 3x3 stride 2 after one row and one column of zeros on the bottom and
+    right (VQGAN's asymmetric padding: output pixel i reads input rows 2i .. 2i + 2)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class _NearestConvUp(Upsample2d):
