@@ -269,7 +269,7 @@ def test_llamagen_vq16_preset_is_the_published_network():
 
 def test_vqgan_encoder_pads_like_vqgan_and_downsamples_by_its_factor():
     torch.manual_seed(0)
-    enc = VQGANEncoder(4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1).eval()
+    enc = VQGANEncoder(4, (32, 64, 64), num_res_blocks=1).eval()
     assert enc.factor == 4
     with torch.no_grad():
         assert enc(torch.randn(1, 3, 24, 40)).shape == (1, 4, 6, 10)
@@ -279,3 +279,14 @@ def test_vqgan_encoder_pads_like_vqgan_and_downsamples_by_its_factor():
     with torch.no_grad():
         y = down(x) - down(torch.zeros_like(x))
     assert y[..., :1, :].abs().max() == 0 and y[..., 1, 1].abs().max() > 0
+
+
+def test_cnn_encoder_config_is_checked():
+    from polytok.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"encoder\.ch_mult"):
+        Tokenizer.from_preset("llamagen-vq16", encoder={"ch_mult": []})
+    with pytest.raises(ConfigError, match=r"encoder\.num_res_blocks"):
+        Tokenizer.from_preset("llamagen-vq16", encoder={"num_res_blocks": 0})
+    with pytest.raises(ValueError, match="encoder stride is 8"):  # encoder and decoder must mirror
+        Tokenizer.from_preset("llamagen-vq16", encoder={"ch": 32, "ch_mult": [1, 2, 2, 4]})

@@ -38,9 +38,9 @@ LLAMAGEN_REDUCED_ARGS = {
 LLAMAGEN_REDUCED_ARCH = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 16}
 
 
-def build_official_vq(module, args: dict, arch: dict, seed: int) -> nn.Module:
+def build_official_vq(module, args: dict, arch: dict, seed: int, *, half_values: bool = True) -> nn.Module:
     """The official ``VQModel`` of ``module`` (LlamaGen's or Janus' file) at ``arch``, seeded, norms and
-    biases perturbed, weights rounded to float16 values, in eval mode."""
+    biases perturbed, weights rounded to float16 values (``half_values``), in eval mode."""
     torch.manual_seed(seed)
     model = module.VQModel(
         module.ModelArgs(
@@ -57,9 +57,10 @@ def build_official_vq(module, args: dict, arch: dict, seed: int) -> nn.Module:
     model.decoder = module.Decoder(z_channels=arch["z_channels"], **widths)
     model.eval()
     perturb(model, seed + 100)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(param.half().float())
+    if half_values:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.half().float())
     return model
 
 

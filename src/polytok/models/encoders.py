@@ -66,9 +66,8 @@ class CNNEncoder(ImageEncoder):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.cnn = VQGANEncoder(
-            cfg.width, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, norm_groups=cfg.norm_groups
-        )
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        self.cnn = VQGANEncoder(cfg.width, widths, cfg.num_res_blocks, norm_groups=cfg.norm_groups)
         self.stride, self.width = self.cnn.factor, cfg.width
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
