@@ -171,6 +171,20 @@ def test_janus_generation_tokenizer_converts_from_its_model_files(llamagen, tmp_
     check_outputs(Tokenizer.from_pretrained(out).eval(), tensors)
     prefix, picked, args, _ = read_llamagen_source(folder)
     assert prefix == JANUS_PREFIX and args is None and all(k.startswith(JANUS_PREFIX) for k in picked)
+    # pickled shards with their index (Janus-Pro-7B's layout); the second in torch's legacy format,
+    # which is read whole (no memory map)
+    bins = tmp_path / "janus-bin"
+    bins.mkdir()
+    shard_names = {
+        "pytorch_model-00001-of-00002.bin": names[::2],
+        "pytorch_model-00002-of-00002.bin": names[1::2],
+    }
+    for i, (shard, keys) in enumerate(shard_names.items()):
+        torch.save({k: full[k] for k in keys}, bins / shard, _use_new_zipfile_serialization=i == 0)
+    weight_map = {k: shard for shard, keys in shard_names.items() for k in keys}
+    (bins / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    out = convert_checkpoint("llamagen", bins, tmp_path / "c", config=cfg)
+    check_outputs(Tokenizer.from_pretrained(out).eval(), tensors)
 
 
 def test_janus_bfloat16_weights_convert_to_a_float32_tokenizer(llamagen, tmp_path):
