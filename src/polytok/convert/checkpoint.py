@@ -37,12 +37,14 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return f"{path} is not a torch checkpoint (neither torch.save's zip archive nor a pickle)"
 
 
-def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Load a torch checkpoint with ``weights_only=True`` (tensors, plain containers, dtypes and
     ``argparse.Namespace``, which EvoTok stores its arguments in).
 
     A file that needs more is refused unless ``trusted``: a full unpickling runs code from the file.
-    An empty, truncated or foreign file is a :class:`ConversionError` saying so.
+    An empty, truncated or foreign file is a :class:`ConversionError` saying so. ``mmap``: map the
+    tensors of a zip archive from disk instead of reading them whole (a large file of which a part is
+    converted); ignored for the legacy pickle format.
     """
     import zipfile
 
@@ -55,7 +57,9 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     damaged = (EOFError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
+            )
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         if not found and "Weights only load failed" not in str(exc):  # not a refusal: broken bytes

@@ -1,4 +1,5 @@
-"""``polytok convert {unitok,evotok} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok checkpoint."""
+"""``polytok convert {unitok,evotok,llamagen} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from polytok.convert.checkpoint import read_checkpoint
 from polytok.convert.state import ConversionError
 
-DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l"}
+DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l", "llamagen": "llamagen-vq16"}
 
 
 def convert_checkpoint(
@@ -21,8 +22,8 @@ def convert_checkpoint(
     trusted: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Read ``checkpoint`` (of ``system`` "unitok" or "evotok"), convert it into ``config`` (default: the
-    system's large preset; a TokenizerConfig, a dict or a config file) and ``save_pretrained`` it.
+    """Read ``checkpoint`` (of ``system``, a key of ``DEFAULT_PRESETS``), convert it into ``config``
+    (default: the system's preset; a TokenizerConfig, a dict or a config file) and ``save_pretrained`` it.
     An ``out_dir`` that already holds something (another tokenizer) is refused unless ``overwrite``."""
     from polytok.models.config import TokenizerConfig
 
@@ -45,6 +46,10 @@ def convert_checkpoint(
         cfg = TokenizerConfig.from_dict(config)
     else:
         cfg = TokenizerConfig.from_file(config)
+    if system == "llamagen":  # a LlamaGen checkpoint, or a Janus model file or folder
+        from polytok.convert.llamagen import convert_llamagen_file
+
+        return convert_llamagen_file(checkpoint, cfg, trusted=trusted).save_pretrained(out_dir)
     obj = read_checkpoint(checkpoint, trusted=trusted)
     if system == "unitok":
         from polytok.convert.unitok import convert_unitok
@@ -58,9 +63,12 @@ def convert_checkpoint(
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an official UniTok / EvoTok checkpoint to polytok")
+    p = sub.add_parser("convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) to polytok")
     p.add_argument("system", choices=sorted(DEFAULT_PRESETS), help="which official code wrote the file")
-    p.add_argument("checkpoint", help="the official torch checkpoint (.pth / .pt)")
+    p.add_argument(
+        "checkpoint",
+        help="the official torch checkpoint (.pth / .pt); llamagen also a Janus model file or folder",
+    )
     p.add_argument("out_dir", help="directory for config.json + model.safetensors")
     p.add_argument("--config", default=None, help="target tokenizer config file (default: the large preset)")
     p.add_argument(

@@ -21,14 +21,18 @@ class EncoderConfig:
     """Image encoder.
 
     kind: "hybrid_vit" (ViTamin-style conv stem + transformer), "vit" (patch embedding + transformer,
-    sin-cos positions), "siglip2" / "siglip" (a ``transformers`` SigLIP(2) vision tower).
+    sin-cos positions), "siglip2" / "siglip" (a ``transformers`` SigLIP(2) vision tower), "cnn" (the
+    VQGAN-style CNN of LlamaGen: ``ch``, ``ch_mult``, ``num_res_blocks``, ``norm_groups``; ``width`` is
+    its output channels, stride ``2 ** (len(ch_mult) - 1)``).
     For the ``transformers`` kinds, ``hf_config`` holds the vision config, ``weights`` a local directory
     or a Hugging Face id already in the local cache (None: random init), and ``feature_layer`` which
     hidden state to use (-2: second-to-last layer). ``freeze_last_blocks`` freezes the final blocks,
     whose output is unused when reading an earlier layer.
     """
 
-    kind: Literal["hybrid_vit", "vit", "siglip2", "siglip"] = field(default="hybrid_vit", metadata=REQUIRED)
+    kind: Literal["hybrid_vit", "vit", "siglip2", "siglip", "cnn"] = field(
+        default="hybrid_vit", metadata=REQUIRED
+    )
     width: int = 1024
     depth: int = 31
     heads: int = 16
@@ -45,6 +49,10 @@ class EncoderConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     grad_checkpointing: bool = False
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    num_res_blocks: int = 2
+    norm_groups: int = 32
 
 
 @dataclass
@@ -240,6 +248,9 @@ def validate(cfg: TokenizerConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     e, q, p, s = cfg.encoder, cfg.quantizer, cfg.pixel_decoder, cfg.semantic
     _positive(e, "encoder", ["width", "depth", "heads", "stem_width", "patch_size", "mlp_ratio"])
+    _positive(e, "encoder", ["ch", "num_res_blocks", "norm_groups"])
+    if e.kind == "cnn" and (not e.ch_mult or any(m <= 0 for m in e.ch_mult)):
+        raise ConfigError(f"config key encoder.ch_mult must be non-empty and positive, got {e.ch_mult}")
     _positive(q, "quantizer", ["dim", "codebook_size", "num_codebooks", "levels", "codebook_dim"])
     _positive(
         p, "pixel_decoder", ["width", "depth", "heads", "ch", "num_res_blocks", "norm_groups", "z_channels"]

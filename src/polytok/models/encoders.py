@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from polytok.models.config import EncoderConfig
-from polytok.nn import HybridConvStem, Transformer, sincos_2d
+from polytok.nn import HybridConvStem, Transformer, VQGANEncoder, sincos_2d
 
 
 class ImageEncoder(nn.Module):
@@ -58,6 +58,22 @@ class ViTEncoder(ImageEncoder):
         tokens = fmap.flatten(2).transpose(1, 2)
         tokens = tokens + sincos_2d(h, w, self.width, device=x.device, dtype=tokens.dtype)
         return self.norm(self.transformer(tokens)), (h, w)
+
+
+class CNNEncoder(ImageEncoder):
+    """LlamaGen's VQGAN-style CNN (:class:`polytok.nn.VQGANEncoder`): no tokens until its last map, read
+    position by position. ``width`` is its output channels (LlamaGen: 256, before ``quant_conv``)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        self.cnn = VQGANEncoder(cfg.width, widths, cfg.num_res_blocks, norm_groups=cfg.norm_groups)
+        self.stride, self.width = self.cnn.factor, cfg.width
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        fmap = self.cnn(x)
+        h, w = fmap.shape[-2:]
+        return fmap.flatten(2).transpose(1, 2), (h, w)
 
 
 # SigLIP2-L/16 at 256 px (google/siglip2-large-patch16-256), vision tower only.
@@ -203,4 +219,6 @@ def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> ImageEncoder
         return HybridViTEncoder(cfg)
     if cfg.kind == "vit":
         return ViTEncoder(cfg)
+    if cfg.kind == "cnn":
+        return CNNEncoder(cfg)
     return HFSiglipEncoder(cfg, load_weights)

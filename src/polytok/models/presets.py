@@ -110,6 +110,29 @@ EVOTOK_L: dict[str, Any] = {
     },
 }
 
+# LlamaGen's VQ-16 (FoundationVision/LlamaGen, tokenizer/tokenizer_image/vq_model.py; Janus' generation
+# tokenizer is the same network): a VQGAN CNN down to stride 16, a 1 x 1 conv (quant_conv) to 8-d codes, one
+# codebook of 16384 L2-normalised codes, a 1 x 1 conv (post_quant_conv) back to 256 channels and the mirrored
+# CNN up. No semantic branch.
+_LLAMAGEN_CNN = {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2}
+LLAMAGEN_VQ16: dict[str, Any] = {
+    "name": "llamagen-vq16",
+    "image_size": 256,
+    "encoder": {"kind": "cnn", "width": 256, **_LLAMAGEN_CNN},
+    "projection": {"kind": "linear"},
+    "post_projection": {"kind": "identity"},
+    "quantizer": {
+        "kind": "vq",
+        "dim": 8,
+        "codebook_size": 16384,
+        "normalize": True,
+        "update": "grad",
+        "beta": 0.25,
+    },
+    "pixel_decoder": {"kind": "cnn", "z_channels": 256, **_LLAMAGEN_CNN},
+    "semantic": {"kind": "none"},
+}
+
 # The tiny presets mirror the 256 px originals at 64 px: a 16 x 16 token grid (stride 4), widths of 128,
 # three transformer blocks on each side, and a linear patch head instead of conv upsampling (the cheapest
 # decoder per step on a CPU; both decoders stay available by config). Each adds the linear patch codec
@@ -235,6 +258,7 @@ POLYTOK_TINY: dict[str, Any] = {
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "unitok-l": UNITOK_L,
     "evotok-l": EVOTOK_L,
+    "llamagen-vq16": LLAMAGEN_VQ16,
     "unitok-tiny": UNITOK_TINY,
     "evotok-tiny": EVOTOK_TINY,
     "polytok-tiny": POLYTOK_TINY,
@@ -243,4 +267,5 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
 # Published parameter counts (millions) per part, for the presets that reproduce a paper.
 PUBLISHED_PARAMETERS: dict[str, dict[str, float]] = {
     "unitok-l": {"encoder": 332.0, "pixel_decoder": 352.0, "text_tower": 124.0},
+    "llamagen-vq16": {"total": 72.0},  # LlamaGen's README: vq_ds16_c2i, 72M
 }

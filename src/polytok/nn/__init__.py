@@ -14,7 +14,7 @@ from polytok.nn.mlp import GeGluMlp, Mlp
 from polytok.nn.posemb import sincos_2d
 from polytok.nn.projection import AttentionProjection, LinearProjection, TanhMlpProjection
 from polytok.nn.transformer import Transformer, TransformerBlock
-from polytok.nn.vqgan import VQGANDecoder
+from polytok.nn.vqgan import VQGANDecoder, VQGANEncoder
 
 __all__ = [
     "AttentionProjection",
@@ -32,5 +32,6 @@ __all__ = [
     "TransformerBlock",
     "Upsample2d",
     "VQGANDecoder",
+    "VQGANEncoder",
     "sincos_2d",
 ]
