@@ -19,28 +19,16 @@ from polytok.peers.vila_u.convert import convert_vila_u
 from polytok.registry import list_models
 from test_parity_official import ATOL, load_fixture
 
-TINY = {
-    "siglip": {
-        "vision_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "image_size": 16,
-            "patch_size": 4,
-        },
-        "text_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "vocab_size": 48,
-            "max_position_embeddings": 12,
-        },
-    },
-    "quantizer": {"dim": 32, "levels": 4, "codebook_size": 64},
-    "decoder": {"z_channels": 16, "ch": 32, "ch_mult": [2, 1, 1], "num_res_blocks": 1},
-}
+
+def tiny_config() -> dict:
+    """The fixture's reduced tower as a polytok config (the same widths, random weights)."""
+    _, _, meta = load_fixture("vila_u_model")
+    rq, dd = meta["rqvaesiglip"], meta["rqvaesiglip"]["ddconfig"]
+    return {
+        "siglip": meta["siglip"],
+        "quantizer": {"dim": rq["embed_dim"], "levels": rq["code_shape"][2], "codebook_size": rq["n_embed"]},
+        "decoder": {k: dd[k] for k in ("z_channels", "ch", "ch_mult", "num_res_blocks")},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +176,7 @@ def test_folders_polytok_cannot_convert_are_refused_in_one_line(fixture, tmp_pat
 
 def test_save_load_round_trip_and_registry(tmp_path):
     torch.manual_seed(0)
-    tok = VilaUTokenizer(TINY).eval()
+    tok = VilaUTokenizer(tiny_config()).eval()
     images = torch.rand(2, 3, 16, 16)
     codes = tok.encode(images)
     assert codes.shape == (2, 4, 4, 4)
@@ -200,7 +188,7 @@ def test_save_load_round_trip_and_registry(tmp_path):
 
 
 def test_bad_inputs_are_refused_with_the_reason():
-    tok = VilaUTokenizer(TINY).eval()
+    tok = VilaUTokenizer(tiny_config()).eval()
     with pytest.raises(ValueError, match="16x16 images"):
         tok.encode(torch.rand(1, 3, 32, 32))
     codes = tok.encode(torch.rand(1, 3, 16, 16))

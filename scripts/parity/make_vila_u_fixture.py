@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_parity_fixtures import OUT_DEFAULT, _code_margin, perturb, save
+from make_parity_fixtures import OUT_DEFAULT, perturb, residual_code_margin, save
 
 RQ_DIR = "vila_u/model/multimodal_encoder/rqvaesigliptransformer/rqvaesiglip"
 SIGLIP = {
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", default="unknown", help="the checkout's commit, recorded in the fixture")
     parser.add_argument("--out", type=Path, default=OUT_DEFAULT)
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         full_counts = official_full_counts(args.vila_u.resolve(), Path(tmp))
@@ -216,11 +217,8 @@ def main(argv: list[str] | None = None) -> None:
             hidden = vision.embeddings(pixels)
             for layer in vision.encoder.layers[:-1]:
                 hidden = layer(hidden, None)[0]
-        residual, margin = hidden.reshape(-1, hidden.shape[-1]).double(), float("inf")
-        for book in model.quantizer.codebooks:  # each level's margin on its own residual
-            codes = book.weight[:-1].detach().double()
-            margin = min(margin, _code_margin(residual, codes, cosine=False))
-            residual = residual - codes[torch.cdist(residual, codes).argmin(-1)]
+        books = [book.weight[:-1] for book in model.quantizer.codebooks]  # last row: padding index
+        margin = residual_code_margin(hidden.reshape(-1, hidden.shape[-1]), books)
         if margin > 1e-3:
             break
     else:
@@ -243,21 +241,10 @@ def main(argv: list[str] | None = None) -> None:
         "published": PUBLISHED,
         "official_full_parameters": full_counts,
     }
-    save(
-        args.out,
-        "vila_u_model",
-        {
-            "images": images,
-            "codes": codes,
-            "reconstruction": reconstruction,
-            "image_embedding": image_embedding,
-            "text_ids": ids,
-            "text_embedding": text_embedding,
-            "spiece_model": torch.frombuffer(bytearray(spiece), dtype=torch.uint8),
-        },
-        state,
-        meta,
-    )
+    outputs = dict(images=images, codes=codes, reconstruction=reconstruction, image_embedding=image_embedding)
+    outputs.update(text_ids=ids, text_embedding=text_embedding)
+    outputs["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)  # the file's bytes
+    save(args.out, "vila_u_model", outputs, state, meta)
 
 
 if __name__ == "__main__":

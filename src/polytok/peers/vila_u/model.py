@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.models.inputs import images_to_tensor
+from polytok.models.tokenizer import Tokenizer
 from polytok.nn import VQGANDecoder
 from polytok.peers.vila_u.config import VilaUConfig
 from polytok.peers.vila_u.text import SPIECE_NAME, SiglipTextTokenizer
@@ -111,8 +112,9 @@ class VilaUTokenizer(nn.Module):
                 f"{self.stride} px"
             )
         self.grid = (cfg.image_size // self.stride,) * 2
-        self.num_levels = q.levels
-        self.pixel_depth = q.levels
+        self.num_levels = self.pixel_depth = q.levels
+        self.code_shape: tuple[int, ...] = (q.levels,)  # one code per residual level
+        self.codebook_size = q.codebook_size
         self.text_tokenizer: SiglipTextTokenizer | None = None
         if text_tokenizer is not None:
             self.set_text_tokenizer(text_tokenizer)
@@ -146,14 +148,6 @@ class VilaUTokenizer(nn.Module):
         self.text_tokenizer = tok
 
     # -- shapes and parts -------------------------------------------------------------------------
-
-    @property
-    def code_shape(self) -> tuple[int, ...]:
-        return (self.num_levels,)
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.quantizer.codebook_size)
 
     @property
     def device(self) -> torch.device:
@@ -348,19 +342,5 @@ class VilaUTokenizer(nn.Module):
         tok.load_checkpoint_state(load_file(str(root / WEIGHTS_NAME)), str(root))
         return tok.to(map_location).eval()
 
-    def load_checkpoint_state(self, state: dict[str, Tensor], source: str = "state dict") -> None:
-        """Load every tensor by name and shape; missing or unexpected names raise ValueError naming them."""
-        expected = self.checkpoint_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {source} does not match the config: missing {missing[:10]}, unexpected "
-                f"{unexpected[:10]}"
-            )
-        for key, value in expected.items():
-            if tuple(state[key].shape) != tuple(value.shape):
-                raise ValueError(
-                    f"checkpoint {source}: tensor {key!r} has shape {tuple(state[key].shape)}, expected "
-                    f"{tuple(value.shape)}"
-                )
-        self.load_state_dict(state, strict=True)
+    # every tensor by name and shape; missing or unexpected names raise ValueError naming them
+    load_checkpoint_state = Tokenizer.load_checkpoint_state

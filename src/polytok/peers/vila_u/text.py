@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from polytok.models.text import _check_texts as check_texts
+
 SPIECE_NAME = "spiece.model"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -74,12 +76,7 @@ class SiglipTextTokenizer:
         return re.sub(r"\s+", " ", text.translate(_PUNCTUATION)).strip()
 
     def __call__(self, texts: Sequence[str]) -> Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a string or a list of strings")
-        if len(texts) == 0:
-            raise ValueError("texts is empty")
+        texts = check_texts(texts)
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
         for row, text in enumerate(texts):
             pieces = self.processor.encode(self.canonical(text))[: self.context_length - 1]
