@@ -114,10 +114,10 @@ class VilaUConfig:
                 raise ConfigError(f"config key quantizer.{key} must be positive, got {value}")
         if not 0.0 < q.decay < 1.0:
             raise ConfigError(f"config key quantizer.decay must be in (0, 1), got {q.decay}")
-        if not d.ch_mult or any(m <= 0 for m in d.ch_mult) or min(d.ch, d.z_channels, d.num_res_blocks) <= 0:
-            raise ConfigError(
-                "config keys decoder.ch, ch_mult, z_channels and num_res_blocks must be positive"
-            )
+        if not d.ch_mult or any(m <= 0 for m in d.ch_mult) or min(d.ch, d.z_channels) <= 0:
+            raise ConfigError("config keys decoder.ch, ch_mult and z_channels must be positive")
+        if d.num_res_blocks < 0:
+            raise ConfigError(f"config key decoder.num_res_blocks must be >= 0, got {d.num_res_blocks}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError("config keys mean / std must hold 3 values (std > 0)")
 

@@ -33,7 +33,15 @@ from polytok.peers.vila_u.model import VilaUTokenizer
 from polytok.peers.vila_u.text import SPIECE_NAME, find_spiece
 
 WHAT = "VILA-U vision tower"
-_SIGLIP_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# the sizes a SigLIP tower's config gives (read with transformers' defaults for those it leaves out)
+_SIGLIP_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "layer_norm_eps",
+)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -46,6 +54,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConversionError(f"{path} does not hold a JSON object")
     return data
+
+
+def _with_defaults(vision: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """A SigLIP config file names only what differs from transformers' defaults: the sizes polytok reads
+    are filled in from those defaults."""
+    import transformers
+
+    full = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    towers = {"vision_config": (vision, full.vision_config), "text_config": (text, full.text_config)}
+    return {
+        name: {k: getattr(obj, k) for k in (*_SIGLIP_KEYS, *extra) if hasattr(obj, k)} | given
+        for (name, (given, obj)), extra in zip(
+            towers.items(), (("image_size", "patch_size"), ("vocab_size", "max_position_embeddings"))
+        )
+    }
 
 
 def _siglip_config(name: Any, folder: Path) -> dict[str, Any]:
@@ -62,7 +85,7 @@ def _siglip_config(name: Any, folder: Path) -> dict[str, Any]:
             vision, text = data.get("vision_config"), data.get("text_config")
             if not isinstance(vision, dict) or not isinstance(text, dict):
                 raise ConversionError(f"{path} is not a SigLIP config (no vision_config / text_config)")
-            return {"vision_config": vision, "text_config": text}
+            return _with_defaults(vision, text)
     known = ", ".join(sorted(KNOWN_SIGLIP_CONFIGS))
     raise ConversionError(
         f"{WHAT}: the SigLIP config {name!r} (rqvaesiglip.pretrained_model) is neither one polytok knows "
