@@ -117,6 +117,17 @@ def _code_margin(features: Tensor, codebook: Tensor, cosine: bool) -> float:
     return float((top[:, 0] - top[:, 1]).min())
 
 
+def residual_code_margin(features: Tensor, codebooks: list[Tensor]) -> float:
+    """The smallest :func:`_code_margin` over residual levels (float64, L2): each level's codes (K, d)
+    against what the levels before it left of ``features`` (N, d)."""
+    residual, margin = features.detach().double(), float("inf")
+    for book in codebooks:
+        codes = book.detach().double()
+        margin = min(margin, _code_margin(residual, codes, cosine=False))
+        residual = residual - codes[torch.cdist(residual, codes).argmin(-1)]
+    return margin
+
+
 UNITOK_REDUCED_ARGS = {
     "model": "vitamin_reduced",
     "img_size": 64,
@@ -460,11 +471,8 @@ def evotok_full_fixture(root: Path, out: Path) -> None:
             x = model.scaling_layer(images)
             hidden = model.encoder_vqkd(x, output_hidden_states=True).hidden_states[-2]
             feats = model.encode_task_layer(hidden)
-        residual, margin = feats.reshape(-1, code_dim).double(), float("inf")
-        for book in model.quantize.codebooks:  # residual levels: each level's margin on its residual
-            codes = book.weight[:-1].detach().double()
-            margin = min(margin, _code_margin(residual, codes, cosine=False))
-            residual = residual - codes[torch.cdist(residual, codes).argmin(-1)]
+        books = [book.weight[:-1] for book in model.quantize.codebooks]  # last row: padding index
+        margin = residual_code_margin(feats.reshape(-1, code_dim), books)
         if margin > 1e-3:
             break
     else:

@@ -46,6 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     from polytok.hub import list_shipped
     from polytok.models.registry import list_presets
+    from polytok.peers import describe_peers
     from polytok.registry import list_models
     from polytok.unified.hub import list_shipped_unified
 
@@ -55,7 +56,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         for e in list_models()
     ]
     shipped = {"shipped": list_shipped(), "shipped_unified": list_shipped_unified()}
-    print(json.dumps({"models": models, "presets": list_presets(), **shipped}, indent=1))
+    peers = {"peers": describe_peers()}  # polytok.peers: family, tokens, bits, parameters, official figures
+    print(json.dumps({"models": models, "presets": list_presets(), **shipped, **peers}, indent=1))
     return 0
 
 

@@ -32,6 +32,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
     """
     from polytok.models.registry import list_presets
     from polytok.models.tokenizer import Tokenizer
+    from polytok.peers import list_peers, peer_class, peer_of_folder
     from polytok.registry import list_models, split_name, trained_weights
     from polytok.storage import resolve
 
@@ -40,7 +41,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
     if found.is_dir():
         if not (found / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a save_pretrained directory")
-        return Tokenizer.from_pretrained(path)
+        peer = peer_of_folder(found)  # a peer's tower (polytok.peers) names itself in its config
+        return peer_class(peer).from_pretrained(path) if peer else Tokenizer.from_pretrained(path)
     name = str(name_or_path)
     entry = trained_weights(name, kind="tokenizer")
     if entry is not None:
@@ -48,6 +50,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, allow_untrained: bool = F
     arch, tag = split_name(name)
     if allow_untrained and tag is None and arch in list_presets():
         return Tokenizer.from_preset(arch)
+    if allow_untrained and tag is None and arch in list_peers():
+        return peer_class(arch).from_preset(arch)
     trained = [e.name for e in list_models(kind="tokenizer", trained=True)]
     raise FileNotFoundError(
         f"no tokenizer {name!r}: not a directory with config.json + model.safetensors, not trained "

@@ -92,8 +92,9 @@ def list_models(kind: Kind | None = None, trained: bool | None = None) -> list[M
     """Every name: tokenizer architectures (the presets), trained weights shipped in the package, and
     unified models (shipped, or in ``POLYTOK_UNIFIED_WEIGHTS``); the first found wins for a name."""
     from polytok.models.registry import list_presets
+    from polytok.peers import list_peers
 
-    entries = [ModelEntry(p, "tokenizer", p, None, None) for p in list_presets()]
+    entries = [ModelEntry(p, "tokenizer", p, None, None) for p in [*list_presets(), *list_peers()]]
     seen = {e.name for e in entries}
     for entry in _shipped_entries():
         if entry.name not in seen:

@@ -1,5 +1,5 @@
 """``polytok convert {unitok,evotok,llamagen} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok
-checkpoint."""
+checkpoint; ``polytok convert vila-u DIR OUT_DIR``: a peer's released folder -> its polytok tower."""
 
 from __future__ import annotations
 
@@ -11,6 +11,29 @@ from polytok.convert.checkpoint import read_checkpoint
 from polytok.convert.state import ConversionError
 
 DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l", "llamagen": "llamagen-vq16"}
+# Peers released as folders (polytok.peers): system -> "module:function(folder, text_tokenizer=) -> model"
+PEER_FOLDERS = {"vila-u": "polytok.peers.vila_u.convert:convert_vila_u"}
+
+
+def convert_peer_folder(
+    system: str, folder: str | Path, out_dir: str | Path, *, text_tokenizer=None, overwrite: bool = False
+) -> Path:
+    """Convert a peer's released folder (``PEER_FOLDERS``) and ``save_pretrained`` it to ``out_dir``."""
+    import importlib
+
+    _refuse_occupied(Path(out_dir), overwrite)
+    module, _, name = PEER_FOLDERS[system].partition(":")
+    model = getattr(importlib.import_module(module), name)(folder, text_tokenizer=text_tokenizer)
+    return model.save_pretrained(out_dir)
+
+
+def _refuse_occupied(out: Path, overwrite: bool) -> None:
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        held = "a tokenizer" if (out / "config.json").is_file() else "files"
+        raise FileExistsError(
+            f"{out} already holds {held}; pass --overwrite (overwrite=True) to replace it, or choose a new "
+            "directory"
+        )
 
 
 def convert_checkpoint(
@@ -29,13 +52,7 @@ def convert_checkpoint(
 
     if system not in DEFAULT_PRESETS:
         raise ValueError(f"unknown system {system!r}; expected one of {sorted(DEFAULT_PRESETS)}")
-    out = Path(out_dir)
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        held = "a tokenizer" if (out / "config.json").is_file() else "files"
-        raise FileExistsError(
-            f"{out} already holds {held}; pass --overwrite (overwrite=True) to replace it, or choose a new "
-            "directory"
-        )
+    _refuse_occupied(Path(out_dir), overwrite)
     if config is None:
         from polytok.models.registry import get_preset_dict
 
@@ -63,11 +80,16 @@ def convert_checkpoint(
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) to polytok")
-    p.add_argument("system", choices=sorted(DEFAULT_PRESETS), help="which official code wrote the file")
+    p = sub.add_parser(
+        "convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer's folder (VILA-U)"
+    )
+    p.add_argument(
+        "system", choices=sorted([*DEFAULT_PRESETS, *PEER_FOLDERS]), help="which official code wrote the file"
+    )
     p.add_argument(
         "checkpoint",
-        help="the official torch checkpoint (.pth / .pt); llamagen also a Janus model file or folder",
+        help="the official torch checkpoint (.pth / .pt); llamagen also a Janus model file or folder; "
+        "vila-u its released folder",
     )
     p.add_argument("out_dir", help="directory for config.json + model.safetensors")
     p.add_argument("--config", default=None, help="target tokenizer config file (default: the large preset)")
@@ -79,6 +101,11 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the tokenizer OUT_DIR already holds (else refused)"
     )
+    p.add_argument(
+        "--text-tokenizer",
+        default=None,
+        help="vila-u: SigLIP's spiece.model (or a folder holding it) when it is not in the folder",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=run_convert)
 
@@ -86,6 +113,13 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     """``polytok convert``; bad input raises ValueError (ConversionError) or OSError, which ``polytok``'s
     main reports in one line."""
+    if args.system in PEER_FOLDERS:
+        out = convert_peer_folder(
+            args.system, args.checkpoint, args.out_dir, text_tokenizer=args.text_tokenizer,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        print(json.dumps({"converted": str(out), "system": args.system}))
+        return 0
     try:
         out = convert_checkpoint(
             args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint,
