@@ -81,7 +81,7 @@ def convert_checkpoint(
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer's folder (VILA-U)"
+        "convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U)"
     )
     p.add_argument(
         "system", choices=sorted([*DEFAULT_PRESETS, *PEER_FOLDERS]), help="which official code wrote the file"
