@@ -12,7 +12,10 @@ from polytok.convert.state import ConversionError
 
 DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l", "llamagen": "llamagen-vq16"}
 # Peers released as folders (polytok.peers): system -> "module:function(folder, text_tokenizer=) -> model"
-PEER_FOLDERS = {"vila-u": "polytok.peers.vila_u.convert:convert_vila_u"}
+PEER_FOLDERS = {
+    "vila-u": "polytok.peers.vila_u.convert:convert_vila_u",
+    "qlip": "polytok.peers.qlip.convert:convert_qlip",
+}
 
 
 def convert_peer_folder(

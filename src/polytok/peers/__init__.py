@@ -15,6 +15,7 @@ from typing import Any
 
 PEERS: dict[str, str] = {
     "vila-u": "polytok.peers.vila_u.model:VilaUTokenizer",
+    "qlip-b16-256": "polytok.peers.qlip.model:QlipTokenizer",
 }
 
 
