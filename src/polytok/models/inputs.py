@@ -89,3 +89,15 @@ def images_to_tensor(images: Any, stride: int) -> Tensor:
     # tensors (what a PIL image or an HWC array becomes), whose last-bit differences can flip near-tied
     # code choices on deep residual levels. The same image must give the same codes however it is passed.
     return x.contiguous()
+
+
+def images_of_size(images: Any, stride: int, size: int, what: str) -> Tensor:
+    """:func:`images_to_tensor`, then refused unless ``size`` x ``size`` (a model with a fixed position
+    table: ``what`` names it)."""
+    x = images_to_tensor(images, stride)
+    if tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"{what} takes {size}x{size} images (its position table is fixed), got "
+            f"{x.shape[-2]}x{x.shape[-1]}"
+        )
+    return x

@@ -19,13 +19,13 @@ Official layouts (read from NVlabs/QLIP ``modeling_qlip.py``): ``vision_model`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from polytok.convert.state import ConversionError, StateMapper
+from polytok.peers.folder import read_image_statistics, read_json, read_safetensors_folder
 from polytok.peers.qlip.config import ACTIVATIONS, QlipConfig
 from polytok.peers.qlip.model import QlipTokenizer
 
@@ -56,16 +56,6 @@ _BSQ_DEFAULTS = {
 }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path} cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} does not hold a JSON object")
-    return data
-
-
 def _tower(section: dict[str, Any], defaults: dict[str, Any], key: str) -> dict[str, Any]:
     """A QLIP tower config section -> polytok's :class:`QlipTowerConfig` fields."""
     get = {**defaults, **section}.get
@@ -91,7 +81,7 @@ def config_from_folder(folder: str | Path) -> QlipConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{WHAT} config not found: {path} (DIR must be a QLIP Hugging Face folder)")
-    data = _read_json(path)
+    data = read_json(path)
     sections = {k: data.get(k) for k in ("vision_config", "decoder_config", "text_config")}
     missing = [k for k, v in sections.items() if not isinstance(v, dict)]
     if missing:
@@ -150,12 +140,7 @@ def config_from_folder(folder: str | Path) -> QlipConfig:
         "vision_projection_bias": data["vision_projection_bias"],
         "text_projection_bias": data["text_projection_bias"],
     }
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        pre = _read_json(processor)
-        for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
-            if isinstance(pre.get(theirs), list) and len(pre[theirs]) == 3:
-                cfg[ours] = [float(v) for v in pre[theirs]]
+    cfg.update(read_image_statistics(folder))
     try:
         return QlipConfig.from_dict(cfg)
     except ValueError as exc:
@@ -165,37 +150,21 @@ def config_from_folder(folder: str | Path) -> QlipConfig:
 def read_weights(folder: Path) -> dict[str, Tensor]:
     """The tensors of ``model.safetensors``, of the shards its index lists, or of ``pytorch_model.bin``
     (unpickled with ``weights_only=True``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    single, index, pickle = (
-        folder / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    )
-    if single.is_file() or index.is_file():
-        if single.is_file():
-            files = [single]
-        else:
-            weight_map = _read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ConversionError(f"{index} has no weight_map")
-            files = [folder / name for name in sorted(set(weight_map.values()))]
-        state: dict[str, Tensor] = {}
-        for path in files:
-            try:
-                state.update(load_file(str(path)))
-            except (SafetensorError, OSError) as exc:
-                raise ConversionError(f"{path} cannot be read as safetensors ({exc})") from exc
+    state = read_safetensors_folder(folder)
+    if state is not None:
         return state
-    if pickle.is_file():
-        from polytok.convert.checkpoint import read_checkpoint
+    pickle = folder / "pytorch_model.bin"
+    if not pickle.is_file():
+        raise FileNotFoundError(
+            f"{WHAT} weights not found in {folder}: expected model.safetensors, model.safetensors.index.json "
+            "or pytorch_model.bin"
+        )
+    from polytok.convert.checkpoint import read_checkpoint
 
-        state = read_checkpoint(pickle)
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ConversionError(f"{pickle} does not hold a state dict of tensors")
-        return state
-    raise FileNotFoundError(
-        f"{WHAT} weights not found in {folder}: expected {single.name}, {index.name} or {pickle.name}"
-    )
+    state = read_checkpoint(pickle)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConversionError(f"{pickle} does not hold a state dict of tensors")
+    return state
 
 
 _LAYER = {  # official name in a layer -> polytok's

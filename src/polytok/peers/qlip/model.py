@@ -12,7 +12,6 @@ sha256, checked on load).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytok.models.inputs import images_to_tensor
+from polytok.models.inputs import images_of_size
 from polytok.models.text import CLIP_BPE_VOCAB_SIZE, ClipBPETextTokenizer
-from polytok.models.tokenizer import Tokenizer
+from polytok.models.tokenizer import Tokenizer, _eval
 from polytok.peers.qlip.blocks import QlipTower
 from polytok.peers.qlip.config import QlipConfig
 from polytok.quant import BinarySphericalQuantizer, LookupFreeQuantizer
 
 PEER_NAME = "qlip-b16-256"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 # QLIP's published sizes: name -> config overrides of the B-16-256 layout (EVA02-CLIP towers)
 SIZES: dict[str, dict[str, Any]] = {
     "qlip-b16-256": {},
@@ -117,6 +115,7 @@ class QlipTokenizer(nn.Module):
         self.stride = cfg.patch_size
         self.grid = (grid, grid)
         self.code_shape: tuple[int, ...] = ()  # one code per patch
+        self.num_levels = self.pixel_depth = 1  # no residual levels
         self.codebook_size = 2**q.bits
         self._text_tokenizer: ClipBPETextTokenizer | None = None
 
@@ -178,13 +177,7 @@ class QlipTokenizer(nn.Module):
     # -- core pieces ------------------------------------------------------------------------------
 
     def _prepare(self, images: Any) -> Tensor:
-        x = images_to_tensor(images, self.stride)
-        size = self.config.image_size
-        if tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"QLIP takes {size}x{size} images (its position tables are fixed), got "
-                f"{x.shape[-2]}x{x.shape[-1]}"
-            )
+        x = images_of_size(images, self.stride, self.config.image_size, "QLIP")
         return ((x.to(self.device, self.pixel_mean.dtype)) - self.pixel_mean) / self.pixel_std
 
     def _encoder_tokens(self, images: Any) -> Tensor:
@@ -232,12 +225,8 @@ class QlipTokenizer(nn.Module):
         """Images (float (B, 3, S, S) in [0, 1], PIL images or uint8 arrays) -> int64 codes (B, S/p, S/p)
         in [0, 2^bits), QLIP's bit order. Never changes the usage statistics."""
         feats = self.features(images)
-        was = self.quantizer.training
-        self.quantizer.eval()
-        try:
+        with _eval(self.quantizer):  # no statistics change while encoding
             indices = self.quantizer(feats).indices
-        finally:
-            self.quantizer.train(was)
         return indices.reshape(indices.shape[0], *self.grid)
 
     @torch.no_grad()
@@ -313,38 +302,21 @@ class QlipTokenizer(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``manifest.json`` into ``directory`` atomically
         (see :func:`polytok.storage.save_folder`)."""
-        from safetensors.torch import save_file
+        from polytok.peers.folder import save_peer_folder
 
-        from polytok import storage
-
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
-        config = {"peer": PEER_NAME, **self.config.to_dict()}
-
-        def write(staging: Path) -> None:
-            save_file(
-                tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_peer": PEER_NAME}
-            )
-            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-
-        return storage.save_folder(
-            Path(directory), write, known={CONFIG_NAME, WEIGHTS_NAME}, what="QLIP model"
-        )
+        state = self.checkpoint_state_dict()
+        return save_peer_folder(directory, PEER_NAME, self.config.to_dict(), state, what="QLIP model")
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> QlipTokenizer:
         """Load a folder written by :meth:`save_pretrained` (files checked against its manifest)."""
-        from safetensors.torch import load_file
+        from polytok.peers.folder import open_peer_folder
 
-        from polytok import storage
-
-        root = storage.open_folder(Path(directory), "QLIP model")
-        data = json.loads((root / CONFIG_NAME).read_text())
-        if not isinstance(data, dict) or data.pop("peer", None) != PEER_NAME:
-            raise ValueError(f'{root / CONFIG_NAME} is not a QLIP model\'s config (no "peer": "{PEER_NAME}")')
+        root, data, state = open_peer_folder(directory, PEER_NAME, "QLIP model")
         model = cls(QlipConfig.from_dict(data))
-        model.load_checkpoint_state(load_file(str(root / WEIGHTS_NAME)), str(root))
+        model.load_checkpoint_state(state, str(root))
         return model.to(map_location).eval()
 
     # every tensor by name and shape; missing or unexpected names raise ValueError naming them
