@@ -84,7 +84,8 @@ def convert_checkpoint(
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U)"
+        "convert",
+        help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U, QLIP)",
     )
     p.add_argument(
         "system", choices=sorted([*DEFAULT_PRESETS, *PEER_FOLDERS]), help="which official code wrote the file"
@@ -92,7 +93,7 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         help="the official torch checkpoint (.pth / .pt); llamagen also a Janus model file or folder; "
-        "vila-u its released folder",
+        "vila-u / qlip their released folders",
     )
     p.add_argument("out_dir", help="directory for config.json + model.safetensors")
     p.add_argument("--config", default=None, help="target tokenizer config file (default: the large preset)")
