@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from script_helpers import load_script
 
@@ -54,3 +55,31 @@ def test_measure_probes_every_prefix_of_a_trained_tokenizer() -> None:
         assert 0.0 <= value <= 1.0 and value * 16 == round(value * 16)  # a share of 16 test images
     assert row["psnr_photos"] > 20.0 and len(row["gates"]) == 2 and row["pixel_depth"] == 4
     assert tok.training  # measured in eval mode, its own mode given back
+
+
+def test_head_on_frozen_codes_trains_the_semantic_branch_alone() -> None:
+    """The twin's head training changes only the semantic branch: the codes of every image stay the same,
+    and the zero-shot figure is measured from the new head."""
+    study = load_script("code_semantics")
+    config, _ = study.run_configs(
+        "configs/unitok-tiny.yaml",
+        ["loss.caption_negatives=true", "train.batch_size=4", "data.image_size=32"],
+        steps=2,
+        seed=0,
+        out=Path("unused"),
+    )
+    twin = study.untrained_start(config)
+    images = study.ProbeImages.build(image_size=32, train=24, val=12, heldout=12, photos=2)
+    trained = study.head_on_frozen_codes(twin, config, steps=2)
+    assert trained is not twin
+    head_names = {id(p) for p in study.semantic_parameters(trained)}
+    changed = {
+        name
+        for (name, before), after in zip(twin.named_parameters(), trained.parameters())
+        if not torch.equal(before, after)
+    }
+    assert changed and all(id(dict(trained.named_parameters())[n]) in head_names for n in changed)
+    assert torch.equal(twin.encode(images.val[0]), trained.encode(images.val[0]))
+    row = study.measure(trained, images, "twin+head", steps=2)
+    share = row["zero_shot_heldout"]
+    assert 0.0 <= share <= 1.0 and share * 12 == round(share * 12)  # a share of the 12 held-out images

@@ -34,6 +34,7 @@ table ``<out>/code_semantics.md``; the table is printed too.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -43,11 +44,15 @@ import torch
 from torch import Tensor
 
 from polytok.data import build_dataset, collate
+from polytok.data.shapes import PROMPT_TEMPLATES, TASK_CLASSES, task_label
 from polytok.eval.metrics.linear_probe import linear_probe
 from polytok.eval.metrics.pixel import psnr_per_image
+from polytok.eval.metrics.zero_shot import ZeroShotClassifier
+from polytok.losses import ClipContrastiveLoss, FeatureDistillationLoss
 from polytok.models.levels import code_prefix
 from polytok.recipes.sections import build_training_dataset
 from polytok.recipes.tokenizer_run import build_tokenizer, load_run_config, train_tokenizer
+from polytok.train.schedule import lr_multiplier
 
 CHANCE = 1.0 / 6.0  # six shapes
 
@@ -61,16 +66,22 @@ class ProbeImages:
         val: tuple[Tensor, Tensor],
         heldout: tuple[Tensor, Tensor],
         photos: Tensor,
+        objects: dict[str, Tensor] | None = None,
     ) -> None:
         self.train, self.val, self.heldout, self.photos = train, val, heldout, photos
+        # per split, the (shape, colour) pair's class of the ``object`` task (shape * 7 + colour)
+        self.objects = objects or {}
 
     @classmethod
     def build(
         cls, image_size: int = 64, train: int = 2048, val: int = 512, heldout: int = 512, photos: int = 256
     ) -> ProbeImages:
+        objects = {}
+
         def split(name: str, count: int) -> tuple[Tensor, Tensor]:
             data = build_dataset("shapes", split=name, image_size=image_size, length=count)
             items = [data[i] for i in range(count)]
+            objects[name] = torch.tensor([task_label(it["attributes"], "object") for it in items])
             return torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
 
         crops = build_dataset("photos", split="val", image_size=image_size, length=photos)
@@ -79,6 +90,7 @@ class ProbeImages:
             split("val", val),
             split("heldout", heldout),
             torch.stack([crops[i]["image"] for i in range(photos)]),
+            objects,
         )
 
 
@@ -114,6 +126,10 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
             train = (feats["train"], images.train[1])
             for s in semantic:
                 semantic[s] = _probe(train, (feats[s], getattr(images, s)[1]))
+        zero_shot = {"val": None, "heldout": None}
+        if tokenizer.semantic_kind == "contrastive" and images.objects:
+            for s in zero_shot:
+                zero_shot[s] = zero_shot_objects(tokenizer, codes[s], images.objects[s])
         recon = _in_batches(lambda x: tokenizer.decode(tokenizer.encode(x)), images.photos)
         psnr = float(psnr_per_image(recon, images.photos).mean())
         gates = getattr(tokenizer, "linear_path_gates", None)
@@ -124,12 +140,23 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
             "probe_heldout": heldout,
             "semantic_probe_val": semantic["val"],
             "semantic_probe_heldout": semantic["heldout"],
+            "zero_shot_val": zero_shot["val"],
+            "zero_shot_heldout": zero_shot["heldout"],
             "psnr_photos": psnr,
             "gates": [float(g) for g in gates] if gates is not None else None,
             "pixel_depth": int(tokenizer.pixel_depth),
         }
     finally:
         tokenizer.train(was)
+
+
+def zero_shot_objects(tokenizer: Any, codes: Tensor, objects: Tensor) -> float:
+    """Zero-shot top-1 of naming the (colour, shape) pair among all 42 (``shapes``' ``object`` prompts)
+    from the semantic embedding of ``codes``: on held-out pairs a colour-only model scores 1/6."""
+    names = list(TASK_CLASSES["object"])
+    classifier = ZeroShotClassifier(tokenizer.encode_text, names, PROMPT_TEMPLATES["object"])
+    classifier.update(_in_batches(tokenizer.semantic_features, codes), objects)
+    return float(classifier.compute()["top1"].value)
 
 
 def pixel_references(images: ProbeImages, stride: int = 4) -> dict[str, tuple[float, float]]:
@@ -165,6 +192,74 @@ def teacher_reference(tokenizer: Any, images: ProbeImages) -> tuple[float, float
     }
     train = (feats["train"], images.train[1])
     return _probe(train, (feats["val"], images.val[1])), _probe(train, (feats["heldout"], images.heldout[1]))
+
+
+def semantic_parameters(tokenizer: Any) -> list[Tensor]:
+    """What the semantic loss alone trains: CLIP head, logit scale and the text tower's trainable part
+    (its projection when the encoder is frozen), or the semantic decoder."""
+    parts = [getattr(tokenizer, n, None) for n in ("clip_head", "semantic_decoder")]
+    tower = getattr(tokenizer, "text_tower", None)
+    if tower is not None:
+        parts.append(tower.projection if getattr(tower, "frozen", False) else tower)
+    params = [p for part in parts if part is not None for p in part.parameters()]
+    scale = getattr(tokenizer, "log_logit_scale", None)
+    return params + ([scale] if scale is not None else [])
+
+
+def head_on_frozen_codes(tokenizer: Any, config: Any, steps: int) -> Any:
+    """A copy of ``tokenizer`` (the twin) whose semantic branch alone is trained on its frozen codes with
+    the run's semantic loss (``config``: the tokenizer's run config), the run's optimiser settings, batch
+    size, seed and number of steps: the twin with the same head training as the tokenizer had, so a
+    head cannot take the credit for what only the codes of the tokenizer hold."""
+    tok = copy.deepcopy(tokenizer).eval()
+    tok.requires_grad_(False)
+    params = semantic_parameters(tok)
+    for p in params:
+        p.requires_grad_(True)
+    opt = config.train.optim
+    optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    loss_cfg = config.loss
+    contrastive = ClipContrastiveLoss(learnable=False)
+    distill = None
+    if tok.semantic_kind == "distill":
+        dim = tok.config.semantic.feature_dim
+        distill = FeatureDistillationLoss(
+            dim, dim, num_folds=loss_cfg.distill_folds, fold_weight=loss_cfg.distill_fold_weight
+        )
+    dataset = build_training_dataset(config.data)
+    g = torch.Generator().manual_seed(config.train.seed)
+    batch_size = config.train.batch_size
+    epochs = 1 + steps * batch_size // len(dataset)
+    order = torch.cat([torch.randperm(len(dataset), generator=g) for _ in range(epochs)])
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = opt.lr * lr_multiplier(step, steps, opt.warmup_steps, opt.min_lr_ratio)
+        batch = collate([dataset[int(i)] for i in order[step * batch_size : (step + 1) * batch_size]])
+        with torch.no_grad():
+            codes = tok.encode(batch["image"])
+            flat, grid = tok._flatten_codes(codes)
+            vectors = tok.quantizer.indices_to_codes(flat)
+        embedding, tokens = tok._semantic(vectors, grid)
+        if distill is not None:
+            with torch.no_grad():
+                teacher = tok.teacher_features(batch["image"], grid)
+            loss = distill(tokens, teacher).loss
+        else:
+            negatives = batch.get("negative_captions") if loss_cfg.caption_negatives else None
+            neg, mask = tok._encode_negatives(negatives) if negatives is not None else (None, None)
+            out = contrastive(
+                embedding,
+                tok.encode_text(batch["caption"]),
+                tok.logit_scale,
+                negatives=neg,
+                negative_mask=mask,
+            )
+            loss = out.loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
+        optimizer.step()
+    return tok.eval()
 
 
 def untrained_start(config: Any) -> Any:
@@ -205,7 +300,7 @@ def code_semantics(
     out: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     images: ProbeImages | None = None,
-    which: tuple[str, ...] = ("tokenizer", "twin", "start"),
+    which: tuple[str, ...] = ("tokenizer", "twin", "twin+head", "start"),
 ) -> dict[str, Any]:
     """Train and measure the tokenizer, its twin and the untrained start; returns the results dict
     (``rows``: one per tokenizer, ``references``, ``chance``) and writes ``<out>/code_semantics.json``."""
@@ -215,12 +310,19 @@ def code_semantics(
     images = images or ProbeImages.build(tok_cfg.data.image_size)
     rows = []
     references = pixel_references(images)
+    twin = None
     for name in which:
         start = time.perf_counter()
         if name == "start":
             tokenizer, trained = untrained_start(tok_cfg), 0
+        elif name == "twin+head":
+            if twin is None:
+                raise ValueError("'twin+head' needs 'twin' before it in --which")
+            tokenizer, trained = head_on_frozen_codes(twin, tok_cfg, steps), steps
         else:
             tokenizer, trained = train_tokenizer(tok_cfg if name == "tokenizer" else twin_cfg), steps
+            if name == "twin":
+                twin = tokenizer
         row = measure(tokenizer, images, name, trained)
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
@@ -279,7 +381,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/code-semantics")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config overrides")
-    parser.add_argument("--which", nargs="*", default=["tokenizer", "twin", "start"])
+    parser.add_argument(
+        "--which",
+        nargs="*",
+        default=["tokenizer", "twin", "twin+head", "start"],
+        help="twin+head: the twin's semantic branch trained alone on its frozen codes (after twin)",
+    )
     parser.add_argument("--train-images", type=int, default=2048)
     parser.add_argument("--probe-images", type=int, default=512, help="images of each of val and heldout")
     parser.add_argument("--photos", type=int, default=256)
