@@ -89,3 +89,12 @@ def images_to_tensor(images: Any, stride: int) -> Tensor:
     # tensors (what a PIL image or an HWC array becomes), whose last-bit differences can flip near-tied
     # code choices on deep residual levels. The same image must give the same codes however it is passed.
     return x.contiguous()
+
+
+def images_of_size(images: Any, stride: int, size: int, who: str, why: str) -> Tensor:
+    """:func:`images_to_tensor`, refusing any resolution but ``size`` x ``size`` with a ValueError that
+    says ``who`` takes that size and ``why`` (a model whose position table or scale schedule is fixed)."""
+    x = images_to_tensor(images, stride)
+    if tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(f"{who} takes {size}x{size} images ({why}), got {x.shape[-2]}x{x.shape[-1]}")
+    return x

@@ -70,7 +70,28 @@ def _check_flat_indices(indices: Tensor, offsets: list[int], codebook_size: int)
     return indices
 
 
-class MultiScaleResidualQuantizer(LevelledQuantizer):
+class _FlatScales:
+    """The flat index layout both multi-scale quantizers share: ``scales`` (h, w) coarse to fine and
+    ``_offsets``, where each scale's tokens start (set by the subclass)."""
+
+    scales: list[tuple[int, int]]
+    _offsets: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        """sum_k h_k w_k, the length of the flat indices."""
+        return self._offsets[-1]
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        return ()
+
+    def split_indices(self, indices: Tensor) -> list[Tensor]:
+        """Flat (B, sum_{k<K} h_k w_k) indices -> list of K (B, h_k, w_k) maps."""
+        return _split_flat(indices, self.scales, self._offsets)
+
+
+class MultiScaleResidualQuantizer(_FlatScales, LevelledQuantizer):
     """Residual quantization of a (B, H, W, D) map over a schedule of token-map sizes, coarse to fine.
 
     For scales k = 0..S-1 of sizes (h_k, w_k), the last one (H, W), with f the input map and r = f:
@@ -130,19 +151,6 @@ class MultiScaleResidualQuantizer(LevelledQuantizer):
         self.phis = nn.ModuleList([nn.Conv2d(d, d, 3, padding=1) for _ in range(count)])
         self._phi_of_scale = phi_schedule(len(sizes), count)
         self._offsets = _offsets(sizes)  # scale k: [offsets[k], offsets[k + 1])
-
-    @property
-    def num_tokens(self) -> int:
-        """sum_k h_k w_k, the length of the flat indices."""
-        return self._offsets[-1]
-
-    @property
-    def code_shape(self) -> tuple[int, ...]:
-        return ()
-
-    def split_indices(self, indices: Tensor) -> list[Tensor]:
-        """Flat (B, sum_{k<K} h_k w_k) indices -> list of K (B, h_k, w_k) maps."""
-        return _split_flat(indices, self.scales, self._offsets)
 
     # -- the per-scale steps, shared by forward and indices_to_codes ------------------------------
 
@@ -263,7 +271,7 @@ class MultiScaleResidualQuantizer(LevelledQuantizer):
         return {key: value.unsqueeze(0) for key, value in self.codebooks[0].usage().items()}
 
 
-class MultiScaleDualQuantizer(nn.Module):
+class MultiScaleDualQuantizer(_FlatScales, nn.Module):
     """TokenFlow's quantizer: multi-scale residual quantization (VAR's schedule, no phi convolution) whose
     every scale is a :class:`DualCodebookQuantizer` (a semantic and a pixel codebook, one shared index).
 
@@ -310,22 +318,9 @@ class MultiScaleDualQuantizer(nn.Module):
         self.dim, self.codebook_size = semantic_dim + pixel_dim, codebook_size
 
     @property
-    def num_tokens(self) -> int:
-        """sum_k h_k w_k, the length of the flat indices."""
-        return self._offsets[-1]
-
-    @property
-    def code_shape(self) -> tuple[int, ...]:
-        return ()
-
-    @property
     def codebooks(self) -> nn.ModuleList:
         """The semantic and the pixel codebook (the dual quantizer's)."""
         return self.dual.codebooks
-
-    def split_indices(self, indices: Tensor) -> list[Tensor]:
-        """Flat (B, sum_{k<K} h_k w_k) indices -> list of K (B, h_k, w_k) maps."""
-        return _split_flat(indices, self.scales, self._offsets)
 
     def _up(self, k: int, codes: Tensor) -> Tensor:
         """(B, D, h_k, w_k) -> (B, D, H, W): bicubic to the last scale (nothing to do at the last)."""

@@ -16,7 +16,6 @@ Folder format (``save_pretrained``): ``config.json`` (``"peer": "tokenflow-256"`
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,14 @@ from torch import Tensor, nn
 
 from polytok.models.config import PixelDecoderConfig
 from polytok.models.decoders import BeitSemanticDecoder, CNNPixelDecoder
-from polytok.models.inputs import images_to_tensor
+from polytok.models.inputs import images_of_size
 from polytok.models.tokenizer import Tokenizer
 from polytok.nn import TanhMlpProjection, VQGANEncoder, resize_position_map
 from polytok.peers.tokenflow.config import TokenFlowConfig
 from polytok.quant import MultiScaleDualQuantizer
 
 PEER_NAME = "tokenflow-256"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+WHAT = "TokenFlow tokenizer"
 DINO_OFFSET = 0.1  # the positions' resize factor is (grid + 0.1) / table grid, as TokenFlow's CLIP port
 
 
@@ -152,13 +151,8 @@ class TokenFlowTokenizer(nn.Module):
     # -- core pieces ------------------------------------------------------------------------------
 
     def _prepare(self, images: Any) -> Tensor:
-        x = images_to_tensor(images, self.stride)
-        size = self.config.image_size
-        if tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"{self.config.name} takes {size}x{size} images (its scales end at {self.grid[0]} x "
-                f"{self.grid[1]} tokens), got {x.shape[-2]}x{x.shape[-1]}"
-            )
+        why = f"its scales end at {self.grid[0]} x {self.grid[1]} tokens"
+        x = images_of_size(images, self.stride, self.config.image_size, self.config.name, why)
         return x.to(self.device, self._device_probe.dtype) * 2 - 1  # TokenFlow's [-1, 1] input
 
     def clip_positions(self) -> Tensor:
@@ -273,40 +267,22 @@ class TokenFlowTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``manifest.json`` into ``directory``
-        atomically (see :func:`polytok.storage.save_folder`)."""
-        from safetensors.torch import save_file
+        atomically (see :mod:`polytok.peers.folder`)."""
+        from polytok.peers.folder import save_peer_folder
 
-        from polytok import storage
-
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
-
-        def write(staging: Path) -> None:
-            save_file(
-                tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_peer": PEER_NAME}
-            )
-            (staging / CONFIG_NAME).write_text(
-                json.dumps({"peer": PEER_NAME, **self.config.to_dict()}, indent=2)
-            )
-
-        return storage.save_folder(
-            Path(directory), write, known={CONFIG_NAME, WEIGHTS_NAME}, what="TokenFlow tokenizer"
-        )
+        state = self.checkpoint_state_dict()
+        return save_peer_folder(directory, PEER_NAME, self.config.to_dict(), state, what=WHAT)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> TokenFlowTokenizer:
         """Load a folder written by :meth:`save_pretrained` (files checked against its manifest)."""
-        from safetensors.torch import load_file
+        from polytok.peers.folder import load_peer_weights, open_peer_folder
 
-        from polytok import storage
-
-        root = storage.open_folder(Path(directory), "TokenFlow tokenizer")
-        data = json.loads((root / CONFIG_NAME).read_text())
-        if not isinstance(data, dict) or data.pop("peer", None) != PEER_NAME:
-            raise ValueError(f'{root / CONFIG_NAME} is not a TokenFlow config (no "peer": "{PEER_NAME}")')
+        root, data = open_peer_folder(directory, PEER_NAME, what=WHAT)
         tok = cls(TokenFlowConfig.from_dict(data))
-        tok.load_checkpoint_state(load_file(str(root / WEIGHTS_NAME)), str(root))
+        tok.load_checkpoint_state(load_peer_weights(root), str(root))
         return tok.to(map_location).eval()
 
     # every tensor by name and shape; missing or unexpected names raise ValueError naming them

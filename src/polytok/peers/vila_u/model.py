@@ -12,7 +12,6 @@ tokenizer) and ``manifest.json`` (their sizes and sha256, checked on load).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polytok.models.inputs import images_to_tensor
+from polytok.models.inputs import images_of_size
 from polytok.models.tokenizer import Tokenizer
 from polytok.nn import VQGANDecoder
 from polytok.peers.vila_u.config import VilaUConfig
@@ -29,8 +28,6 @@ from polytok.peers.vila_u.text import SPIECE_NAME, SiglipTextTokenizer
 from polytok.quant import ResidualQuantizer
 
 PEER_NAME = "vila-u"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-SAVED_FILES = {CONFIG_NAME, WEIGHTS_NAME, SPIECE_NAME}
 
 
 def build_siglip(siglip: dict[str, Any]) -> nn.Module:
@@ -190,13 +187,8 @@ class VilaUTokenizer(nn.Module):
     # -- core pieces ------------------------------------------------------------------------------
 
     def _prepare(self, images: Any) -> Tensor:
-        x = images_to_tensor(images, self.stride)
-        size = self.config.image_size
-        if tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"VILA-U's tower takes {size}x{size} images (SigLIP's position table is fixed), got "
-                f"{x.shape[-2]}x{x.shape[-1]}"
-            )
+        why = "SigLIP's position table is fixed"
+        x = images_of_size(images, self.stride, self.config.image_size, "VILA-U's tower", why)
         return x.to(self.device, self.pixel_mean.dtype)
 
     def features(self, images: Any) -> Tensor:
@@ -303,43 +295,26 @@ class VilaUTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors``, ``spiece.model`` (with a text tokenizer) and
-        ``manifest.json`` into ``directory`` atomically (see :func:`polytok.storage.save_folder`)."""
-        from safetensors.torch import save_file
+        ``manifest.json`` into ``directory`` atomically (see :mod:`polytok.peers.folder`)."""
+        from polytok.peers.folder import save_peer_folder
 
-        from polytok import storage
-
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.checkpoint_state_dict().items()}
-        spiece = self.text_tokenizer.model_bytes if self.text_tokenizer is not None else None
-
-        def write(staging: Path) -> None:
-            save_file(
-                tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "polytok_peer": PEER_NAME}
-            )
-            config = {"peer": PEER_NAME, **self.config.to_dict()}
-            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-            if spiece is not None:
-                (staging / SPIECE_NAME).write_bytes(spiece)
-
-        return storage.save_folder(Path(directory), write, known=SAVED_FILES, what="VILA-U tower")
+        files = {SPIECE_NAME: self.text_tokenizer.model_bytes} if self.text_tokenizer is not None else {}
+        return save_peer_folder(
+            directory, PEER_NAME, self.config.to_dict(), self.checkpoint_state_dict(), what="VILA-U tower",
+            files=files, optional={SPIECE_NAME},
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> VilaUTokenizer:
         """Load a folder written by :meth:`save_pretrained` (files checked against its manifest)."""
-        from safetensors.torch import load_file
+        from polytok.peers.folder import load_peer_weights, open_peer_folder
 
-        from polytok import storage
-
-        root = storage.open_folder(Path(directory), "VILA-U tower")
-        data = json.loads((root / CONFIG_NAME).read_text())
-        if not isinstance(data, dict) or data.pop("peer", None) != PEER_NAME:
-            raise ValueError(
-                f'{root / CONFIG_NAME} is not a VILA-U tower\'s config (no "peer": "{PEER_NAME}")'
-            )
+        root, data = open_peer_folder(directory, PEER_NAME, what="VILA-U tower")
         spiece = root / SPIECE_NAME
         tok = cls(VilaUConfig.from_dict(data), text_tokenizer=spiece if spiece.is_file() else None)
-        tok.load_checkpoint_state(load_file(str(root / WEIGHTS_NAME)), str(root))
+        tok.load_checkpoint_state(load_peer_weights(root), str(root))
         return tok.to(map_location).eval()
 
     # every tensor by name and shape; missing or unexpected names raise ValueError naming them
