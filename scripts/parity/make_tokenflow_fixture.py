@@ -8,8 +8,8 @@ Usage (a checkout anywhere; its modules are imported from there, never copied):
 TokenFlow's ``TokenFlow`` model is built by its own ``__init__`` with the ``clipb_224`` teacher, the
 enhanced decoder and ``infer_interpolate`` (how the released tokenizer is evaluated at 256 px), then its
 parts are rebuilt small with the official classes and put in their places (its ``__init__`` fixes the
-widths): OpenAI's CLIP ``VisionTransformer`` (its loader downloads ViT-B/16; here one is built with a
-4 x 4 position table... see REDUCED), the VQGAN ``Encoder`` / ``Decoder``, the BEiT-v2 ``decoder_vqkd``
+widths): OpenAI's CLIP ``VisionTransformer`` (its loader downloads ViT-B/16; here the same class is
+built from the sizes in REDUCED), the VQGAN ``Encoder`` / ``Decoder``, the BEiT-v2 ``decoder_vqkd``
 and the task layers; ``scale_rq_layers`` is set to the reduced grid's schedule. Seeded, every norm weight
 and bias perturbed, every weight rounded to float16 values (the fixture stores them in half the bytes and
 the float32 model the tests rebuild is exactly the one that produced the outputs).
