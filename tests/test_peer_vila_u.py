@@ -97,8 +97,8 @@ def test_parameter_counts_match_the_official_model_at_the_published_size(fixture
     with torch.device("meta"):
         tok = VilaUTokenizer.from_preset("vila-u")
     assert tok.parameter_counts() == meta["official_full_parameters"]
-    row = next(r for r in describe_peers() if r["name"] == "vila-u")
-    assert row["parameters"].startswith(f"{meta['official_full_parameters']['total'] / 1e6:.1f}M")
+    card = next(row for row in describe_peers() if row["name"] == "vila-u")  # peers sorted by name
+    assert card["parameters"].startswith(f"{meta['official_full_parameters']['total'] / 1e6:.1f}M")
 
 
 def test_a_shared_codebook_stored_once_or_under_every_level_converts_alike(fixture, tmp_path):

@@ -1,5 +1,5 @@
 """``polytok convert {unitok,evotok,llamagen} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok
-checkpoint; ``polytok convert vila-u DIR OUT_DIR``: a peer's released folder -> its polytok tower;
+checkpoint; ``polytok convert {vila-u,qlip} DIR OUT_DIR``: a peer's released folder -> its polytok tower;
 ``polytok convert tokenflow CKPT OUT_DIR``: a peer's released checkpoint file -> its polytok tokenizer."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from polytok.convert.state import ConversionError
 
 DEFAULT_PRESETS = {"unitok": "unitok-l", "evotok": "evotok-l", "llamagen": "llamagen-vq16"}
 # Peers released as folders (polytok.peers): system -> "module:function(folder, text_tokenizer=) -> model"
-PEER_FOLDERS = {"vila-u": "polytok.peers.vila_u.convert:convert_vila_u"}
+PEER_FOLDERS = {
+    "vila-u": "polytok.peers.vila_u.convert:convert_vila_u",
+    "qlip": "polytok.peers.qlip.convert:convert_qlip",
+}
 # Peers released as checkpoint files: system -> "module:function(path, trusted=, overrides=) -> model"
 PEER_CHECKPOINTS = {"tokenflow": "polytok.peers.tokenflow.convert:convert_tokenflow_file"}
 
@@ -101,7 +104,8 @@ def convert_checkpoint(
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U)"
+        "convert",
+        help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U, QLIP)",
     )
     p.add_argument(
         "system",
@@ -111,7 +115,7 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         help="the official torch checkpoint (.pth / .pt); llamagen also a Janus model file or folder; "
-        "vila-u its released folder",
+        "vila-u / qlip their released folders",
     )
     p.add_argument("out_dir", help="directory for config.json + model.safetensors")
     p.add_argument("--config", default=None, help="target tokenizer config file (default: the large preset)")

@@ -16,6 +16,7 @@ from typing import Any
 PEERS: dict[str, str] = {
     "tokenflow-256": "polytok.peers.tokenflow.model:TokenFlowTokenizer",
     "vila-u": "polytok.peers.vila_u.model:VilaUTokenizer",
+    "qlip-b16-256": "polytok.peers.qlip.model:QlipTokenizer",
 }
 
 

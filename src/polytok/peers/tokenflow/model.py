@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from polytok.models.config import PixelDecoderConfig
 from polytok.models.decoders import BeitSemanticDecoder, CNNPixelDecoder
 from polytok.models.inputs import images_of_size
-from polytok.models.tokenizer import Tokenizer
+from polytok.models.tokenizer import Tokenizer, _eval
 from polytok.nn import TanhMlpProjection, VQGANEncoder, resize_position_map
 from polytok.peers.tokenflow.config import TokenFlowConfig
 from polytok.quant import MultiScaleDualQuantizer
@@ -231,12 +231,8 @@ class TokenFlowTokenizer(nn.Module):
     def encode(self, images: Any) -> Tensor:
         """Images (float (B, 3, 256, 256) in [0, 1], PIL images or uint8 arrays) -> int64 codes (B, 817).
         Never changes the codebooks."""
-        was = self.quantizer.training
-        self.quantizer.eval()
-        try:
+        with _eval(self.quantizer):  # no statistics change while encoding
             return self.quantize(images).indices
-        finally:
-            self.quantizer.train(was)
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
@@ -278,11 +274,11 @@ class TokenFlowTokenizer(nn.Module):
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> TokenFlowTokenizer:
         """Load a folder written by :meth:`save_pretrained` (files checked against its manifest)."""
-        from polytok.peers.folder import load_peer_weights, open_peer_folder
+        from polytok.peers.folder import open_peer_folder
 
-        root, data = open_peer_folder(directory, PEER_NAME, what=WHAT)
+        root, data, state = open_peer_folder(directory, PEER_NAME, WHAT)
         tok = cls(TokenFlowConfig.from_dict(data))
-        tok.load_checkpoint_state(load_peer_weights(root), str(root))
+        tok.load_checkpoint_state(state, str(root))
         return tok.to(map_location).eval()
 
     # every tensor by name and shape; missing or unexpected names raise ValueError naming them

@@ -19,7 +19,6 @@ left out.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from torch import Tensor
 
 from polytok.convert.evotok import _map_attn_block, _map_res_block
 from polytok.convert.state import ConversionError, StateMapper
+from polytok.peers.folder import read_image_statistics, read_safetensors_folder
+from polytok.peers.folder import read_json as _read_json
 from polytok.peers.vila_u.config import KNOWN_SIGLIP_CONFIGS, VilaUConfig
 from polytok.peers.vila_u.model import VilaUTokenizer
 from polytok.peers.vila_u.text import SPIECE_NAME, find_spiece
@@ -42,18 +43,6 @@ _SIGLIP_KEYS = (
     "hidden_act",
     "layer_norm_eps",
 )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path} cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} does not hold a JSON object")
-    return data
 
 
 def _with_defaults(vision: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +164,7 @@ def config_from_folder(folder: str | Path) -> tuple[VilaUConfig, str]:
             "attention": bool(attn),
         },
     }
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        pre = _read_json(processor)
-        for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
-            if isinstance(pre.get(theirs), list) and len(pre[theirs]) == 3:
-                cfg[ours] = [float(v) for v in pre[theirs]]
+    cfg.update(read_image_statistics(folder))
     tokenizer_cfg = folder / "tokenizer_config.json"
     if tokenizer_cfg.is_file():
         cfg["do_lower_case"] = bool(_read_json(tokenizer_cfg).get("do_lower_case", True))
@@ -192,26 +176,13 @@ def config_from_folder(folder: str | Path) -> tuple[VilaUConfig, str]:
 
 def read_weights(folder: str | Path) -> dict[str, Tensor]:
     """The tensors of ``model.safetensors``, or of the shards listed in ``model.safetensors.index.json``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ConversionError(f"{index} has no weight_map")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-    else:
-        raise FileNotFoundError(f"{WHAT} weights not found: expected {single} (or {index.name} and shards)")
-    state: dict[str, Tensor] = {}
-    for path in files:
-        try:
-            state.update(load_file(str(path)))
-        except (SafetensorError, OSError) as exc:
-            raise ConversionError(f"{path} cannot be read as safetensors ({exc})") from exc
+    state = read_safetensors_folder(folder)
+    if state is None:
+        raise FileNotFoundError(
+            f"{WHAT} weights not found: expected {folder / 'model.safetensors'} (or "
+            "model.safetensors.index.json and shards)"
+        )
     return state
 
 

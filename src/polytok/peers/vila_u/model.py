@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.models.inputs import images_of_size
-from polytok.models.tokenizer import Tokenizer
+from polytok.models.tokenizer import Tokenizer, _eval
 from polytok.nn import VQGANDecoder
 from polytok.peers.vila_u.config import VilaUConfig
 from polytok.peers.vila_u.text import SPIECE_NAME, SiglipTextTokenizer
@@ -187,8 +187,7 @@ class VilaUTokenizer(nn.Module):
     # -- core pieces ------------------------------------------------------------------------------
 
     def _prepare(self, images: Any) -> Tensor:
-        why = "SigLIP's position table is fixed"
-        x = images_of_size(images, self.stride, self.config.image_size, "VILA-U's tower", why)
+        x = images_of_size(images, self.stride, self.config.image_size, "VILA-U's tower (SigLIP)")
         return x.to(self.device, self.pixel_mean.dtype)
 
     def features(self, images: Any) -> Tensor:
@@ -245,12 +244,8 @@ class VilaUTokenizer(nn.Module):
         """Images (float (B, 3, 256, 256) in [0, 1], PIL images or uint8 arrays) -> int64 codes
         (B, 16, 16, 4). Never changes the codebooks."""
         feats = self.features(images)
-        was = self.quantizer.training
-        self.quantizer.eval()
-        try:
+        with _eval(self.quantizer):  # no statistics change while encoding
             indices = self.quantizer(feats).indices
-        finally:
-            self.quantizer.train(was)
         return indices.reshape(indices.shape[0], *self.grid, self.num_levels)
 
     @torch.no_grad()
@@ -295,13 +290,14 @@ class VilaUTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors``, ``spiece.model`` (with a text tokenizer) and
-        ``manifest.json`` into ``directory`` atomically (see :mod:`polytok.peers.folder`)."""
+        ``manifest.json`` into ``directory`` atomically (see :func:`polytok.storage.save_folder`)."""
         from polytok.peers.folder import save_peer_folder
 
-        files = {SPIECE_NAME: self.text_tokenizer.model_bytes} if self.text_tokenizer is not None else {}
+        tok = self.text_tokenizer
+        files = {SPIECE_NAME: tok.model_bytes} if tok is not None else {}
         return save_peer_folder(
             directory, PEER_NAME, self.config.to_dict(), self.checkpoint_state_dict(), what="VILA-U tower",
-            files=files, optional={SPIECE_NAME},
+            files=files, known={SPIECE_NAME},
         )  # fmt: skip
 
     @classmethod
@@ -309,12 +305,12 @@ class VilaUTokenizer(nn.Module):
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> VilaUTokenizer:
         """Load a folder written by :meth:`save_pretrained` (files checked against its manifest)."""
-        from polytok.peers.folder import load_peer_weights, open_peer_folder
+        from polytok.peers.folder import open_peer_folder
 
-        root, data = open_peer_folder(directory, PEER_NAME, what="VILA-U tower")
+        root, data, state = open_peer_folder(directory, PEER_NAME, "VILA-U tower")
         spiece = root / SPIECE_NAME
         tok = cls(VilaUConfig.from_dict(data), text_tokenizer=spiece if spiece.is_file() else None)
-        tok.load_checkpoint_state(load_peer_weights(root), str(root))
+        tok.load_checkpoint_state(state, str(root))
         return tok.to(map_location).eval()
 
     # every tensor by name and shape; missing or unexpected names raise ValueError naming them
