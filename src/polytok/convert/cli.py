@@ -1,5 +1,6 @@
 """``polytok convert {unitok,evotok,llamagen} CHECKPOINT OUT_DIR``: an official checkpoint -> a polytok
-checkpoint; ``polytok convert vila-u DIR OUT_DIR``: a peer's released folder -> its polytok tower."""
+checkpoint; ``polytok convert {vila-u,qlip} DIR OUT_DIR``: a peer's released folder -> its polytok tower;
+``polytok convert tokenflow CKPT OUT_DIR``: a peer's released checkpoint file -> its polytok tokenizer."""
 
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ PEER_FOLDERS = {
     "vila-u": "polytok.peers.vila_u.convert:convert_vila_u",
     "qlip": "polytok.peers.qlip.convert:convert_qlip",
 }
+# Peers released as checkpoint files: system -> "module:function(path, trusted=, overrides=) -> model"
+PEER_CHECKPOINTS = {"tokenflow": "polytok.peers.tokenflow.convert:convert_tokenflow_file"}
+
+
+def convert_peer_checkpoint(
+    system: str, checkpoint: str | Path, out_dir: str | Path, *, config=None, trusted: bool = False,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
+    """Convert a peer's checkpoint file (``PEER_CHECKPOINTS``; ``config``: a dict or a YAML / JSON file of
+    config overrides) and ``save_pretrained`` it to ``out_dir``."""
+    import importlib
+
+    from polytok.config import load_file
+
+    _refuse_occupied(Path(out_dir), overwrite)
+    overrides = load_file(config) if isinstance(config, (str, Path)) else config
+    module, _, name = PEER_CHECKPOINTS[system].partition(":")
+    model = getattr(importlib.import_module(module), name)(checkpoint, trusted=trusted, overrides=overrides)
+    return model.save_pretrained(out_dir)
 
 
 def convert_peer_folder(
@@ -88,7 +108,9 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
         help="convert an official checkpoint (UniTok, EvoTok, LlamaGen) or a peer folder (VILA-U, QLIP)",
     )
     p.add_argument(
-        "system", choices=sorted([*DEFAULT_PRESETS, *PEER_FOLDERS]), help="which official code wrote the file"
+        "system",
+        choices=sorted([*DEFAULT_PRESETS, *PEER_FOLDERS, *PEER_CHECKPOINTS]),
+        help="which official code wrote the file",
     )
     p.add_argument(
         "checkpoint",
@@ -120,6 +142,13 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.system in PEER_FOLDERS:
         out = convert_peer_folder(
             args.system, args.checkpoint, args.out_dir, text_tokenizer=args.text_tokenizer,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        print(json.dumps({"converted": str(out), "system": args.system}))
+        return 0
+    if args.system in PEER_CHECKPOINTS:
+        out = convert_peer_checkpoint(
+            args.system, args.checkpoint, args.out_dir, config=args.config, trusted=args.trust_checkpoint,
             overwrite=args.overwrite,
         )  # fmt: skip
         print(json.dumps({"converted": str(out), "system": args.system}))

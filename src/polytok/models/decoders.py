@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.models.config import PixelDecoderConfig
 from polytok.nn import ConvUpsampler, TanhMlpProjection, Transformer, VQGANDecoder, sincos_2d
+from polytok.nn.posemb import resize_position_map
 
 
 def tokens_to_map(x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -103,10 +103,19 @@ class BeitSemanticDecoder(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, width: int, depth: int, heads: int, out_dim: int, grid: tuple[int, int]
+        self,
+        in_dim: int,
+        width: int,
+        depth: int,
+        heads: int,
+        out_dim: int,
+        grid: tuple[int, int],
+        *,
+        resize_offset: float = 0.0,
     ) -> None:
         super().__init__()
         self.grid = grid
+        self.resize_offset = resize_offset  # 0.1: DINO's resizing (TokenFlow's), see resize_position_map
         self.proj_in = nn.Linear(in_dim, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, width))
@@ -120,11 +129,9 @@ class BeitSemanticDecoder(nn.Module):
         """(1, 1 + h * w, width): the learned positions, the patch part resized to ``grid``."""
         if tuple(grid) == self.grid:
             return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        h0, w0 = self.grid
-        patch_map = patch_pos.reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
-        patch_map = F.interpolate(patch_map, size=grid, mode="bicubic", align_corners=False)
-        return torch.cat([cls_pos, patch_map.flatten(2).transpose(1, 2)], dim=1)
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[0, 1:]
+        resized = resize_position_map(patch_pos, self.grid, tuple(grid), offset=self.resize_offset)
+        return torch.cat([cls_pos, resized.unsqueeze(0)], dim=1)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         x = self.proj_in(x)

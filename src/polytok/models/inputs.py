@@ -91,13 +91,12 @@ def images_to_tensor(images: Any, stride: int) -> Tensor:
     return x.contiguous()
 
 
-def images_of_size(images: Any, stride: int, size: int, what: str) -> Tensor:
+def images_of_size(
+    images: Any, stride: int, size: int, what: str, why: str = "its position table is fixed"
+) -> Tensor:
     """:func:`images_to_tensor`, then refused unless ``size`` x ``size`` (a model with a fixed position
-    table: ``what`` names it)."""
+    table, or ``why`` it takes one size: ``what`` names it)."""
     x = images_to_tensor(images, stride)
     if tuple(x.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"{what} takes {size}x{size} images (its position table is fixed), got "
-            f"{x.shape[-2]}x{x.shape[-1]}"
-        )
+        raise ValueError(f"{what} takes {size}x{size} images ({why}), got {x.shape[-2]}x{x.shape[-1]}")
     return x

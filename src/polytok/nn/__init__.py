@@ -11,7 +11,7 @@ from polytok.nn.conv import (
     Upsample2d,
 )
 from polytok.nn.mlp import GeGluMlp, Mlp
-from polytok.nn.posemb import sincos_2d
+from polytok.nn.posemb import resize_position_map, sincos_2d
 from polytok.nn.projection import AttentionProjection, LinearProjection, TanhMlpProjection
 from polytok.nn.transformer import Transformer, TransformerBlock
 from polytok.nn.vqgan import VQGANDecoder, VQGANEncoder
@@ -33,5 +33,6 @@ __all__ = [
     "Upsample2d",
     "VQGANDecoder",
     "VQGANEncoder",
+    "resize_position_map",
     "sincos_2d",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PEERS: dict[str, str] = {
+    "tokenflow-256": "polytok.peers.tokenflow.model:TokenFlowTokenizer",
     "vila-u": "polytok.peers.vila_u.model:VilaUTokenizer",
     "qlip-b16-256": "polytok.peers.qlip.model:QlipTokenizer",
 }

@@ -9,7 +9,7 @@ from polytok.quant.fsq import FiniteScalarQuantizer
 from polytok.quant.implicit import ImplicitQuantizer
 from polytok.quant.lfq import LookupFreeQuantizer
 from polytok.quant.mcq import MultiCodebookQuantizer
-from polytok.quant.multiscale import MultiScaleResidualQuantizer
+from polytok.quant.multiscale import MultiScaleDualQuantizer, MultiScaleResidualQuantizer
 from polytok.quant.residual import ResidualQuantizer
 from polytok.quant.search import nearest_codes, nearest_codes_reference
 from polytok.quant.updates import CodebookUpdates, codebook_owners
@@ -26,6 +26,7 @@ __all__ = [
     "LevelledQuantizer",
     "LookupFreeQuantizer",
     "MultiCodebookQuantizer",
+    "MultiScaleDualQuantizer",
     "MultiScaleResidualQuantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
