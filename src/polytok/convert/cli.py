@@ -105,7 +105,7 @@ def convert_checkpoint(
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert an official checkpoint (UniTok, EvoTok, LlamaGen, TokenFlow) or peer folder (VILA-U, QLIP)",
+        help="convert an official checkpoint (UniTok, EvoTok, LlamaGen, TokenFlow) or folder (VILA-U, QLIP)",
     )
     p.add_argument(
         "system",
