@@ -14,15 +14,13 @@ about 2 GB of memory.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from full_size import main, timed
 from make_llamagen_fixture import build_official_vq
 from make_parity_fixtures import _code_margin, _load_file_module
 
@@ -34,7 +32,6 @@ VQ16_ARGS = {"vq_model": "VQ-16", "codebook_size": 16384, "codebook_embed_dim": 
 VQ16_ARCH = {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "z_channels": 256}
 
 
-@torch.no_grad()
 def compare(root: Path, n_images: int, seed: int) -> dict:
     module = _load_file_module(root / "tokenizer" / "tokenizer_image" / "vq_model.py", "llamagen_vq")
     official = build_official_vq(module, VQ16_ARGS, VQ16_ARCH, seed, half_values=False)
@@ -43,20 +40,22 @@ def compare(root: Path, n_images: int, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed + 1)
     images = torch.rand(n_images, 3, 256, 256, generator=gen) * 2 - 1
 
-    start = time.perf_counter()
-    quant, _, info = official.encode(images)
-    pixels = official.decode_code(info[2], quant.shape)  # [-1, 1] scale, unclamped
-    official_seconds = time.perf_counter() - start
+    def official_run():
+        quant, _, info = official.encode(images)
+        return quant, info, official.decode_code(info[2], quant.shape)  # [-1, 1] scale, unclamped
+
+    (quant, info, pixels), official_seconds = timed(official_run)
     b, _, h, w = quant.shape
     codes = info[2].reshape(b, h, w)
     feats = official.quant_conv(official.encoder(images)).permute(0, 2, 3, 1).reshape(-1, 8)
     margin = _code_margin(feats, official.quantize.embedding.weight, cosine=True)
 
-    start = time.perf_counter()
-    ours = tok.encode((images + 1) / 2)
-    flat, grid = tok._flatten_codes(codes)  # decode the official codes: outputs comparable everywhere
-    our_pixels = tok.pixel_decoder(tok.post_projection(tok.quantizer.indices_to_codes(flat)), grid)
-    polytok_seconds = time.perf_counter() - start
+    def polytok_run():
+        ours = tok.encode((images + 1) / 2)
+        flat, grid = tok._flatten_codes(codes)  # decode the official codes: outputs comparable everywhere
+        return ours, tok.pixel_decoder(tok.post_projection(tok.quantizer.indices_to_codes(flat)), grid)
+
+    (ours, our_pixels), polytok_seconds = timed(polytok_run)
     return {
         "system": "llamagen-vq16",
         "images": n_images,
@@ -66,20 +65,10 @@ def compare(root: Path, n_images: int, seed: int) -> dict:
         "min_code_margin": margin,
         "pixel_std": float(pixels.std()),
         "pixel_max_abs_diff": float((our_pixels - pixels).abs().max()),
-        "official_seconds": round(official_seconds, 1),
-        "polytok_seconds": round(polytok_seconds, 1),
-        "threads": torch.get_num_threads(),
+        "official_seconds": official_seconds,
+        "polytok_seconds": polytok_seconds,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llamagen", type=Path, required=True, help="checkout of FoundationVision/LlamaGen")
-    parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(json.dumps(compare(args.llamagen.resolve(), args.images, args.seed)), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "llamagen", "checkout of FoundationVision/LlamaGen", compare)
