@@ -119,6 +119,16 @@ def _check_depth(depth: int | None, tok) -> None:
     """``--depth k`` keeps the first k residual levels; it must be one the pixel decoder can use."""
     if depth is None:
         return
+    if not hasattr(tok, "num_levels"):  # a peer whose codes are not levels (tokenflow-256: scales)
+        scales = getattr(tok, "scales", None)
+        codes = (
+            ""
+            if scales is None
+            else f" (its codes are {sum(s * s for s in scales)} tokens over scales {scales})"
+        )
+        raise ValueError(
+            f"--depth applies to residual tokenizers; {tok.config.name} has no residual levels{codes}"
+        )
     if tok.num_levels == 1:
         raise ValueError(
             f"--depth applies to residual tokenizers; {tok.config.name} has one level of codes "

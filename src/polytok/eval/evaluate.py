@@ -26,6 +26,7 @@ from polytok.eval.progress import StageTimes, progress_bar
 from polytok.eval.result import MetricResult
 from polytok.eval.tokenizer_report import EvalReport
 from polytok.models.levels import code_prefix
+from polytok.peers import check_evaluable
 
 __all__ = ["DepthPlan", "EvalOptions", "Toggle", "ZeroShotSpec", "code_prefix", "evaluate_tokenizer"]
 
@@ -129,6 +130,7 @@ def evaluate_tokenizer(
         options = EvalOptions(**option_fields)
     elif option_fields:
         raise TypeError(f"give either options or option keywords, not both: {sorted(option_fields)}")
+    check_evaluable(tokenizer)  # a peer without the code layout read below: refused in one line
     plan = DepthPlan.of(tokenizer, options.depths)
     skipped: dict[str, str] = {}
     families = [*build_families(tokenizer, options, device, skipped), *families]
