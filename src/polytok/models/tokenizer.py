@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytok.config import ConfigError, load_file, merge
@@ -93,15 +92,6 @@ def build_projection(cfg: ProjectionConfig, in_dim: int, out_dim: int) -> nn.Mod
     if in_dim != out_dim:
         raise ValueError(f"projection kind 'identity' needs equal widths, got {in_dim} -> {out_dim}")
     return nn.Identity()
-
-
-def _semantic_chunk(cfg: QuantizerConfig, semantic_channels: int) -> int:
-    """Channels of the semantic group normalised together: one codebook's, or the whole group."""
-    codebooks = cfg.num_codebooks or 1
-    width = cfg.dim // codebooks
-    if codebooks > 1 and semantic_channels and semantic_channels % width == 0:
-        return width
-    return max(1, semantic_channels)
 
 
 def _normalised_chunk(cfg: QuantizerConfig) -> int | None:
@@ -223,7 +213,6 @@ class Tokenizer(nn.Module):
         self.num_levels = self.quantizer.num_levels
         self.linear_path: PatchPCA | None = None
         self.linear_channels = q.dim - cfg.semantic_channels  # the latent channels the linear path fills
-        self.semantic_chunk = _semantic_chunk(q, cfg.semantic_channels)
         if cfg.linear_path:
             self.linear_path = PatchPCA(self.stride, self.linear_channels, chunk=_normalised_chunk(q))
             if cfg.linear_path_gates:
@@ -451,9 +440,7 @@ class Tokenizer(nn.Module):
             linear = self.linear_path.encode(x) + self.linear_path_in(z)
         if k == z.shape[-1]:
             return linear, grid
-        # the semantic channels: the network's alone, unit norm per codebook (cosine codes)
-        own = F.normalize(z[..., k:].unflatten(-1, (-1, self.semantic_chunk)), dim=-1).flatten(-2)
-        return torch.cat([linear, own], dim=-1), grid
+        return torch.cat([linear, z[..., k:]], dim=-1), grid  # the semantic channels: the network's alone
 
     def _linear_path_on(self) -> bool:
         """The linear path acts once fitted; before (an untrained tokenizer) the networks act alone."""
