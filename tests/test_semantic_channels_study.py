@@ -1,0 +1,35 @@
+"""scripts/studies/semantic_channels.py: the bounds it compares and one short run of its bench."""
+
+from __future__ import annotations
+
+import torch
+
+from polytok.models.tokenizer import Tokenizer
+from script_helpers import load_script
+
+
+def test_bounds_touch_the_semantic_channels_only() -> None:
+    study = load_script("semantic_channels")
+    tok = Tokenizer.from_preset("unitok-tiny", semantic_channels=8, semantic={"head_input": "codes"}).train()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tok(images)  # fits the linear path
+        raw, _ = tok._latent(images)
+        latents = {b: study.bounded_latent(tok, images, b) for b in ("raw", "tanh", "norm")}
+    k = tok.linear_channels
+    assert k == 24 and torch.equal(latents["raw"], raw)
+    for latent in latents.values():
+        assert torch.equal(latent[..., :k], raw[..., :k])
+    torch.testing.assert_close(latents["tanh"][..., k:], torch.tanh(raw[..., k:]))
+    norms = latents["norm"][..., k:].unflatten(-1, (2, 4)).norm(dim=-1)  # 2 codebooks of 4 channels
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_bench_runs_and_probes() -> None:
+    study = load_script("semantic_channels")
+    records = study.run("clip", quantize=True, steps=2, every=1, probe_images=(48, 16))
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert 0.0 <= r["val"] <= 1.0 and 0.0 <= r["heldout"] <= 1.0
+        assert r["val"] * 16 == round(r["val"] * 16)  # a share of the 16 val images
+        assert torch.isfinite(torch.tensor(r["loss"]))
