@@ -88,8 +88,10 @@ def run(
         params += list(tok.quantizer.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
     tok.train()
-    with torch.no_grad():  # the first-batch initialisation of a run: linear path fit, k-means codebooks
-        tok(collate([train[i] for i in range(32)])["image"])
+    with torch.no_grad():  # a run's first-batch initialisation: linear path fit, k-means on bounded latents
+        first = collate([train[i] for i in range(32)])["image"]
+        tok.linear_path.fit(first)
+        tok.quantizer(bounded_latent(tok, first, bound))
     contrastive = ClipContrastiveLoss(learnable=False)
     probe_sets = {
         "train": collate([train[i] for i in range(_PROBE_FIRST, _PROBE_FIRST + n_train)]),
