@@ -1,17 +1,20 @@
-"""The commands on a saved peer folder (small random peers): reconstruct, encode and decode run; what a
-peer does not support yet (``polytok eval``, ``--depth`` on multi-scale codes) is refused in one line
-that names what the peer lacks, never with a traceback."""
+"""The commands on a saved peer folder (small random peers): reconstruct, encode, decode and eval run
+(eval with the figures each peer's branches allow, and no others); what a peer does not support
+(``--depth`` on multi-scale codes) is refused in one line that names what the peer lacks, never with a
+traceback."""
 
 from __future__ import annotations
 
 import io
+import json
+import math
 
 import pytest
 import torch
 
 from polytok.cli import main
 from polytok.hub import load_tokenizer
-from polytok.peers import NOT_EVALUATED, check_evaluable, peer_name
+from polytok.peers import peer_name
 
 SMALL = {
     "vila-u": {
@@ -81,16 +84,6 @@ def test_reconstruct_encode_and_decode_run_on_a_peer_folder(name, folders, tmp_p
     assert "psnr_db" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
-def test_eval_refuses_a_peer_in_one_line_naming_what_it_lacks(name, folders, capsys):
-    args = ["eval", str(folders[name]), "--data", "shapes", "--split", "heldout", "--max-images", "2"]
-    assert main([*args, "--image-size", "32"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"polytok: error: the tokenizer evaluation does not take the peer '{name}' yet")
-    assert NOT_EVALUATED[name] in err
-
-
 def test_depth_on_multi_scale_codes_is_refused_in_one_line(folders, tmp_path, capsys):
     folder = str(folders["tokenflow-256"])
     image = tmp_path / "image.png"
@@ -105,9 +98,53 @@ def test_depth_on_multi_scale_codes_is_refused_in_one_line(folders, tmp_path, ca
     )
 
 
-def test_only_peers_are_refused_by_the_evaluation():
-    from polytok import Tokenizer
+PIXEL = ("PSNR", "SSIM", "PSNR[JPEG, equal bits]", "PSNR[bicubic, equal bits]", "attr[shape]", "attr[all]")
+# per peer: figures that must be there, figures that must not, and why
+FIGURES = {
+    "vila-u": (("zero-shot top-1", "zero-shot top-5", "linear probe top-1", "code probe top-1"), ()),
+    "qlip-b16-256": (
+        ("zero-shot top-1 [image features]", "linear probe top-1 [image features]", "code probe top-1"),
+        ("zero-shot top-1", "linear probe top-1"),  # its embedding does not read the codes
+    ),
+    "tokenflow-256": (("linear probe top-1", "code probe top-1"), ("zero-shot top-1",)),  # no text tower
+}
 
-    with torch.device("meta"):
-        check_evaluable(Tokenizer.from_preset("llamagen-vq16"))  # a Tokenizer preset: evaluated
-    check_evaluable(object())  # anything else duck-typed: left to the evaluation
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_eval_runs_on_a_peer_folder_with_the_figures_its_branches_allow(name, folders, tmp_path, capsys):
+    report = tmp_path / "report.html"
+    data = ["--data", "shapes", "--split", "heldout", "--max-images", "8", "--image-size", "32"]
+    args = [*data, "--zero-shot-task", "object", "--no-semantic-fidelity", "--report", str(report)]
+    assert main(["eval", str(folders[name]), *args]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert report.is_file()
+    (summary,) = json.loads(report.with_suffix(".json").read_text())
+    metrics, skipped, protocol = summary["metrics"], summary["skipped"], summary["protocol"]
+    present, absent = FIGURES[name]
+    assert set(present) | set(PIXEL) <= set(metrics) and not set(absent) & set(metrics)
+    assert 3 < metrics["PSNR"]["value"] < 60 and -1 <= metrics["SSIM"]["value"] <= 1
+    for metric in (*present, *PIXEL[1:]):
+        if metric.startswith(("SSIM", "attr", "zero-shot", "linear", "code")):
+            assert 0 <= metrics[metric]["value"] <= 1, metric
+        assert math.isfinite(metrics[metric]["value"])
+    codebook = summary["codebook"]
+    assert 0 < codebook["summary"]["usage"] <= 1 and codebook["summary"]["perplexity"] >= 1
+    assert protocol["num_images"] == 8
+    if name == "vila-u":  # residual levels: pixel and code-probe curves at every prefix, semantics at 4
+        assert sorted(summary["depth_curves"]["PSNR"]) == ["1", "2", "3", "4"]
+        assert sorted(summary["depth_curves"]["code probe top-1"]) == ["1", "2", "3", "4"]
+        assert sorted(summary["depth_curves"]["zero-shot top-1"]) == ["4"]
+        assert "all 4 residual levels" in skipped["semantics at other depths"]
+        assert len(codebook["per_level"]["usage"]) == 4 and codebook["codebook_size"] == 64
+    elif name == "qlip-b16-256":  # 2^28 codes: counted as 4 groups of 7 bits; embedding from the images
+        assert protocol["codebook_size"] == 2**28 and codebook["codebook_size"] == 2**7
+        assert len(codebook["per_codebook"]["usage"][0]) == 4
+        assert "4 groups of 7 bits" in protocol["codebook_usage_counts"]
+        assert protocol["semantic_input"] == "image features"
+        assert metrics["zero-shot top-1 [image features]"]["protocol"]["semantic_input"] == "image features"
+        assert summary["depth_curves"] == {}
+    else:  # one multi-scale sequence, measured whole, one codebook over every scale's tokens
+        assert protocol["code_layout"].startswith("(B, 85): one sequence over the scales [1, 2, 4, 8]")
+        assert codebook["num_tokens_per_codebook"] == 8 * 85 and codebook["codebook_size"] == 64
+        assert skipped["zero-shot"] == "skipped: TokenFlow has no text tower"
+        assert summary["depth_curves"] == {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from polytok.eval.capabilities import TokenizerCapabilities, capabilities_of
 from polytok.eval.families import DepthBatch, DepthResult, MetricFamily, RealBatch, build_families
 from polytok.eval.families.base import family_label
 from polytok.eval.metrics.checks import check_images
@@ -26,7 +27,6 @@ from polytok.eval.progress import StageTimes, progress_bar
 from polytok.eval.result import MetricResult
 from polytok.eval.tokenizer_report import EvalReport
 from polytok.models.levels import code_prefix
-from polytok.peers import check_evaluable
 
 __all__ = ["DepthPlan", "EvalOptions", "Toggle", "ZeroShotSpec", "code_prefix", "evaluate_tokenizer"]
 
@@ -41,8 +41,8 @@ def _first(value: Any, count: int) -> Any:
 
 
 def code_levels(tokenizer: Any) -> int:
-    """Code levels of a tokenizer: its full depth (1 unless its quantizer is residual)."""
-    return int(getattr(tokenizer.quantizer, "num_levels", 1))
+    """Code levels of a tokenizer: its full depth (1 unless its codes are residual levels)."""
+    return capabilities_of(tokenizer).num_levels
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,9 @@ class DepthPlan:
 
     @classmethod
     def of(cls, tokenizer: Any, depths: Sequence[int] | None) -> DepthPlan:
-        num_levels = code_levels(tokenizer)
-        code_shape = tuple(int(s) for s in tokenizer.quantizer.code_shape)
+        """The plan for ``tokenizer`` (or its :class:`TokenizerCapabilities`) and the depths asked for."""
+        caps = tokenizer if isinstance(tokenizer, TokenizerCapabilities) else capabilities_of(tokenizer)
+        num_levels = caps.num_levels
         chosen = sorted(set(depths)) if depths is not None else list(range(1, num_levels + 1))
         if not chosen:
             raise ValueError("depths is empty")
@@ -69,12 +70,8 @@ class DepthPlan:
                 raise ValueError(
                     f"depth {depth} outside [1, {num_levels}] for a tokenizer with {num_levels} levels"
                 )
-        # A tokenizer without the attribute decodes every level it is given.
-        pixel_depth = min(int(getattr(tokenizer, "pixel_depth", num_levels) or num_levels), num_levels)
-        decoded = sorted({min(depth, pixel_depth) for depth in chosen})
-        return cls(
-            num_levels, code_shape, int(tokenizer.quantizer.codebook_size), pixel_depth, chosen, decoded
-        )
+        decoded = sorted({min(depth, caps.pixel_depth) for depth in chosen})
+        return cls(num_levels, caps.code_shape, caps.codebook_size, caps.pixel_depth, chosen, decoded)
 
     @property
     def levels(self) -> list[int]:
@@ -130,10 +127,10 @@ def evaluate_tokenizer(
         options = EvalOptions(**option_fields)
     elif option_fields:
         raise TypeError(f"give either options or option keywords, not both: {sorted(option_fields)}")
-    check_evaluable(tokenizer)  # a peer without the code layout read below: refused in one line
-    plan = DepthPlan.of(tokenizer, options.depths)
+    caps = capabilities_of(tokenizer)
+    plan = DepthPlan.of(caps, options.depths)
     skipped: dict[str, str] = {}
-    families = [*build_families(tokenizer, options, device, skipped), *families]
+    families = [*build_families(caps, options, device, skipped), *families]
     odd = [type(f).__name__ for f in families if f.reads not in ("pixels", "codes")]
     if odd:
         raise ValueError(f"a metric family reads 'pixels' or 'codes'; {odd} read neither")
@@ -142,7 +139,7 @@ def evaluate_tokenizer(
     times = StageTimes(bar)
     start = time.perf_counter()
     try:
-        stream = _stream(tokenizer, dataloader, plan, families, options, device, times)
+        stream = _stream(caps, dataloader, plan, families, options, device, times)
         elapsed = time.perf_counter() - start
         data_protocol = _data_protocol(protocol, stream)
         curves, metrics = _figures(families, plan, data_protocol, skipped, times)
@@ -163,7 +160,7 @@ def evaluate_tokenizer(
             },
         },
         skipped=skipped,
-        protocol={**data_protocol, **plan.protocol(), **options.protocol()},
+        protocol={**data_protocol, **plan.protocol(), **caps.protocol(), **options.protocol()},
         timing={
             "seconds": elapsed,
             "images_per_second": stream.seen / elapsed if elapsed > 0 else float("inf"),
@@ -203,7 +200,7 @@ class _Stream:
 
 
 def _stream(
-    tokenizer: Any,
+    caps: TokenizerCapabilities,
     dataloader: Iterable[dict[str, Any]],
     plan: DepthPlan,
     families: Sequence[MetricFamily],
@@ -214,7 +211,13 @@ def _stream(
     """One pass: encode each batch once, let every family see the originals, then each depth."""
     pixel_families = [f for f in families if f.reads == "pixels"]
     code_families = [f for f in families if f.reads == "codes"]
-    usage = CodebookUsage(plan.codebook_size, plan.code_shape, residual=plan.num_levels > 1)
+    tokenizer = caps.tokenizer
+    usage = CodebookUsage(
+        caps.usage_codebook_size or plan.codebook_size,
+        plan.code_shape if caps.usage_shape is None else caps.usage_shape,
+        residual=plan.num_levels > 1,
+        spatial_dims=caps.position_dims,
+    )
     out = _Stream(usage, [], {d: [] for d in plan.decoded})
     max_images = options.max_images
     was_training = getattr(tokenizer, "training", False)
@@ -236,7 +239,7 @@ def _stream(
                     images = images.to(device)
                 with times.part("encode"):
                     codes = tokenizer.encode(images)
-                usage.update(codes)
+                usage.update(codes if caps.usage_codes is None else caps.usage_codes(codes))
                 fields = {
                     k: _first(v, images.shape[0]) for k, v in batch.items() if k not in ("image", "label")
                 }

@@ -2,8 +2,10 @@
 
 Each peer reuses polytok's engine (quantizers, decoders, storage) and offers the tokenizer API
 (``encode``, ``decode``, ``semantic_features``, ``encode_text``, ``save_pretrained``,
-``from_pretrained``). ``PEERS`` maps a peer's architecture name to its class (``module:Class``), imported
-on first use; a saved peer names itself in its ``config.json`` (``"peer": name``).
+``from_pretrained``) and says what the evaluation may read of it (``eval_capabilities()``, a
+:class:`polytok.eval.capabilities.TokenizerCapabilities`). ``PEERS`` maps a peer's architecture name to
+its class (``module:Class``), imported on first use; a saved peer names itself in its ``config.json``
+(``"peer": name``).
 """
 
 from __future__ import annotations
@@ -20,32 +22,10 @@ PEERS: dict[str, str] = {
 }
 
 
-# What each peer lacks of the Tokenizer interface that ``evaluate_tokenizer`` reads (a code grid
-# (B, h, w, *code_shape) with ``quantizer.code_shape``, prefixes of levels that decode and give semantic
-# features): until the evaluation takes peers, it refuses them with this reason.
-NOT_EVALUATED: dict[str, str] = {
-    "tokenflow-256": "its codes are one multi-scale sequence (B, 817), not a (B, h, w) grid of codes",
-    "vila-u": "its semantic features are defined from all 4 residual levels, not from each prefix the "
-    "evaluation measures",
-    "qlip-b16-256": "its quantizer (28-bit BSQ) has no code_shape and its image embedding comes from the "
-    "images, not from the codes",
-}
-
-
 def peer_name(model: Any) -> str | None:
     """The peer a model is (its class's ``peer`` name), or None for anything else."""
     name = getattr(type(model), "peer", None)
     return name if isinstance(name, str) and name in PEERS else None
-
-
-def check_evaluable(model: Any, what: str = "the tokenizer evaluation") -> None:
-    """Refuse a peer that ``what`` does not take yet, in one line naming what the peer lacks."""
-    name = peer_name(model)
-    if name is not None and name in NOT_EVALUATED:
-        raise ValueError(
-            f"{what} does not take the peer {name!r} yet: {NOT_EVALUATED[name]}; reconstruct, encode "
-            "and decode work on it"
-        )
 
 
 def list_peers() -> list[str]:

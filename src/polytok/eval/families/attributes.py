@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from polytok.eval.capabilities import TokenizerCapabilities
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
 from polytok.eval.options import EvalOptions
 from polytok.eval.result import MetricResult
@@ -143,12 +144,11 @@ def _chance(attribute: str) -> float:
 
 
 def build(
-    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+    caps: TokenizerCapabilities, options: EvalOptions, device: Any, skipped: dict[str, str]
 ) -> AttributeFidelity | None:
     if options.attribute_fidelity is False:
         return None
     from polytok.eval.shapes.judge import load_shapes_judge
 
-    stride = getattr(tokenizer, "stride", None)
     required = options.attribute_fidelity is True
-    return AttributeFidelity(load_shapes_judge(), required=required, stride=int(stride) if stride else None)
+    return AttributeFidelity(load_shapes_judge(), required=required, stride=caps.stride)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from polytok.eval.capabilities import TokenizerCapabilities
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, load_optional
 from polytok.eval.metrics.features import FeatureSpace, InceptionFeatures
 from polytok.eval.metrics.frechet import FeatureMoments, FrechetDistance
@@ -52,7 +53,9 @@ class FrechetFamily:
         return results
 
 
-def build(tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]) -> FrechetFamily | None:
+def build(
+    caps: TokenizerCapabilities, options: EvalOptions, device: Any, skipped: dict[str, str]
+) -> FrechetFamily | None:
     spaces: dict[str, FeatureSpace] = {}
     inception = load_optional(
         options.fid,

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from polytok.eval.capabilities import TokenizerCapabilities
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth, load_optional
 from polytok.eval.metrics.perceptual import LPIPS, build_lpips_vgg
 from polytok.eval.metrics.pixel import PSNR, SSIM
@@ -48,7 +49,9 @@ class PixelFidelity:
         return results
 
 
-def build(tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]) -> PixelFidelity:
+def build(
+    caps: TokenizerCapabilities, options: EvalOptions, device: Any, skipped: dict[str, str]
+) -> PixelFidelity:
     model = load_optional(options.lpips, "LPIPS", lambda: build_lpips_vgg(options.vgg_weights_path), skipped)
     if model is not None and device is not None:
         model = model.to(device)

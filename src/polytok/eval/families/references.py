@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from polytok.eval.capabilities import TokenizerCapabilities
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch
 from polytok.eval.metrics.pixel import PSNR, SSIM
 from polytok.eval.options import EvalOptions
@@ -139,6 +140,6 @@ class CodecReferences:
 
 
 def build(
-    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+    caps: TokenizerCapabilities, options: EvalOptions, device: Any, skipped: dict[str, str]
 ) -> CodecReferences | None:
-    return CodecReferences(int(tokenizer.quantizer.codebook_size)) if options.codec_references else None
+    return CodecReferences(caps.codebook_size) if options.codec_references else None

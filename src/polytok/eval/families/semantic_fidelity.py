@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from polytok.eval.capabilities import TokenizerCapabilities
 from polytok.eval.families.base import DepthBatch, DepthResult, RealBatch, at_depth
 from polytok.eval.metrics.frechet import FeatureMoments
 from polytok.eval.options import EvalOptions
@@ -59,7 +60,7 @@ class SemanticFidelityFamily:
 
 
 def build(
-    tokenizer: Any, options: EvalOptions, device: Any, skipped: dict[str, str]
+    caps: TokenizerCapabilities, options: EvalOptions, device: Any, skipped: dict[str, str]
 ) -> SemanticFidelityFamily | None:
     if not options.semantic_fidelity:
         return None

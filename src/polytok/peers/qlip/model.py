@@ -253,6 +253,31 @@ class QlipTokenizer(nn.Module):
         """Codes -> (B, bits): the code vectors averaged over positions (a neutral probe)."""
         return self.code_vectors(codes).mean(dim=1)
 
+    def eval_capabilities(self) -> Any:
+        """What ``polytok eval`` reads: one code per patch; codebook usage per group of bits (2^28 codes
+        are too many to count; BSQ factorises its entropy over the same groups); the image embedding is
+        :meth:`image_features` of the images, so its zero-shot and probe figures are labelled
+        ``[image features]``: they do not measure the codes."""
+        from polytok.eval.capabilities import TokenizerCapabilities
+
+        bits, group = self.config.quantizer.bits, self.config.quantizer.group_size
+        group = group if bits > 16 and bits % group == 0 else bits  # up to 16 bits: the codes whole
+        groups = bits // group
+        shifts = torch.arange(groups - 1, -1, -1) * group  # the first group the most significant bits
+
+        def bit_groups(codes: Tensor) -> Tensor:
+            return (codes[..., None] >> shifts.to(codes.device)) & (2**group - 1)
+
+        note = f"each code's {bits} bits as {groups} groups of {group} bits, the first the most significant"
+        return TokenizerCapabilities(
+            tokenizer=self, codebook_size=self.codebook_size, stride=self.stride,
+            usage_codes=bit_groups if groups > 1 else None, usage_shape=(groups,) if groups > 1 else None,
+            usage_codebook_size=2**group, usage_note=note if groups > 1 else None,
+            semantic_embedding=lambda images, codes: self.image_features(images),
+            semantic_input="image features",
+            encode_text=self.encode_text, code_embedding=self.code_embedding,
+        )  # fmt: skip
+
     @property
     def text_tokenizer(self) -> ClipBPETextTokenizer:
         """CLIP's BPE (open_clip's bundled vocabulary, the one QLIP's ``CLIPTokenizer`` files hold)."""

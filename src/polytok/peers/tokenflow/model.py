@@ -256,6 +256,20 @@ class TokenFlowTokenizer(nn.Module):
         """Codes -> (B, Ds + Dp): the summed code vectors averaged over positions (a neutral probe)."""
         return self.code_vectors(codes).mean(dim=(1, 2))
 
+    def eval_capabilities(self) -> Any:
+        """What ``polytok eval`` reads: codes (B, num_tokens), one sequence over the scales, measured
+        whole (no residual levels); one codebook shared by every scale, counted over all their tokens; the
+        semantic probe on :meth:`semantic_features`; no text tower, so no zero-shot."""
+        from polytok.eval.capabilities import TokenizerCapabilities
+
+        return TokenizerCapabilities(
+            tokenizer=self, codebook_size=self.codebook_size, position_dims=1, stride=self.stride,
+            usage_note=f"the tokens of all scales together (one codebook shared by the scales {self.scales})",
+            semantic_embedding=lambda images, codes: self.semantic_features(codes),
+            text_reason="TokenFlow has no text tower", code_embedding=self.code_embedding,
+            layout=f"(B, {self.num_tokens}): one sequence over the scales {self.scales}, coarse to fine",
+        )  # fmt: skip
+
     # -- checkpoints ------------------------------------------------------------------------------
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:

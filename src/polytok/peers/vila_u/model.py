@@ -265,6 +265,20 @@ class VilaUTokenizer(nn.Module):
         """Codes -> (B, width): the summed code vectors averaged over positions (a neutral probe)."""
         return self.code_vectors(codes).mean(dim=1)
 
+    def eval_capabilities(self) -> Any:
+        """What ``polytok eval`` reads: residual levels (pixel figures and code probe at every prefix); the
+        image embedding, hence zero-shot and the semantic probe, at all levels only."""
+        from polytok.eval.capabilities import TokenizerCapabilities
+
+        return TokenizerCapabilities(
+            tokenizer=self, codebook_size=self.codebook_size, code_shape=self.code_shape,
+            num_levels=self.num_levels, pixel_depth=self.pixel_depth, stride=self.stride,
+            semantic_embedding=lambda images, codes: self.semantic_features(codes),
+            semantic_levels=(self.num_levels,),
+            semantic_reason=f"VILA-U's image embedding is defined from all {self.num_levels} residual levels",
+            encode_text=self.encode_text, code_embedding=self.code_embedding,
+        )  # fmt: skip
+
     @torch.no_grad()
     def encode_text(self, texts: Any) -> Tensor:
         """Captions (a list of strings; or int64 ids (B, context) from SigLIP's tokenizer) -> (B, E)
