@@ -54,6 +54,33 @@ def bounded_latent(tok: Tokenizer, images: Tensor, bound: str) -> Tensor:
     return torch.cat([z[..., :k], own], dim=-1)
 
 
+def shapes_captions() -> list[str]:
+    """Every caption ``shapes`` can draw (5040: shape x colour x size x position x count x background)."""
+    import itertools
+
+    from polytok.data.shapes import BACKGROUNDS, COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, caption_for
+
+    keys = ("shape", "colour", "size", "position", "count", "background")
+    ranges = [range(len(x)) for x in (SHAPES, COLOURS, SIZES, POSITIONS, COUNTS, BACKGROUNDS)]
+    return [caption_for(dict(zip(keys, v, strict=True))) for v in itertools.product(*ranges)]
+
+
+def whiten_caption_features(tok: Tokenizer, captions: list[str] | None = None, eps: float = 1e-3) -> None:
+    """Make the frozen text tower's features white over every ``shapes`` caption (mean 0, covariance I):
+    captions that differ in the shape word only lie close together in the sentence encoder's space, and
+    whitening gives each attribute's direction the same scale before the trainable projection."""
+    captions = captions if captions is not None else shapes_captions()
+    tower = tok.text_tower
+    feats = torch.cat([tower._frozen_features(captions[i : i + 512]) for i in range(0, len(captions), 512)])
+    mean = feats.mean(0)
+    cov = torch.cov((feats - mean).T.double())
+    values, vectors = torch.linalg.eigh(cov)
+    floor = eps * float(values.max())  # relative, so directions the captions never vary in stay small
+    whitening = (vectors @ torch.diag((values.clamp(min=0) + floor).rsqrt()) @ vectors.T).float()
+    plain = tower._frozen_features
+    tower._frozen_features = lambda texts: (plain(texts) - mean) @ whitening
+
+
 def _probe(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> float:
     """Top-1 of logistic regression (scikit-learn defaults, C = 1) on features standardised by ``train``."""
     from sklearn.linear_model import LogisticRegression
@@ -73,6 +100,7 @@ def run(
     channels: int = 8,
     seed: int = 0,
     probe_images: tuple[int, int] = (1024, 512),
+    whiten_text: bool = False,
 ) -> list[dict[str, Any]]:
     """Train unitok-tiny's semantic path as the module docstring says, batches of 32 at 64 px; returns one
     record per probe (step, loss, val, heldout)."""
@@ -93,6 +121,8 @@ def run(
         tok.linear_path.fit(first)
         tok.quantizer(bounded_latent(tok, first, bound))
     contrastive = ClipContrastiveLoss(learnable=False)
+    if whiten_text:
+        whiten_caption_features(tok)
     probe_sets = {
         "train": collate([train[i] for i in range(_PROBE_FIRST, _PROBE_FIRST + n_train)]),
         "val": collate([val[i] for i in range(n_test)]),
@@ -132,7 +162,9 @@ def run(
         optimizer.step()
         if step % every == 0 or step == steps:
             val_top1, heldout_top1 = probe()
-            records.append({"step": step, "loss": float(loss), "val": val_top1, "heldout": heldout_top1})
+            records.append(
+                {"step": step, "loss": float(loss.detach()), "val": val_top1, "heldout": heldout_top1}
+            )
             seconds = time.perf_counter() - start
             print(
                 f"{step} loss {float(loss):.3f} probe {val_top1:.3f} / {heldout_top1:.3f} ({seconds:.0f} s)"
@@ -148,6 +180,7 @@ def main() -> None:
     parser.add_argument("--quantize", action="store_true")
     parser.add_argument("--bound", choices=("raw", "tanh", "norm"), default="raw")
     parser.add_argument("--train-codebooks", action="store_true", help="codebooks in the optimiser too")
+    parser.add_argument("--whiten-text", action="store_true", help="whitened caption features (clip)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--channels", type=int, default=8)
@@ -164,6 +197,7 @@ def main() -> None:
         args.every,
         args.channels,
         args.seed,
+        whiten_text=args.whiten_text,
     )
 
 
