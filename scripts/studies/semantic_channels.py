@@ -75,8 +75,7 @@ def whiten_caption_features(tok: Tokenizer, captions: list[str] | None = None, e
     mean = feats.mean(0)
     cov = torch.cov((feats - mean).T.double())
     values, vectors = torch.linalg.eigh(cov)
-    floor = eps * float(values.max())  # relative, so directions the captions never vary in stay small
-    whitening = (vectors @ torch.diag((values.clamp(min=0) + floor).rsqrt()) @ vectors.T).float()
+    whitening = (vectors @ torch.diag((values.clamp(min=0) + eps).rsqrt()) @ vectors.T).float()
     plain = tower._frozen_features
     tower._frozen_features = lambda texts: (plain(texts) - mean) @ whitening
 
@@ -167,7 +166,7 @@ def run(
             )
             seconds = time.perf_counter() - start
             print(
-                f"{step} loss {float(loss):.3f} probe {val_top1:.3f} / {heldout_top1:.3f} ({seconds:.0f} s)"
+                f"{step} loss {float(loss.detach()):.3f} probe {val_top1:.3f} / {heldout_top1:.3f} ({seconds:.0f} s)"
             )
     return records
 
