@@ -161,13 +161,9 @@ def run(
         optimizer.step()
         if step % every == 0 or step == steps:
             val_top1, heldout_top1 = probe()
-            records.append(
-                {"step": step, "loss": float(loss.detach()), "val": val_top1, "heldout": heldout_top1}
-            )
-            seconds = time.perf_counter() - start
-            print(
-                f"{step} loss {float(loss.detach()):.3f} probe {val_top1:.3f} / {heldout_top1:.3f} ({seconds:.0f} s)"
-            )
+            value, seconds = float(loss.detach()), time.perf_counter() - start
+            records.append({"step": step, "loss": value, "val": val_top1, "heldout": heldout_top1})
+            print(f"{step} loss {value:.3f} probe {val_top1:.3f} / {heldout_top1:.3f} ({seconds:.0f} s)")
     return records
 
 
