@@ -13,6 +13,8 @@ the shape (logistic regression with scikit-learn's defaults on standardised feat
   best case: a direct signal; no real data has such labels);
 - ``--objective clip``: the preset's CLIP head on the code vectors against the captions, each image's
   caption with the shape word swapped as hard negatives (``loss.caption_negatives``);
+- ``--objective choice``: the same head and captions, but each image chooses only among its caption and
+  its own five negatives (no other image's caption): the shape is all there is to tell;
 - ``--quantize``: through the quantizer (straight-through, its loss added) instead of the raw latent;
 - ``--bound``: how the semantic channels are bounded before quantization, ``raw`` (the tokenizer's),
   ``tanh``, or ``norm`` (unit norm per codebook, UniTok's cosine codes).
@@ -78,6 +80,20 @@ def whiten_caption_features(tok: Tokenizer, captions: list[str] | None = None, e
     whitening = (vectors @ torch.diag((values.clamp(min=0) + eps).rsqrt()) @ vectors.T).float()
     plain = tower._frozen_features
     tower._frozen_features = lambda texts: (plain(texts) - mean) @ whitening
+
+
+def caption_choice_loss(
+    image: Tensor, text: Tensor, negatives: Tensor, mask: Tensor, scale: Tensor
+) -> Tensor:
+    """Cross-entropy of choosing each image's caption among itself and its own negatives only (no other
+    images' captions): (B, E), (B, E), (B, K, E), (B, K) -> scalar. Images without negatives count 0."""
+    own = torch.einsum("be,be->b", image, text)[:, None]
+    others = torch.einsum("be,bke->bk", image, negatives).masked_fill(~mask, float("-inf"))
+    logits = scale * torch.cat([own, others], dim=1)
+    rows = mask.any(dim=1)
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[rows], torch.zeros(int(rows.sum()), dtype=torch.long))
 
 
 def _probe(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> float:
@@ -153,8 +169,13 @@ def run(
             loss = contrastive(
                 tok.clip_head(v), tok.encode_text(batch["caption"]), tok.logit_scale, negatives, mask
             ).loss
+        elif objective == "choice":
+            negatives, mask = tok._encode_negatives(batch["negative_captions"])
+            loss = caption_choice_loss(
+                tok.clip_head(v), tok.encode_text(batch["caption"]), negatives, mask, tok.logit_scale
+            )
         else:
-            raise ValueError(f"unknown objective {objective!r}: expected ce or clip")
+            raise ValueError(f"unknown objective {objective!r}: expected ce, clip or choice")
         loss = loss + quant_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--objective", choices=("ce", "clip"), default="ce")
+    parser.add_argument("--objective", choices=("ce", "clip", "choice"), default="ce")
     parser.add_argument("--quantize", action="store_true")
     parser.add_argument("--bound", choices=("raw", "tanh", "norm"), default="raw")
     parser.add_argument("--train-codebooks", action="store_true", help="codebooks in the optimiser too")
