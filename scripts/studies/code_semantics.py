@@ -51,6 +51,7 @@ from polytok.eval.metrics.zero_shot import ZeroShotClassifier
 from polytok.losses import ClipContrastiveLoss, FeatureDistillationLoss
 from polytok.models.levels import code_prefix
 from polytok.recipes.sections import build_training_dataset
+from polytok.recipes.tokenizer_objective import semantic_branch
 from polytok.recipes.tokenizer_run import build_tokenizer, load_run_config, train_tokenizer
 from polytok.train.schedule import lr_multiplier
 
@@ -128,8 +129,7 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
                 semantic[s] = _probe(train, (feats[s], getattr(images, s)[1]))
         zero_shot = {"val": None, "heldout": None}
         if tokenizer.semantic_kind == "contrastive" and images.objects:
-            for s in zero_shot:
-                zero_shot[s] = zero_shot_objects(tokenizer, codes[s], images.objects[s])
+            zero_shot = zero_shot_objects(tokenizer, {s: feats[s] for s in zero_shot}, images.objects)
         recon = _in_batches(lambda x: tokenizer.decode(tokenizer.encode(x)), images.photos)
         psnr = float(psnr_per_image(recon, images.photos).mean())
         gates = getattr(tokenizer, "linear_path_gates", None)
@@ -150,13 +150,16 @@ def measure(tokenizer: Any, images: ProbeImages, name: str, steps: int) -> dict[
         tokenizer.train(was)
 
 
-def zero_shot_objects(tokenizer: Any, codes: Tensor, objects: Tensor) -> float:
-    """Zero-shot top-1 of naming the (colour, shape) pair among all 42 (``shapes``' ``object`` prompts)
-    from the semantic embedding of ``codes``: on held-out pairs a colour-only model scores 1/6."""
-    names = list(TASK_CLASSES["object"])
-    classifier = ZeroShotClassifier(tokenizer.encode_text, names, PROMPT_TEMPLATES["object"])
-    classifier.update(_in_batches(tokenizer.semantic_features, codes), objects)
-    return float(classifier.compute()["top1"].value)
+def zero_shot_objects(tokenizer: Any, embeddings: dict[str, Tensor], objects: dict[str, Tensor]) -> dict:
+    """Per split, zero-shot top-1 of naming the (colour, shape) pair among all 42 (``shapes``' ``object``
+    prompts) from the semantic embeddings (B, E): on held-out pairs a colour-only model scores 1/6."""
+    classifier = ZeroShotClassifier(tokenizer.encode_text, TASK_CLASSES["object"], PROMPT_TEMPLATES["object"])
+    top1 = {}
+    for split, embedding in embeddings.items():
+        classifier.reset()
+        classifier.update(embedding, objects[split])
+        top1[split] = float(classifier.compute()["top1"].value)
+    return top1
 
 
 def pixel_references(images: ProbeImages, stride: int = 4) -> dict[str, tuple[float, float]]:
@@ -195,15 +198,14 @@ def teacher_reference(tokenizer: Any, images: ProbeImages) -> tuple[float, float
 
 
 def semantic_parameters(tokenizer: Any) -> list[Tensor]:
-    """What the semantic loss alone trains: CLIP head, logit scale and the text tower's trainable part
-    (its projection when the encoder is frozen), or the semantic decoder."""
-    parts = [getattr(tokenizer, n, None) for n in ("clip_head", "semantic_decoder")]
+    """What the semantic loss alone trains (``semantic_branch``), less a frozen pretrained text encoder:
+    of such a tower only its projection trains."""
     tower = getattr(tokenizer, "text_tower", None)
-    if tower is not None:
-        parts.append(tower.projection if getattr(tower, "frozen", False) else tower)
-    params = [p for part in parts if part is not None for p in part.parameters()]
-    scale = getattr(tokenizer, "log_logit_scale", None)
-    return params + ([scale] if scale is not None else [])
+    frozen = set(map(id, tower.encoder.parameters())) if getattr(tower, "frozen", False) else set()
+    params = []
+    for part in semantic_branch(tokenizer):
+        params += [part] if isinstance(part, torch.nn.Parameter) else list(part.parameters())
+    return [p for p in params if id(p) not in frozen]
 
 
 def head_on_frozen_codes(tokenizer: Any, config: Any, steps: int) -> Any:

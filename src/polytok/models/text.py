@@ -157,6 +157,7 @@ class PretrainedTextTower(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
         self.projection = nn.Linear(out_dim, embed_dim)
+        self._feature_cache: OrderedDict[str, Tensor] = OrderedDict()  # frozen towers: text -> features
 
     def train(self, mode: bool = True) -> PretrainedTextTower:
         super().train(mode)
@@ -177,7 +178,7 @@ class PretrainedTextTower(nn.Module):
         """The frozen encoder's features (B, C), each distinct text encoded once: captions repeat across
         steps (a caption set of a few thousand, hard negatives x5), and a frozen encoder in eval mode
         gives the same features every time."""
-        cache = self.__dict__.setdefault("_feature_cache", OrderedDict())
+        cache = self._feature_cache
         missing = list(dict.fromkeys(t for t in texts if t not in cache))
         if missing:
             with torch.no_grad():

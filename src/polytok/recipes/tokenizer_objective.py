@@ -97,13 +97,15 @@ def freeze_semantic_branch(tokenizer: nn.Module) -> None:
     gradients at the next step (they are part of the forward's outputs, so ``find_unused_parameters``
     cannot tell), and frozen parameters are left out of DDP's reduction and of the optimiser.
     """
-    for name in ("clip_head", "text_tower", "semantic_decoder"):
-        part = getattr(tokenizer, name, None)
-        if part is not None:
-            part.requires_grad_(False)
-    scale = getattr(tokenizer, "log_logit_scale", None)
-    if scale is not None:
-        scale.requires_grad_(False)
+    for part in semantic_branch(tokenizer):
+        part.requires_grad_(False)
+
+
+def semantic_branch(tokenizer: nn.Module) -> list[nn.Module | nn.Parameter]:
+    """The parts only the semantic loss trains, those the tokenizer has: CLIP head, text tower, semantic
+    decoder, logit scale (a frozen pretrained text encoder inside the tower included)."""
+    names = ("clip_head", "text_tower", "semantic_decoder", "log_logit_scale")
+    return [part for part in (getattr(tokenizer, n, None) for n in names) if part is not None]
 
 
 class TokenizerObjective:
@@ -152,7 +154,7 @@ class TokenizerObjective:
         contrastive = self.semantic_kind == "contrastive" and self.config.semantic > 0
         texts = batch.get("caption") if contrastive else None  # weight 0: the text tower need not run
         negatives = batch.get("negative_captions") if contrastive and self.config.caption_negatives else None
-        out = model(images, texts, negatives) if negatives is not None else model(images, texts)
+        out = model(images, texts, negatives)
         logs: dict[str, Tensor] = {}
         rec = self.reconstruction(out.reconstruction.float(), images.float(), self.pixel_weight(batch))
         total = rec.loss
