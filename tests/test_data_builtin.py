@@ -290,22 +290,37 @@ def test_validation_photos_appear_in_no_training_data():
     assert {PHOTO_SOURCES[photos[i]["label"]][0] for i in range(64)} <= train
 
 
-def test_shapes_negative_captions_differ_in_the_shape_word_only():
+def test_shapes_negative_captions_swap_one_word_and_never_name_a_held_out_pair():
+    """Each negative differs from the caption in the shape word or the colour word only; every shape and
+    colour swap is there unless it would name a (shape, colour) pair outside the split (a held-out pair's
+    caption never appears in training text)."""
     from polytok.data.loader import collate
+    from polytok.data.shapes import COLOURS, HELDOUT_PAIRS, TASK_CLASSES, caption_for
 
     data = ShapesDataset(split="train", image_size=32)
-    for i in range(20):
+    held = {(list(SHAPES).index(s), list(COLOURS).index(c)) for s, c in HELDOUT_PAIRS}
+    colour_words = set(TASK_CLASSES["colour"])
+    dropped = 0
+    for i in range(40):
         item = data[i]
+        attributes = item["attributes"]
         words = item["caption"].split()
         negatives = item["negative_captions"]
-        assert len(negatives) == len(SHAPES) - 1 and len(set(negatives)) == len(negatives)
-        assert item["caption"] not in negatives
-        names = SHAPES if item["attributes"]["count"] == 0 else SHAPE_PLURALS
+        assert item["caption"] not in negatives and len(set(negatives)) == len(negatives)
+        names = SHAPES if attributes["count"] == 0 else SHAPE_PLURALS
         for negative in negatives:
             other = negative.split()
             assert len(other) == len(words)
             changed = [k for k in range(len(words)) if words[k] != other[k]]
-            assert len(changed) == 1 and words[changed[0]] in names and other[changed[0]] in names
+            assert len(changed) == 1
+            a, b = words[changed[0]], other[changed[0]]
+            assert (a in names and b in names) or (a in colour_words and b in colour_words)
+        swaps = [{**attributes, "shape": s} for s in range(len(SHAPES)) if s != attributes["shape"]]
+        swaps += [{**attributes, "colour": c} for c in range(len(COLOURS)) if c != attributes["colour"]]
+        expected = [caption_for(a) for a in swaps if (a["shape"], a["colour"]) not in held]
+        assert negatives == expected
+        dropped += len(swaps) - len(expected)
+    assert dropped > 0  # the rule was exercised: some swaps would have named a held-out pair
     photos = PhotoCrops(split="train", image_size=32)
     batch = collate([data[0], photos[0]])
     assert batch["negative_captions"] == [data[0]["negative_captions"], []]

@@ -269,3 +269,59 @@ def test_clip_hard_negatives_match_naive_loop() -> None:
         ClipContrastiveLoss()(images, texts, negatives=negatives[:, :, :4])
     with pytest.raises(ValueError, match="negative_mask"):
         ClipContrastiveLoss()(images, texts, negatives=negatives, negative_mask=mask[:, :2])
+
+
+def test_caption_choice_matches_naive_loop() -> None:
+    """The choice term: each image's caption against its own (unmasked) negatives only, no other image's
+    caption; images without negatives leave the mean; the loss is weight * contrastive + choice_weight *
+    choice (naive float64 loop as reference)."""
+    gen = torch.Generator().manual_seed(4)
+    images, texts = torch.randn(4, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    negatives = torch.randn(4, 3, 5, generator=gen)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    scale = 1 / 0.07
+    out = ClipContrastiveLoss(weight=0.1, choice_weight=2.0)(
+        images, texts, negatives=negatives, negative_mask=mask
+    )
+
+    img = F.normalize(images, dim=-1).double()
+    txt = F.normalize(texts, dim=-1).double()
+    neg = F.normalize(negatives, dim=-1).double()
+    choices = []
+    for i in range(4):
+        others = [scale * float(img[i] @ neg[i, k]) for k in range(3) if mask[i, k]]
+        if not others:
+            continue
+        logits = [scale * float(img[i] @ txt[i]), *others]
+        top = max(logits)
+        choices.append(top + math.log(sum(math.exp(v - top) for v in logits)) - logits[0])
+    choice = sum(choices) / len(choices)
+    assert len(choices) == 3
+    assert float(out.terms["choice"]) == pytest.approx(choice, rel=1e-5)
+    expected = 0.1 * float(out.terms["contrastive"]) + 2.0 * choice
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
+    none = torch.zeros(4, 3, dtype=torch.bool)  # no image has a negative: the term is 0 and still backprops
+    empty = ClipContrastiveLoss(weight=0.0, choice_weight=1.0)(
+        images.requires_grad_(), texts, negatives=negatives, negative_mask=none
+    )
+    assert float(empty.terms["choice"]) == 0.0
+    empty.loss.backward()
+    with pytest.raises(ValueError, match="negative captions"):
+        ClipContrastiveLoss(choice_weight=1.0)(images, texts)
+
+
+def test_caption_choice_config_needs_negatives_and_keeps_the_branch_trainable() -> None:
+    """``loss.caption_choice`` without ``caption_negatives`` is refused; with it, a semantic weight of 0
+    still trains the semantic branch (only both weights at 0 freeze it)."""
+    from polytok.models.tokenizer import Tokenizer
+    from polytok.recipes.tokenizer_objective import LossConfig, TokenizerObjective
+
+    with pytest.raises(ValueError, match="caption_negatives"):
+        LossConfig(caption_choice=1.0)
+    with pytest.raises(ValueError, match="caption_choice"):
+        LossConfig(caption_choice=-1.0, caption_negatives=True)
+    tok = Tokenizer.from_preset("unitok-tiny", semantic={"text_tower": {"kind": "transformer"}})
+    TokenizerObjective(tok, LossConfig(semantic=0.0, caption_choice=1.0, caption_negatives=True), 10)
+    assert tok.clip_head is not None and all(p.requires_grad for p in tok.clip_head.parameters())
+    TokenizerObjective(tok, LossConfig(semantic=0.0, caption_choice=0.0), 10)
+    assert not any(p.requires_grad for p in tok.clip_head.parameters())

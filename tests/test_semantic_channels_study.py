@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from polytok.models.tokenizer import Tokenizer
@@ -25,9 +26,10 @@ def test_bounds_touch_the_semantic_channels_only() -> None:
     torch.testing.assert_close(norms, torch.ones_like(norms))
 
 
-def test_bench_runs_and_probes() -> None:
+@pytest.mark.parametrize("objective", ["clip", "choice"])
+def test_bench_runs_and_probes(objective: str) -> None:
     study = load_script("semantic_channels")
-    records = study.run("clip", quantize=True, steps=2, every=1, probe_images=(48, 16))
+    records = study.run(objective, quantize=True, steps=2, every=1, probe_images=(48, 16))
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
         assert 0.0 <= r["val"] <= 1.0 and 0.0 <= r["heldout"] <= 1.0

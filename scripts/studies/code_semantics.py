@@ -221,7 +221,9 @@ def head_on_frozen_codes(tokenizer: Any, config: Any, steps: int) -> Any:
     opt = config.train.optim
     optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
     loss_cfg = config.loss
-    contrastive = ClipContrastiveLoss(learnable=False)
+    contrastive = ClipContrastiveLoss(
+        learnable=False, weight=loss_cfg.semantic, choice_weight=loss_cfg.caption_choice
+    )
     distill = None
     if tok.semantic_kind == "distill":
         dim = tok.config.semantic.feature_dim
@@ -290,7 +292,9 @@ def run_configs(config_path: str | Path, overrides: list[str], steps: int, seed:
         "train.overwrite=true",
     ]
     tok = load_run_config(config_path, [*common, f"train.out_dir={out / 'tokenizer'}"])
-    twin = load_run_config(config_path, [*common, "loss.semantic=0", f"train.out_dir={out / 'twin'}"])
+    twin = load_run_config(
+        config_path, [*common, "loss.semantic=0", "loss.caption_choice=0", f"train.out_dir={out / 'twin'}"]
+    )
     return tok, twin
 
 

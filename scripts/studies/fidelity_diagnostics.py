@@ -167,7 +167,7 @@ def finetune(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     judge, tokenizer = load_shapes_judge(), load_tokenizer(args.tokenizer)
     config = load_run_config(CONFIG_DIR / f"{args.tokenizer}.yaml", args.overrides)
-    loss = dataclasses.replace(config.loss, semantic=0.0)  # the semantic branch is frozen
+    loss = dataclasses.replace(config.loss, semantic=0.0, caption_choice=0.0)  # the semantic branch is frozen
     tokenizer.requires_grad_(False)
     for part in PARTS[args.parts]:
         getattr(tokenizer, part).requires_grad_(True)

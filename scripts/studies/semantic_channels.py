@@ -12,9 +12,9 @@ the shape (logistic regression with scikit-learn's defaults on standardised feat
 - ``--objective ce``: a linear shape classifier on the averaged vectors, trained with the shape labels (the
   best case: a direct signal; no real data has such labels);
 - ``--objective clip``: the preset's CLIP head on the code vectors against the captions, each image's
-  caption with the shape word swapped as hard negatives (``loss.caption_negatives``);
+  caption with the shape (or colour) word swapped as hard negatives (``loss.caption_negatives``);
 - ``--objective choice``: the same head and captions, but each image chooses only among its caption and
-  its own five negatives (no other image's caption): the shape is all there is to tell;
+  its own negatives (no other image's caption; ``loss.caption_choice``): one word is all there is to tell;
 - ``--quantize``: through the quantizer (straight-through, its loss added) instead of the raw latent;
 - ``--bound``: how the semantic channels are bounded before quantization, ``raw`` (the tokenizer's),
   ``tanh``, or ``norm`` (unit norm per codebook, UniTok's cosine codes).
@@ -82,20 +82,6 @@ def whiten_caption_features(tok: Tokenizer, captions: list[str] | None = None, e
     tower._frozen_features = lambda texts: (plain(texts) - mean) @ whitening
 
 
-def caption_choice_loss(
-    image: Tensor, text: Tensor, negatives: Tensor, mask: Tensor, scale: Tensor
-) -> Tensor:
-    """Cross-entropy of choosing each image's caption among itself and its own negatives only (no other
-    images' captions): (B, E), (B, E), (B, K, E), (B, K) -> scalar. Images without negatives count 0."""
-    own = torch.einsum("be,be->b", image, text)[:, None]
-    others = torch.einsum("be,bke->bk", image, negatives).masked_fill(~mask, float("-inf"))
-    logits = scale * torch.cat([own, others], dim=1)
-    rows = mask.any(dim=1)
-    if not bool(rows.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[rows], torch.zeros(int(rows.sum()), dtype=torch.long))
-
-
 def _probe(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> float:
     """Top-1 of logistic regression (scikit-learn defaults, C = 1) on features standardised by ``train``."""
     from sklearn.linear_model import LogisticRegression
@@ -136,6 +122,7 @@ def run(
         tok.linear_path.fit(first)
         tok.quantizer(bounded_latent(tok, first, bound))
     contrastive = ClipContrastiveLoss(learnable=False)
+    choice = ClipContrastiveLoss(learnable=False, weight=0.0, choice_weight=1.0)  # the choice term alone
     if whiten_text:
         whiten_caption_features(tok)
     probe_sets = {
@@ -171,9 +158,9 @@ def run(
             ).loss
         elif objective == "choice":
             negatives, mask = tok._encode_negatives(batch["negative_captions"])
-            loss = caption_choice_loss(
-                tok.clip_head(v), tok.encode_text(batch["caption"]), negatives, mask, tok.logit_scale
-            )
+            loss = choice(
+                tok.clip_head(v), tok.encode_text(batch["caption"]), tok.logit_scale, negatives, mask
+            ).loss
         else:
             raise ValueError(f"unknown objective {objective!r}: expected ce, clip or choice")
         loss = loss + quant_loss

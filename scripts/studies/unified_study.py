@@ -58,7 +58,7 @@ from polytok.registry import CONFIG_DIR
 UNIFIED_CONFIG = CONFIG_DIR / "unified-unitok-tiny.yaml"
 PIXEL_ONLY = "pixel-only"
 PIXEL_ONLY_BASE = "unitok-tiny"  # its shipped config, with the semantic term off
-PIXEL_ONLY_OVERRIDES = ["loss.semantic=0"]
+PIXEL_ONLY_OVERRIDES = ["loss.semantic=0", "loss.caption_choice=0"]
 
 # row name -> (tokenizer: shipped name, or None for the pixel-only one trained here; its code layout)
 TOKENIZERS: dict[str, tuple[str | None, str]] = {

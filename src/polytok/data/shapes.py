@@ -218,15 +218,28 @@ def caption_for(attributes: dict[str, int]) -> str:
     )
 
 
-def shape_negative_captions(attributes: dict[str, int]) -> list[str]:
-    """The caption of ``attributes`` with its shape replaced by each other shape, in shape order: five
-    captions that differ from the true one in the shape word only. Hard negatives for a contrastive loss
-    (``loss.caption_negatives``): colour, count, position and background cannot tell them apart."""
-    return [
-        caption_for({**attributes, "shape": other})
-        for other in range(len(SHAPES))
-        if other != attributes["shape"]
-    ]
+NEGATIVE_ATTRIBUTES = ("shape", "colour")  # what a hard negative caption swaps, one attribute each
+
+
+def negative_captions(
+    attributes: dict[str, int], pairs: Iterable[tuple[int, int]] | None = None
+) -> list[str]:
+    """The caption of ``attributes`` with one attribute replaced by another value, for each of
+    :data:`NEGATIVE_ATTRIBUTES` in turn (the other shapes in shape order, then the other colours): each
+    differs from the true caption in one word. Hard negatives for a contrastive loss
+    (``loss.caption_negatives``, ``loss.caption_choice``): nothing but that word can tell them apart.
+    ``pairs``: the (shape, colour) index pairs a negative may name (a split's own pairs), so that the
+    captions of held-out pairs never appear in training text; None allows every pair."""
+    allowed = None if pairs is None else set(pairs)
+    captions = []
+    for name, values in (("shape", SHAPES), ("colour", COLOURS)):
+        for other in range(len(values)):
+            if other == attributes[name]:
+                continue
+            swapped = {**attributes, name: other}
+            if allowed is None or (swapped["shape"], swapped["colour"]) in allowed:
+                captions.append(caption_for(swapped))
+    return captions
 
 
 def task_label(attributes: dict[str, int], task: str) -> int:
@@ -266,10 +279,10 @@ class ShapesDataset(Dataset):
     """Captioned synthetic shapes with attribute labels and held-out (shape, colour) pairs.
 
     Each item: ``{"image": (3, S, S) float in [0, 1], "object_mask": (1, S, S) float in [0, 1], "caption":
-    str, "negative_captions": [5 str], "label": int, "attributes": {task: int}}`` where ``label`` is the
+    str, "negative_captions": [str], "label": int, "attributes": {task: int}}`` where ``label`` is the
     class of ``label_task``, ``object_mask`` each pixel's coverage by the objects (what
-    ``loss.object_weight`` up-weights) and ``negative_captions`` the caption with each other shape
-    (:func:`shape_negative_captions`).
+    ``loss.object_weight`` up-weights) and ``negative_captions`` the caption with each other shape and
+    each other colour, where that names one of the split's pairs (:func:`negative_captions`).
 
     Args:
         split: ``"train"``, ``"val"`` (same pairs as train, other samples) or ``"heldout"``
@@ -367,7 +380,7 @@ class ShapesDataset(Dataset):
             "image": image,
             "object_mask": object_mask,
             "caption": caption_for(attributes),
-            "negative_captions": shape_negative_captions(attributes),
+            "negative_captions": negative_captions(attributes, self.pairs),
             "label": task_label(attributes, self.label_task),
             "attributes": attributes,
         }

@@ -61,6 +61,13 @@ class ClipContrastiveLoss(nn.Module):
     they join image i's image-to-text logits as K more wrong columns (``negative_mask`` (B, K) marks
     the real ones; images without negatives pad and mask). Text-to-image is unchanged. Then also
     ``negative_accuracy``: the share of images whose caption beats all of their own negatives.
+
+    Caption choice (``choice_weight`` > 0): a second term in which each image chooses its caption among
+    itself and its own negatives only, no other image's caption (term ``choice``). In-batch captions differ
+    in many attributes, so InfoNCE is solved by the easiest ones (colour, position) and the hard negatives
+    are a few columns among hundreds; the choice leaves only what the negatives change (the shape on
+    ``shapes``) to tell, and it is what puts the shape into a tokenizer's semantic channels (docs/study.md
+    7.1). The returned loss is ``weight * contrastive + choice_weight * choice``.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class ClipContrastiveLoss(nn.Module):
         normalize: bool = True,
         weight: float = 1.0,
         gather: bool = True,
+        choice_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if init_logit_scale > max_logit_scale:
@@ -84,6 +92,7 @@ class ClipContrastiveLoss(nn.Module):
         self.normalize = normalize
         self.weight = float(weight)
         self.gather = gather
+        self.choice_weight = float(choice_weight)
 
     def scale(self) -> Tensor:
         """exp(clamped log-scale), the factor multiplying cosine similarities."""
@@ -118,12 +127,18 @@ class ClipContrastiveLoss(nn.Module):
         logits_text_to_image = scale * text_emb @ all_images.t()
         labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
         terms: dict[str, Tensor] = {}
+        choice = None
         if negatives is not None:
             own = self._negative_logits(image_emb, negatives, negative_mask, scale)  # (B, K)
             true = logits_image_to_text.gather(1, labels[:, None])
             beaten = (own < true) | ~torch.isfinite(own)
             terms["negative_accuracy"] = detached(beaten.all(dim=1).float().mean())
             logits_image_to_text = torch.cat([logits_image_to_text, own], dim=1)
+            if self.choice_weight > 0:
+                choice = self._choice(true, own)
+                terms["choice"] = detached(choice)
+        elif self.choice_weight > 0:
+            raise ValueError("the caption choice needs each image's negative captions (negatives=...)")
         loss_i2t = F.cross_entropy(logits_image_to_text, labels)
         loss_t2i = F.cross_entropy(logits_text_to_image, labels)
         value = 0.5 * (loss_i2t + loss_t2i)
@@ -136,7 +151,20 @@ class ClipContrastiveLoss(nn.Module):
             "logit_scale": detached(scale),
             "accuracy": detached(accuracy),
         }
-        return LossOutput(self.weight * value, terms)
+        total = self.weight * value
+        if choice is not None:
+            total = total + self.choice_weight * choice
+        return LossOutput(total, terms)
+
+    @staticmethod
+    def _choice(true: Tensor, own: Tensor) -> Tensor:
+        """Cross-entropy of each image's caption against its own negatives only: (B, 1), (B, K) -> scalar;
+        images without negatives (a row of -inf) count 0 and leave the mean."""
+        rows = torch.isfinite(own).any(dim=1)
+        if not bool(rows.any()):
+            return true.sum() * 0.0
+        logits = torch.cat([true, own], dim=1)[rows]
+        return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
     def _negative_logits(
         self, image_emb: Tensor, negatives: Tensor, mask: Tensor | None, scale: Tensor

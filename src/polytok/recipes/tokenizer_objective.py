@@ -53,6 +53,10 @@ class LossConfig:
     # its caption with the shape word swapped) to its image-to-text logits (NegCLIP), so that the
     # image embedding must tell what those captions differ in, not only what a batch differs in
     caption_negatives: bool = False
+    # contrastive: weight of the caption choice (each image picks its caption among its own negatives
+    # only; ClipContrastiveLoss's ``choice``): what puts the shape into the semantic channels. Needs
+    # caption_negatives; runs beside the in-batch term, whose weight stays ``semantic``
+    caption_choice: float = 0.0
     distill_folds: int = 4
     distill_fold_weight: float = 1.0
     gan: Literal["none", "patchgan", "dino"] = "none"
@@ -68,9 +72,17 @@ class LossConfig:
     disc_weights: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("l1", "l2", "perceptual_weight", "object_weight", "quantizer", "semantic", "gan_weight"):
+        names = ("l1", "l2", "perceptual_weight", "object_weight", "quantizer", "semantic", "caption_choice")
+        for name in (*names, "gan_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.caption_choice > 0 and not self.caption_negatives:
+            raise ValueError("loss.caption_choice needs loss.caption_negatives: true (the choices)")
+
+    @property
+    def semantic_on(self) -> bool:
+        """Whether any semantic term has weight (else the semantic branch is frozen and skipped)."""
+        return self.semantic > 0 or self.caption_choice > 0
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -118,12 +130,14 @@ class TokenizerObjective:
     def __init__(self, tokenizer: nn.Module, config: LossConfig, max_steps: int) -> None:
         self.config = config
         self.semantic_kind = tokenizer.semantic_kind
-        if config.semantic == 0:
+        if not config.semantic_on:
             freeze_semantic_branch(tokenizer)
         self.reconstruction = ReconstructionLoss(
             config.l1, config.l2, build_perceptual(config), config.perceptual_weight
         )
-        self.contrastive = ClipContrastiveLoss(learnable=False, weight=config.semantic)
+        self.contrastive = ClipContrastiveLoss(
+            learnable=False, weight=config.semantic, choice_weight=config.caption_choice
+        )
         self.distillation: FeatureDistillationLoss | None = None
         if self.semantic_kind == "distill":
             dim = tokenizer.config.semantic.feature_dim
@@ -151,7 +165,7 @@ class TokenizerObjective:
     ) -> tuple[Tensor, dict]:
         images = batch["image"]
         self.reconstruction.to(images.device)
-        contrastive = self.semantic_kind == "contrastive" and self.config.semantic > 0
+        contrastive = self.semantic_kind == "contrastive" and self.config.semantic_on
         texts = batch.get("caption") if contrastive else None  # weight 0: the text tower need not run
         negatives = batch.get("negative_captions") if contrastive and self.config.caption_negatives else None
         out = model(images, texts, negatives)
@@ -164,7 +178,7 @@ class TokenizerObjective:
         for key in ("usage", "perplexity"):
             if key in out.quant.stats:
                 logs[f"quant/{key}"] = out.quant.stats[key].float().mean()
-        if self.semantic_kind == "contrastive" and self.config.semantic > 0:
+        if contrastive:
             if out.text_embedding is None:
                 raise ValueError("contrastive semantics need a 'caption' list in every batch")
             sem = self.contrastive(
