@@ -325,3 +325,27 @@ def test_shapes_negative_captions_swap_one_word_and_never_name_a_held_out_pair()
     batch = collate([data[0], photos[0]])
     assert batch["negative_captions"] == [data[0]["negative_captions"], []]
     assert "negative_captions" not in collate([photos[0], photos[1]])
+    shape_only = ShapesDataset(split="train", image_size=32, negative_attributes=("shape",))
+    for i in range(10):
+        item, full = shape_only[i], data[i]
+        assert item["negative_captions"] == [
+            c
+            for c in full["negative_captions"]
+            if c.split()[2] in colour_words and c.split()[2] == full["caption"].split()[2]
+        ]
+    with pytest.raises(ValueError, match="negative_attributes"):
+        ShapesDataset(split="train", negative_attributes=("size",))
+
+
+def test_options_named_after_a_part_reach_that_part_only():
+    """``data.options`` of ``photos+shapes``: a key named after a part holds that part's options (photo
+    crops take no ``negative_attributes``), the other keys go to every part."""
+    from polytok.recipes.sections import DataSection, build_training_dataset
+
+    section = DataSection(
+        name="photos+shapes", image_size=32, options={"shapes": {"negative_attributes": ["shape"]}}
+    )
+    photos, shapes = build_training_dataset(section).datasets
+    assert isinstance(photos, PhotoCrops) and shapes.negative_attributes == ("shape",)
+    shared = build_training_dataset(DataSection(name="photos+shapes", image_size=32, options={"length": 7}))
+    assert [len(part) for part in shared.datasets] == [7, 7]

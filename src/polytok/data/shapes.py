@@ -222,17 +222,22 @@ NEGATIVE_ATTRIBUTES = ("shape", "colour")  # what a hard negative caption swaps,
 
 
 def negative_captions(
-    attributes: dict[str, int], pairs: Iterable[tuple[int, int]] | None = None
+    attributes: dict[str, int],
+    pairs: Iterable[tuple[int, int]] | None = None,
+    swap: Sequence[str] = NEGATIVE_ATTRIBUTES,
 ) -> list[str]:
     """The caption of ``attributes`` with one attribute replaced by another value, for each of
     :data:`NEGATIVE_ATTRIBUTES` in turn (the other shapes in shape order, then the other colours): each
     differs from the true caption in one word. Hard negatives for a contrastive loss
     (``loss.caption_negatives``, ``loss.caption_choice``): nothing but that word can tell them apart.
     ``pairs``: the (shape, colour) index pairs a negative may name (a split's own pairs), so that the
-    captions of held-out pairs never appear in training text; None allows every pair."""
+    captions of held-out pairs never appear in training text; None allows every pair. ``swap``: which of
+    the attributes to swap (``("shape",)``: shape swaps only)."""
     allowed = None if pairs is None else set(pairs)
     captions = []
     for name, values in (("shape", SHAPES), ("colour", COLOURS)):
+        if name not in swap:
+            continue
         for other in range(len(values)):
             if other == attributes[name]:
                 continue
@@ -292,6 +297,7 @@ class ShapesDataset(Dataset):
         seed: base seed; the same seed gives the same pixels.
         label_task: which attribute fills ``label`` (one of :data:`TASK_CLASSES`).
         heldout_pairs: (shape, colour) names kept out of train/val.
+        negative_attributes: what the hard negative captions swap (``("shape",)``: the shape word only).
     """
 
     tasks: ClassVar[tuple[str, ...]] = tuple(TASK_CLASSES)
@@ -305,6 +311,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         label_task: str = "shape",
         heldout_pairs: Iterable[tuple[str, str]] = HELDOUT_PAIRS,
+        negative_attributes: Sequence[str] = NEGATIVE_ATTRIBUTES,
     ) -> None:
         if split not in SHAPE_SPLITS:
             raise ValueError(f"unknown split {split!r} for 'shapes': expected one of {SHAPE_SPLITS}")
@@ -314,6 +321,12 @@ class ShapesDataset(Dataset):
             raise ValueError(f"unknown label_task {label_task!r}: expected one of {tuple(TASK_CLASSES)}")
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if not negative_attributes or not set(negative_attributes) <= set(NEGATIVE_ATTRIBUTES):
+            raise ValueError(
+                f"negative_attributes must be a non-empty subset of {NEGATIVE_ATTRIBUTES}, "
+                f"got {negative_attributes!r}"
+            )
+        self.negative_attributes = tuple(negative_attributes)
         self.split = split
         self.image_size = image_size
         self.length = int(length if length is not None else (10_000 if split == "train" else 1_000))
@@ -380,7 +393,7 @@ class ShapesDataset(Dataset):
             "image": image,
             "object_mask": object_mask,
             "caption": caption_for(attributes),
-            "negative_captions": negative_captions(attributes, self.pairs),
+            "negative_captions": negative_captions(attributes, self.pairs, self.negative_attributes),
             "label": task_label(attributes, self.label_task),
             "attributes": attributes,
         }

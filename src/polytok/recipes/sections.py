@@ -16,7 +16,9 @@ from polytok.storage import atomic_write_text
 
 @dataclass
 class DataSection:
-    """``name``: a built-in dataset (photos, shapes), an image folder or a webdataset shard pattern."""
+    """``name``: a built-in dataset (photos, shapes), an image folder or a webdataset shard pattern.
+    ``options``: keyword arguments of the dataset; with ``a+b``, a key named after a part (``shapes:
+    {...}``) holds options of that part only, the other keys go to every part."""
 
     name: str = "photos"
     split: str = "train"
@@ -37,9 +39,17 @@ def build_training_dataset(section: DataSection):
     """The dataset ``section.name``; ``a+b`` concatenates datasets (e.g. ``photos+shapes``)."""
     from polytok.data import build_dataset
 
+    names = section.name.split("+")
+    shared = {k: v for k, v in section.options.items() if k not in names}
     parts = [
-        build_dataset(name, split=section.split, image_size=section.image_size, **section.options)
-        for name in section.name.split("+")
+        build_dataset(
+            name,
+            split=section.split,
+            image_size=section.image_size,
+            **shared,
+            **section.options.get(name, {}),
+        )
+        for name in names
     ]
     return parts[0] if len(parts) == 1 else ConcatWithEpoch(parts)
 
