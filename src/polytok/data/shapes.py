@@ -287,7 +287,8 @@ class ShapesDataset(Dataset):
     str, "negative_captions": [str], "label": int, "attributes": {task: int}}`` where ``label`` is the
     class of ``label_task``, ``object_mask`` each pixel's coverage by the objects (what
     ``loss.object_weight`` up-weights) and ``negative_captions`` the caption with each other shape and
-    each other colour, where that names one of the split's pairs (:func:`negative_captions`).
+    each other colour, where that names one of the split's pairs (:func:`negative_captions`); their
+    number varies, so batch items with :func:`polytok.data.collate` (torch's default collation cannot).
 
     Args:
         split: ``"train"``, ``"val"`` (same pairs as train, other samples) or ``"heldout"``
