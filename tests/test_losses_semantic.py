@@ -325,3 +325,6 @@ def test_caption_choice_config_needs_negatives_and_keeps_the_branch_trainable() 
     assert tok.clip_head is not None and all(p.requires_grad for p in tok.clip_head.parameters())
     TokenizerObjective(tok, LossConfig(semantic=0.0, caption_choice=0.0), 10)
     assert not any(p.requires_grad for p in tok.clip_head.parameters())
+    evotok = Tokenizer.from_preset("evotok-tiny")
+    with pytest.raises(ValueError, match="contrastive"):
+        TokenizerObjective(evotok, LossConfig(caption_choice=1.0, caption_negatives=True), 10)

@@ -130,6 +130,8 @@ class TokenizerObjective:
     def __init__(self, tokenizer: nn.Module, config: LossConfig, max_steps: int) -> None:
         self.config = config
         self.semantic_kind = tokenizer.semantic_kind
+        if config.caption_choice > 0 and self.semantic_kind != "contrastive":
+            raise ValueError(f"loss.caption_choice needs contrastive semantics, not {self.semantic_kind!r}")
         if not config.semantic_on:
             freeze_semantic_branch(tokenizer)
         self.reconstruction = ReconstructionLoss(
