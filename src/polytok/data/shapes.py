@@ -218,7 +218,9 @@ def caption_for(attributes: dict[str, int]) -> str:
     )
 
 
-NEGATIVE_ATTRIBUTES = ("shape", "colour")  # what a hard negative caption swaps, one attribute each
+# what a hard negative caption swaps, one attribute each, in this order, and how many values each has
+_SWAPPABLE: dict[str, int] = {"shape": len(SHAPES), "colour": len(COLOURS)}
+NEGATIVE_ATTRIBUTES = tuple(_SWAPPABLE)
 
 
 def negative_captions(
@@ -235,10 +237,8 @@ def negative_captions(
     the attributes to swap (``("shape",)``: shape swaps only)."""
     allowed = None if pairs is None else set(pairs)
     captions = []
-    for name, values in (("shape", SHAPES), ("colour", COLOURS)):
-        if name not in swap:
-            continue
-        for other in range(len(values)):
+    for name in (n for n in NEGATIVE_ATTRIBUTES if n in swap):
+        for other in range(_SWAPPABLE[name]):
             if other == attributes[name]:
                 continue
             swapped = {**attributes, name: other}

@@ -40,6 +40,9 @@ def build_training_dataset(section: DataSection):
     from polytok.data import build_dataset
 
     names = section.name.split("+")
+    for name in names:
+        if not isinstance(section.options.get(name, {}), dict):
+            raise ValueError(f"data.options.{name} must hold {name}'s own options as a mapping")
     shared = {k: v for k, v in section.options.items() if k not in names}
     parts = [
         build_dataset(

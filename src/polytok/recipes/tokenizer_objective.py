@@ -50,11 +50,12 @@ class LossConfig:
     quantizer: float = 1.0
     semantic: float = 1.0
     # contrastive: add each image's hard negative captions (the data's ``negative_captions``; shapes:
-    # its caption with the shape word swapped) to its image-to-text logits (NegCLIP), so that the
+    # its caption with the shape or colour word swapped) to its image-to-text logits (NegCLIP), so that the
     # image embedding must tell what those captions differ in, not only what a batch differs in
     caption_negatives: bool = False
     # contrastive: weight of the caption choice (each image picks its caption among its own negatives
-    # only; ClipContrastiveLoss's ``choice``): what puts the shape into the semantic channels. Needs
+    # only; ClipContrastiveLoss's ``choice``): what put the shape into the semantic channels (docs/study.md
+    # 7.2, in one seed of two). Needs
     # caption_negatives; runs beside the in-batch term, whose weight stays ``semantic``
     caption_choice: float = 0.0
     distill_folds: int = 4
@@ -72,8 +73,11 @@ class LossConfig:
     disc_weights: str | None = None
 
     def __post_init__(self) -> None:
-        names = ("l1", "l2", "perceptual_weight", "object_weight", "quantizer", "semantic", "caption_choice")
-        for name in (*names, "gan_weight"):
+        weights = (
+            "l1", "l2", "perceptual_weight", "object_weight", "quantizer", "semantic", "caption_choice",
+            "gan_weight",
+        )  # fmt: skip
+        for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.caption_choice > 0 and not self.caption_negatives:
