@@ -59,3 +59,15 @@ def test_whitened_caption_features_are_centred_and_part_shape_words() -> None:
         return float((f[0] - f[1]).norm() / spread)
 
     assert relative_gap(after) > 1.1 * relative_gap(before)  # measured: 0.80 against 0.63
+
+
+def test_bench_learning_rate_and_model_overrides_reach_the_run() -> None:
+    """At a rate of 0 nothing the probe reads moves between steps; a model override is the model's
+    config (a typo is the config layer's error)."""
+    from polytok.config import ConfigError
+
+    study = load_script("semantic_channels")
+    records = study.run("choice", quantize=True, steps=2, every=1, probe_images=(48, 16), lr=0.0)
+    assert (records[0]["val"], records[0]["heldout"]) == (records[1]["val"], records[1]["heldout"])
+    with pytest.raises(ConfigError, match=r"encoder\.no_such_key"):
+        study.run("ce", steps=1, probe_images=(48, 16), model_overrides=("encoder.no_such_key=1",))

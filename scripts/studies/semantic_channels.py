@@ -17,7 +17,9 @@ the shape (logistic regression with scikit-learn's defaults on standardised feat
   its own negatives (no other image's caption; ``loss.caption_choice``): one word is all there is to tell;
 - ``--quantize``: through the quantizer (straight-through, its loss added) instead of the raw latent;
 - ``--bound``: how the semantic channels are bounded before quantization, ``raw`` (the tokenizer's),
-  ``tanh``, or ``norm`` (unit norm per codebook, UniTok's cosine codes).
+  ``tanh``, or ``norm`` (unit norm per codebook, UniTok's cosine codes);
+- ``--lr``: AdamW's learning rate, constant (default 1e-3, the preset config's peak);
+- ``--set KEY=VALUE ...``: model config overrides on top of the bench's (``semantic_channels=...``).
 
 Prints one line per probe: step, loss, probe top-1 on val and on held-out pairs.
 """
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polytok.config import apply_overrides
 from polytok.data import collate
 from polytok.data.shapes import ShapesDataset
 from polytok.losses import ClipContrastiveLoss
@@ -102,11 +105,14 @@ def run(
     seed: int = 0,
     probe_images: tuple[int, int] = (1024, 512),
     whiten_text: bool = False,
+    lr: float = 1e-3,
+    model_overrides: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Train unitok-tiny's semantic path as the module docstring says, batches of 32 at 64 px; returns one
     record per probe (step, loss, val, heldout)."""
     torch.manual_seed(seed)
-    tok = Tokenizer.from_preset("unitok-tiny", semantic_channels=channels, semantic={"head_input": "codes"})
+    base = {"semantic_channels": channels, "semantic": {"head_input": "codes"}}
+    tok = Tokenizer.from_preset("unitok-tiny", **apply_overrides(base, model_overrides))
     train = ShapesDataset("train", 64, length=_TRAIN_IMAGES)
     n_train, n_test = probe_images
     val, heldout = ShapesDataset("val", 64, length=n_test), ShapesDataset("heldout", 64, length=n_test)
@@ -115,7 +121,7 @@ def run(
     params = [p for m in trained for p in m.parameters()] + [tok.log_logit_scale, *classifier.parameters()]
     if train_codebooks:
         params += list(tok.quantizer.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95))
     tok.train()
     with torch.no_grad():  # a run's first-batch initialisation: linear path fit, k-means on bounded latents
         first = collate([train[i] for i in range(32)])["image"]
@@ -189,6 +195,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (constant)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run(
@@ -201,6 +209,8 @@ def main() -> None:
         args.channels,
         args.seed,
         whiten_text=args.whiten_text,
+        lr=args.lr,
+        model_overrides=tuple(args.set),
     )
 
 

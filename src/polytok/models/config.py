@@ -27,7 +27,9 @@ class EncoderConfig:
     For the ``transformers`` kinds, ``hf_config`` holds the vision config, ``weights`` a local directory
     or a Hugging Face id already in the local cache (None: random init), and ``feature_layer`` which
     hidden state to use (-2: second-to-last layer). ``freeze_last_blocks`` freezes the final blocks,
-    whose output is unused when reading an earlier layer.
+    whose output is unused when reading an earlier layer. ``stem`` (hybrid_vit, no stages): "conv"
+    (ViTamin's) or "efficientnet-lite0" (its front end to stride 4, starting from its ImageNet weights,
+    :class:`~polytok.nn.efficient_stem.EfficientLiteStem`).
     """
 
     kind: Literal["hybrid_vit", "vit", "siglip2", "siglip", "cnn"] = field(
@@ -46,6 +48,7 @@ class EncoderConfig:
     weights: str | None = None
     feature_layer: int = -1
     freeze_last_blocks: int = 0
+    stem: Literal["conv", "efficientnet-lite0"] = "conv"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     grad_checkpointing: bool = False
@@ -258,6 +261,11 @@ def validate(cfg: TokenizerConfig) -> None:
     _positive(s, "semantic", ["teacher_input_size"])
     if e.kind == "hybrid_vit" and len(e.stage_widths) != len(e.stage_depths):
         raise ConfigError("config keys encoder.stage_widths and encoder.stage_depths must have equal length")
+    if e.kind == "hybrid_vit" and e.stem == "efficientnet-lite0" and e.stage_widths:
+        raise ConfigError(
+            "config key encoder.stem efficientnet-lite0 is the whole stem to stride 4: set "
+            "encoder.stage_widths and encoder.stage_depths to []"
+        )
     if len(e.mean) != 3 or len(e.std) != 3 or any(v <= 0 for v in e.std):
         raise ConfigError("config keys encoder.mean / encoder.std must hold 3 values (std > 0)")
     if q.kind != "rvq" and q.levels != 1:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from polytok.models.config import EncoderConfig
 from polytok.nn import HybridConvStem, Transformer, VQGANEncoder, sincos_2d
+from polytok.nn.efficient_stem import EfficientLiteStem
 
 
 class ImageEncoder(nn.Module):
@@ -22,13 +23,21 @@ class ImageEncoder(nn.Module):
 class HybridViTEncoder(ImageEncoder):
     """ViTamin-style encoder: conv stem (MBConv stages) to stride 16, then transformer blocks.
 
+    ``stem: efficientnet-lite0`` puts EfficientNet-Lite0's pretrained front end in the stem's place
+    (:class:`~polytok.nn.efficient_stem.EfficientLiteStem`, stride 4).
     No position embedding: the convolutional stem already encodes position. ViTamin-L: stem 160,
     stages (160, 320) x (2, 4), 31 blocks of width 1024, 16 heads, GeGLU ratio 2.
     """
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, load_weights: bool = True) -> None:
         super().__init__()
-        self.stem = HybridConvStem(cfg.stem_width, cfg.stage_widths, cfg.stage_depths, cfg.width)
+        self.stem: HybridConvStem | EfficientLiteStem
+        if cfg.stem == "efficientnet-lite0":
+            self.stem = EfficientLiteStem(cfg.width)
+            if load_weights:
+                self.stem.load_pretrained()
+        else:
+            self.stem = HybridConvStem(cfg.stem_width, cfg.stage_widths, cfg.stage_depths, cfg.width)
         self.transformer = Transformer(cfg.width, cfg.depth, cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio)
         self.transformer.grad_checkpointing = cfg.grad_checkpointing
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
@@ -216,7 +225,7 @@ class HFSiglipEncoder(ImageEncoder):
 
 def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> ImageEncoder:
     if cfg.kind == "hybrid_vit":
-        return HybridViTEncoder(cfg)
+        return HybridViTEncoder(cfg, load_weights)
     if cfg.kind == "vit":
         return ViTEncoder(cfg)
     if cfg.kind == "cnn":
