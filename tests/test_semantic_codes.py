@@ -68,13 +68,23 @@ def test_without_gates_training_starts_from_the_linear_code_exactly(
 @pytest.mark.parametrize("preset", ["unitok-tiny", "evotok-tiny"])
 def test_semantic_loss_reaches_the_encoder_through_its_own_channels(preset: str) -> None:
     torch.manual_seed(0)
-    gated = _semantic_gradient_norms(Tokenizer.from_preset(preset, linear_path_gates=True))
-    # the scalar gate starts at 0: the encoder gets no gradient from the semantic loss at all
+    without_own = Tokenizer.from_preset(preset, linear_path_gates=True, semantic_channels=0)
+    gated = _semantic_gradient_norms(without_own)
+    # the scalar gate starts at 0: without channels of its own the encoder gets no semantic gradient at all
     assert gated["encoder"] == 0.0 and gated["projection"] == 0.0
     torch.manual_seed(0)
     own_channels = Tokenizer.from_preset(preset, linear_path_gates=False, semantic_channels=8)
     own = _semantic_gradient_norms(own_channels)
     assert own["encoder"] > 0.05 and own["projection"] > 0.05
+
+
+def test_unitok_tiny_as_preset_sends_the_semantic_loss_to_its_encoder() -> None:
+    """The preset itself: gates for the pixel channels, 8 channels of the encoder's own."""
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset("unitok-tiny")
+    assert tok.config.semantic_channels == 8 and tok.config.semantic.head_input == "codes"
+    norms = _semantic_gradient_norms(tok)
+    assert norms["encoder"] > 0.05 and norms["projection"] > 0.05
 
 
 def test_semantic_channels_are_checked() -> None:

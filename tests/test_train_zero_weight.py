@@ -20,8 +20,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_two_rank_ddp_trains_with_a_zero_semantic_weight(tmp_path) -> None:
-    """``loss.semantic=0`` leaves the CLIP head and logit scale without gradients; with DDP's default
-    settings the second step failed. Two gloo ranks now train 3 steps, and the unused branch is untouched."""
+    """``loss.semantic=0`` (and ``loss.caption_choice=0``) leaves the CLIP head and logit scale without
+    gradients; with DDP's default settings the second step failed. Two gloo ranks now train 3 steps, and
+    the unused branch is untouched."""
     out = tmp_path / "run"
     result = subprocess.run(
         [
@@ -37,6 +38,7 @@ def test_two_rank_ddp_trains_with_a_zero_semantic_weight(tmp_path) -> None:
             str(CONFIGS / "unitok-tiny.yaml"),
             "data.name=shapes",
             "loss.semantic=0",
+            "loss.caption_choice=0",  # the config's second semantic term
             "loss.perceptual=none",
             "train.max_steps=3",
             "train.batch_size=4",

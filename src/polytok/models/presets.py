@@ -176,7 +176,12 @@ UNITOK_TINY: dict[str, Any] = {
     "name": "unitok-tiny",
     "image_size": 64,
     "linear_path": True,
-    "encoder": _TINY_HYBRID,
+    # 8 latent channels (2 of the 8 codebooks) the encoder's alone, read by the CLIP head through the
+    # codes: the semantic loss writes there (the gated linear path keeps the other 24 for pixels). The
+    # stem starts from EfficientNet-Lite0 as UniTok's encoder starts from a CLIP model: from scratch, the
+    # shape came late and only in some seeds (docs/study.md, sections 7.2-7.3).
+    "semantic_channels": 8,
+    "encoder": {**_TINY_HYBRID, "stem": "efficientnet-lite0"},
     "projection": _TINY_ATTENTION_PROJECTION,
     "post_projection": _TINY_ATTENTION_PROJECTION,
     "quantizer": {
@@ -191,7 +196,7 @@ UNITOK_TINY: dict[str, Any] = {
         "kmeans_init": True,
     },
     "pixel_decoder": _TINY_VIT_DECODER,
-    "semantic": {"kind": "contrastive", "embed_dim": 128, "text_tower": _MINILM},
+    "semantic": {"kind": "contrastive", "embed_dim": 128, "text_tower": _MINILM, "head_input": "codes"},
 }
 
 EVOTOK_TINY: dict[str, Any] = {
