@@ -66,8 +66,8 @@ class ClipContrastiveLoss(nn.Module):
     itself and its own negatives only, no other image's caption (term ``choice``). In-batch captions differ
     in many attributes, so InfoNCE is solved by the easiest ones (colour, position) and the hard negatives
     are a few columns among hundreds; the choice leaves only what the negatives change (the shape on
-    ``shapes``) to tell; it put the shape into a tokenizer's semantic channels in docs/study.md 7.1-7.2
-    (in one seed of two in full training). The returned loss is ``weight * contrastive + choice_weight *
+    ``shapes``) to tell; it put the shape into a tokenizer's semantic channels in docs/study.md 7.1-7.3
+    (unitok-tiny's config, both seeds measured). The returned loss is ``weight * contrastive + choice_weight *
     choice``.
     """
 

@@ -55,8 +55,8 @@ class LossConfig:
     caption_negatives: bool = False
     # contrastive: weight of the caption choice (each image picks its caption among its own negatives
     # only; ClipContrastiveLoss's ``choice``): what put the shape into the semantic channels (docs/study.md
-    # 7.2, in one seed of two). Needs
-    # caption_negatives; runs beside the in-batch term, whose weight stays ``semantic``
+    # 7.2-7.3; unitok-tiny's config). Needs caption_negatives; runs beside the in-batch term, whose
+    # weight stays ``semantic``
     caption_choice: float = 0.0
     distill_folds: int = 4
     distill_fold_weight: float = 1.0
